@@ -1,0 +1,253 @@
+//! The classifier model file (weights, scaling, thresholds, schema fingerprint) and scoring.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::LoadError;
+use crate::features::Schema;
+
+/// The model file format this build reads and writes.
+pub const MODEL_FORMAT: &str = "triage-model/1";
+
+/// A classifier as stored on disk (JSON).
+///
+/// For every tier but the dearest there is one logistic head estimating the probability that
+/// the tier is good enough; the dearest tier is the reference, so its probability is 1.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// Always [`MODEL_FORMAT`].
+    pub format: String,
+    /// Identifies this model in decisions (`RouteDecision.model_version`).
+    pub version: String,
+    /// The feature schema the weights were fitted on.
+    pub schema: SchemaRef,
+    /// Tier names, cheapest first.
+    pub tiers: Vec<String>,
+    /// Standardization applied before the heads: `(x - mean) / std`.
+    pub scaling: Scaling,
+    /// One head per tier except the last, in tier order.
+    pub heads: Vec<Head>,
+    /// Default threshold per tier (the last one is unused: the dearest tier always qualifies).
+    pub thresholds: Vec<f64>,
+    /// How the model was made (datasets, rows, seed, cross-validated figures).
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// The schema a model was trained on.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRef {
+    /// Feature schema version.
+    pub version: String,
+    /// Feature schema fingerprint.
+    pub fingerprint: String,
+    /// Vector length.
+    pub n_features: usize,
+}
+
+/// Per-feature standardization.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scaling {
+    /// Feature means.
+    pub mean: Vec<f32>,
+    /// Feature standard deviations (never 0).
+    pub std: Vec<f32>,
+}
+
+/// One logistic head over standardized features.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Head {
+    /// The tier this head scores.
+    pub tier: String,
+    /// One weight per feature.
+    pub weights: Vec<f32>,
+    /// Bias.
+    pub intercept: f32,
+}
+
+/// A validated model ready to score, with the scaling folded into the weights.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    file: ModelFile,
+    // Folded heads: p = sigmoid(w · x + b) on raw features.
+    folded: Vec<(Vec<f32>, f32)>,
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+impl Classifier {
+    /// Reads and validates a model file against the featurizer's schema.
+    pub fn load(path: &Path, schema: &Schema) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::io(path, e))?;
+        let file: ModelFile = serde_json::from_slice(&bytes)
+            .map_err(|e| LoadError::invalid(path, format!("not a triage model file: {e}")))?;
+        Self::new(file, schema).map_err(|m| LoadError::invalid(path, m))
+    }
+
+    /// Validates a model against a schema.
+    pub fn new(file: ModelFile, schema: &Schema) -> Result<Self, String> {
+        if file.format != MODEL_FORMAT {
+            return Err(format!("format is {:?}, this build reads {MODEL_FORMAT:?}", file.format));
+        }
+        if file.schema.fingerprint != schema.fingerprint || file.schema.version != schema.version {
+            return Err(format!(
+                "feature schema mismatch: the model was trained on {} (fingerprint {}), the featurizer is {} (fingerprint {}); retrain with `triage train` against these embeddings",
+                file.schema.version, file.schema.fingerprint, schema.version, schema.fingerprint
+            ));
+        }
+        let n = schema.names.len();
+        if file.schema.n_features != n || file.scaling.mean.len() != n || file.scaling.std.len() != n {
+            return Err(format!(
+                "model has {} features (scaling {}/{}), the featurizer produces {n}",
+                file.schema.n_features,
+                file.scaling.mean.len(),
+                file.scaling.std.len()
+            ));
+        }
+        if file.tiers.len() < 2 {
+            return Err(format!("model lists {} tiers, at least 2 are needed", file.tiers.len()));
+        }
+        if file.heads.len() + 1 != file.tiers.len() {
+            return Err(format!(
+                "model has {} heads for {} tiers (want one per tier except the dearest)",
+                file.heads.len(),
+                file.tiers.len()
+            ));
+        }
+        if file.thresholds.len() != file.tiers.len() {
+            return Err(format!(
+                "model has {} thresholds for {} tiers",
+                file.thresholds.len(),
+                file.tiers.len()
+            ));
+        }
+        if let Some((i, t)) = file.thresholds.iter().enumerate().find(|(_, t)| !(0.0..=1.0).contains(*t)) {
+            return Err(format!("thresholds[{i}] = {t} is outside [0, 1]"));
+        }
+        let mut folded = Vec::with_capacity(file.heads.len());
+        for (i, h) in file.heads.iter().enumerate() {
+            if h.tier != file.tiers[i] {
+                return Err(format!("heads[{i}] is for tier {:?}, expected {:?}", h.tier, file.tiers[i]));
+            }
+            if h.weights.len() != n {
+                return Err(format!("heads[{i}] has {} weights, expected {n}", h.weights.len()));
+            }
+            let mut w = Vec::with_capacity(n);
+            let mut b = f64::from(h.intercept);
+            for j in 0..n {
+                let s = file.scaling.std[j];
+                if !(s.is_finite() && s > 0.0) || !file.scaling.mean[j].is_finite() {
+                    return Err(format!("scaling for feature {j} is not usable (std {s})"));
+                }
+                let wj = h.weights[j] / s;
+                b -= f64::from(wj) * f64::from(file.scaling.mean[j]);
+                w.push(wj);
+            }
+            if !(b.is_finite() && w.iter().all(|v| v.is_finite())) {
+                return Err(format!("heads[{i}] has non-finite weights"));
+            }
+            folded.push((w, b as f32));
+        }
+        Ok(Self { file, folded })
+    }
+
+    /// The model as stored.
+    pub fn file(&self) -> &ModelFile {
+        &self.file
+    }
+
+    /// Model version string.
+    pub fn version(&self) -> &str {
+        &self.file.version
+    }
+
+    /// Tier names, cheapest first.
+    pub fn tiers(&self) -> &[String] {
+        &self.file.tiers
+    }
+
+    /// Per-tier probability of being good enough, cheapest first.
+    ///
+    /// Ordinal by construction: if a cheaper tier suffices a dearer one does too, so each
+    /// probability is at least the one before it, and the dearest is 1.
+    pub fn score(&self, x: &[f32]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(self.folded.len() + 1);
+        let mut floor = 0.0f64;
+        for (w, b) in &self.folded {
+            let z: f32 = w.iter().zip(x).map(|(a, v)| a * v).sum::<f32>() + b;
+            floor = floor.max(sigmoid(f64::from(z)));
+            out.push(floor);
+        }
+        out.push(1.0);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(n: usize) -> Schema {
+        Schema {
+            version: "v".into(),
+            names: (0..n).map(|i| format!("f{i}")).collect(),
+            fingerprint: "fp".into(),
+        }
+    }
+
+    fn model() -> ModelFile {
+        ModelFile {
+            format: MODEL_FORMAT.into(),
+            version: "m1".into(),
+            schema: SchemaRef { version: "v".into(), fingerprint: "fp".into(), n_features: 2 },
+            tiers: vec!["a".into(), "b".into(), "c".into()],
+            scaling: Scaling { mean: vec![1.0, 0.0], std: vec![2.0, 1.0] },
+            heads: vec![
+                Head { tier: "a".into(), weights: vec![2.0, 0.0], intercept: 0.0 },
+                Head { tier: "b".into(), weights: vec![0.0, 1.0], intercept: -10.0 },
+            ],
+            thresholds: vec![0.5, 0.5, 0.0],
+            training: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn scores_standardize_then_apply_the_logistic() {
+        let c = Classifier::new(model(), &schema(2)).unwrap();
+        // head a: z = 2 * (3 - 1) / 2 = 2.
+        let p = c.score(&[3.0, 0.0]);
+        assert!((p[0] - sigmoid(2.0)).abs() < 1e-6, "{p:?}");
+        // head b alone would give sigmoid(-10); ordinal floor lifts it to head a's value.
+        assert!((p[1] - p[0]).abs() < 1e-12);
+        assert_eq!(p[2], 1.0);
+    }
+
+    #[test]
+    fn fingerprint_mismatch_is_refused_with_both_fingerprints() {
+        let mut s = schema(2);
+        s.fingerprint = "other".into();
+        let err = Classifier::new(model(), &s).unwrap_err();
+        assert!(err.contains("fingerprint fp") && err.contains("fingerprint other"), "{err}");
+    }
+
+    #[test]
+    fn malformed_models_are_refused() {
+        let mut m = model();
+        m.heads.pop();
+        assert!(Classifier::new(m, &schema(2)).unwrap_err().contains("heads"));
+        let mut m = model();
+        m.scaling.std[0] = 0.0;
+        assert!(Classifier::new(m, &schema(2)).unwrap_err().contains("scaling"));
+        let mut m = model();
+        m.thresholds[1] = 1.5;
+        assert!(Classifier::new(m, &schema(2)).unwrap_err().contains("thresholds[1]"));
+        assert!(Classifier::new(model(), &schema(3)).unwrap_err().contains("features"));
+    }
+}

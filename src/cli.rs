@@ -1,0 +1,410 @@
+//! Command-line arguments (clap) and their dispatch to library calls; the only home of `anyhow`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use triage::config::Config;
+use triage::engine::{Engine, RouteInput};
+use triage::features::Featurizer;
+use triage::model_store::ModelStore;
+use triage::policy::Knobs;
+use triage::train::dataset::{TierMap, read_jsonl};
+use triage::train::{self, FitOptions, Report, TrainOptions};
+
+/// triage: an adaptive LLM request router.
+#[derive(Debug, Parser)]
+#[command(name = "triage", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the gRPC API (triage.v1.Router, health, reflection).
+    Serve(ServeArgs),
+    /// Route one prompt, or a JSON Lines file of prompts, and print the decisions as JSON.
+    Route(RouteArgs),
+    /// Fit a classifier from labelled outcomes and write a model file.
+    Train(TrainArgs),
+    /// Cross-validate a recipe (or measure a model file) on labelled outcomes.
+    Eval(EvalArgs),
+    /// Validate a config file and print the tiers it defines.
+    CheckConfig(ConfigArg),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Config file (TOML). Without it the shipped defaults are used.
+    #[arg(long, env = "TRIAGE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Listen address; overrides server.addr.
+    #[arg(long, env = "TRIAGE_ADDR")]
+    addr: Option<SocketAddr>,
+    /// Classifier model file; overrides model.classifier.
+    #[arg(long, env = "TRIAGE_MODEL")]
+    model: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RouteArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Classifier model file; overrides model.classifier.
+    #[arg(long, env = "TRIAGE_MODEL")]
+    model: Option<PathBuf>,
+    /// JSON Lines input: outcome-format or {"id","prompt"} lines; prints one JSON line each.
+    #[arg(long, conflicts_with = "prompt")]
+    batch: Option<PathBuf>,
+    /// Cheapest allowed tier.
+    #[arg(long)]
+    min_tier: Option<String>,
+    /// Dearest allowed tier.
+    #[arg(long)]
+    max_tier: Option<String>,
+    /// Replaces every threshold, in [0, 1].
+    #[arg(long)]
+    quality_target: Option<f64>,
+    /// The prompt to route.
+    #[arg(required_unless_present = "batch")]
+    prompt: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// Labelled JSON Lines file (repeatable).
+    #[arg(long = "dataset", required = true)]
+    datasets: Vec<PathBuf>,
+    /// Tiers, cheapest first: NAME=MODEL[|MODEL…],… (MODEL = a key of the rows' outcomes).
+    #[arg(long)]
+    tiers: TierMap,
+    /// Model2vec directory for the featurizer.
+    #[arg(long, default_value = "models/embeddings", env = "TRIAGE_EMBEDDINGS")]
+    embeddings: PathBuf,
+    /// Price of one request per tier (comma-separated, cheapest first), for cost figures and
+    /// threshold tuning.
+    #[arg(long, value_delimiter = ',')]
+    prices: Option<Vec<f64>>,
+    /// Quality to keep, as a share of always-dearest quality, when tuning thresholds.
+    #[arg(long, default_value_t = 0.95)]
+    target_quality: f64,
+    /// Cross-validation folds.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Seed for the fold assignment.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// L2 penalty for the logistic heads.
+    #[arg(long, default_value_t = FitOptions::default().alpha)]
+    alpha: f64,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to write the model file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Measure this model file instead of cross-validating the recipe.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(match &arg.config {
+        Some(p) => Config::load(p)?,
+        None => Config::shipped()?,
+    })
+}
+
+fn engine(config: Config, model: Option<PathBuf>) -> anyhow::Result<Engine> {
+    let mut config = config;
+    if let Some(m) = model {
+        config.model.classifier = m;
+    }
+    let store = ModelStore::open(&config)?;
+    Ok(Engine::new(Arc::new(config), store))
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Route(a) => route(a),
+        Command::Train(a) => train_cmd(a),
+        Command::Eval(a) => eval_cmd(a),
+        Command::CheckConfig(a) => {
+            let c = load_config(&a)?;
+            println!("config ok: {} tiers, listening on {}", c.tiers.len(), c.server.addr);
+            for t in &c.tiers {
+                let chain: Vec<String> = t.chain.iter().map(|m| format!("{}/{}", m.provider, m.model)).collect();
+                println!(
+                    "  {:<10} in {:>7.3} out {:>7.3} USD/Mtok  {}",
+                    t.name,
+                    t.input_usd_per_mtok,
+                    t.output_usd_per_mtok,
+                    chain.join(" -> ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&a.config)?;
+    if let Some(addr) = a.addr {
+        config.server.addr = addr;
+    }
+    let addr = config.server.addr;
+    let engine = Arc::new(engine(config, a.model)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let snap = engine.store().current();
+        tracing::info!(
+            addr = %local,
+            model_version = snap.classifier.version(),
+            tiers = %engine.config().tier_names().join(","),
+            "triage serving"
+        );
+        eprintln!("triage listening on {local} (model {})", snap.classifier.version());
+        triage::server::serve(engine, listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+fn knob(engine: &Engine, field: &str, name: Option<&str>) -> anyhow::Result<Option<usize>> {
+    name.map(|n| {
+        engine
+            .config()
+            .tier_index(n)
+            .with_context(|| format!("{field}: unknown tier {n:?} (tiers: {})", engine.config().tier_names().join(", ")))
+    })
+    .transpose()
+}
+
+fn route(a: RouteArgs) -> anyhow::Result<()> {
+    let engine = engine(load_config(&a.config)?, a.model)?;
+    let knobs = Knobs {
+        min_tier: knob(&engine, "--min-tier", a.min_tier.as_deref())?,
+        max_tier: knob(&engine, "--max-tier", a.max_tier.as_deref())?,
+        quality_target: a.quality_target,
+        ..Knobs::default()
+    };
+    if let Some(q) = a.quality_target
+        && !(0.0..=1.0).contains(&q)
+    {
+        bail!("--quality-target must be in [0, 1], got {q}");
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if let Some(path) = a.batch {
+        for row in read_jsonl(&path)? {
+            if row.prompt.trim().is_empty() {
+                bail!("{}: row {:?} has an empty prompt", path.display(), row.id);
+            }
+            let d = engine.route(&RouteInput { prompt: row.prompt, knobs: knobs.clone(), ..RouteInput::default() })?;
+            let p: serde_json::Map<String, serde_json::Value> =
+                d.tiers.iter().map(|(n, v)| (n.clone(), v.p_sufficient.into())).collect();
+            serde_json::to_writer(&mut out, &serde_json::json!({"id": row.id, "tier": d.tier_name, "p_sufficient": p}))?;
+            writeln!(out)?;
+        }
+    } else {
+        let prompt = a.prompt.unwrap_or_default();
+        if prompt.trim().is_empty() {
+            bail!("the prompt is empty");
+        }
+        let d = engine.route(&RouteInput { prompt, knobs, ..RouteInput::default() })?;
+        let tiers: Vec<serde_json::Value> = d
+            .tiers
+            .iter()
+            .map(|(n, v)| {
+                serde_json::json!({"tier": n, "p_sufficient": v.p_sufficient, "threshold": v.threshold,
+                    "estimated_cost_usd": v.cost_usd, "eligible": v.eligible})
+            })
+            .collect();
+        let chain: Vec<serde_json::Value> =
+            d.chain.iter().map(|m| serde_json::json!({"provider": m.provider, "model": m.model})).collect();
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({
+                "decision_id": d.decision_id.to_string(),
+                "tier": d.tier_name,
+                "chain": chain,
+                "estimated_cost_usd": d.estimated_cost_usd,
+                "tiers": tiers,
+                "features": {"prompt_tokens": d.prompt_tokens, "context_tokens": d.context_tokens, "markers": d.markers.names()},
+                "model_version": d.model_version,
+                "reason": d.reason,
+            }),
+        )?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn prepare(d: &DataArgs) -> anyhow::Result<(Featurizer, train::Prepared, TrainOptions, serde_json::Value)> {
+    let featurizer = Featurizer::load(&d.embeddings)?;
+    let mut rows = Vec::new();
+    let mut sources = Vec::new();
+    for path in &d.datasets {
+        let r = read_jsonl(path)?;
+        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        sources.push(serde_json::json!({"file": name, "rows": r.len()}));
+        rows.extend(r);
+    }
+    if let Some(p) = &d.prices {
+        if p.len() != d.tiers.tiers.len() {
+            bail!("--prices lists {} prices for {} tiers", p.len(), d.tiers.tiers.len());
+        }
+        if p.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            bail!("--prices must be finite numbers >= 0");
+        }
+    }
+    if !(0.0..=1.0).contains(&d.target_quality) {
+        bail!("--target-quality must be in [0, 1], got {}", d.target_quality);
+    }
+    let data = train::prepare(&featurizer, rows, &d.tiers, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
+    let opts = TrainOptions {
+        fit: FitOptions { alpha: d.alpha, ..FitOptions::default() },
+        folds: d.folds,
+        seed: d.seed,
+        prices: d.prices.clone(),
+        target_quality: d.target_quality,
+    };
+    Ok((featurizer, data, opts, serde_json::Value::Array(sources)))
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn print_report(rep: &Report) {
+    let kind = if rep.folds > 0 { format!("{}-fold cross-validation (out-of-fold predictions)", rep.folds) } else { "fixed model".into() };
+    println!("rows: {}   {kind}", rep.rows);
+    for (t, pos, n) in &rep.labels {
+        println!("  label {t:<10} good enough on {pos}/{n} rows ({:.1}%)", 100.0 * *pos as f64 / (*n).max(1) as f64);
+    }
+    println!("\ntwo tiers (cheapest vs dearest)   APGR   CPT(50%)  CPT(80%)");
+    for g in &rep.two_tier {
+        println!("  {} ({} rows, cheap {:.3}, dear {:.3})", g.group, g.rows, g.cheap_quality, g.dear_quality);
+        for (name, c) in [("router", &g.router), ("length baseline", &g.length_baseline), ("random", &g.random_baseline)] {
+            println!("    {name:<28} {:.3}  {:>8}  {:>8}", c.apgr, pct(c.cpt50), pct(c.cpt80));
+        }
+    }
+    if let Some(c) = &rep.cost {
+        println!(
+            "\ncost at >= {:.3} quality ({} rows; always-dearest quality {:.3}, cost {:.4}; per tier {:?})",
+            c.min_quality,
+            c.rows,
+            c.dearest.quality,
+            c.dearest.cost,
+            c.tier_quality.iter().map(|q| (q * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        );
+        for (name, op) in [
+            ("router (thresholds from other folds)", c.router),
+            ("router (best threshold)", c.router_best),
+            ("length baseline", c.length_baseline),
+            ("random mix", c.random_baseline),
+        ] {
+            match op {
+                Some(o) => println!(
+                    "  {name:<38} quality {:.3}  cost {:.4}  saved {:>5.1}%",
+                    o.quality,
+                    o.cost,
+                    100.0 * (1.0 - o.cost / c.dearest.cost.max(1e-12))
+                ),
+                None => println!("  {name:<38} target not reachable"),
+            }
+        }
+    }
+}
+
+fn write_report(path: Option<&Path>, rep: &Report) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_vec_pretty(rep)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
+    let (featurizer, data, opts, sources) = prepare(&a.data)?;
+    let (file, rep) = train::train(&featurizer, &data, &a.data.tiers, &opts, sources)?;
+    print_report(&rep);
+    write_report(a.data.report.as_deref(), &rep)?;
+    let tmp = a.out.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    println!("\nwrote {} (version {}, thresholds {:?})", a.out.display(), file.version, file.thresholds);
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
+    let (featurizer, data, opts, _) = prepare(&a.data)?;
+    let names = a.data.tiers.names();
+    let rep = match &a.model {
+        Some(m) => {
+            let c = triage::classifier::Classifier::load(m, featurizer.schema())?;
+            if c.tiers() != names.as_slice() {
+                bail!("{}: model tiers [{}] differ from --tiers [{}]", m.display(), c.tiers().join(", "), names.join(", "));
+            }
+            let p: Vec<Vec<f64>> = data.x.iter().map(|x| c.score(x)).collect();
+            train::report(&data, &names, &p, None, &opts)
+        }
+        None => {
+            if opts.folds < 2 {
+                bail!("--folds must be at least 2, got {}", opts.folds);
+            }
+            let fold = train::fold_assignment(data.rows.len(), opts.folds, opts.seed);
+            let p = train::cross_validate(&featurizer, &data, &names, &opts, &fold)?;
+            train::report(&data, &names, &p, Some(&fold), &opts)
+        }
+    };
+    print_report(&rep);
+    write_report(a.data.report.as_deref(), &rep)
+}

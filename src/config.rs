@@ -1,0 +1,477 @@
+//! The TOML configuration: raw structs as written, then a validated [`Config`] with dotted-path errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::LoadError;
+
+/// The configuration shipped with triage and used when no `--config` is given.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../triage.toml");
+
+/// The whole file as written. Unknown keys are refused so that typos do not pass silently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[model]`
+    #[serde(default)]
+    pub model: RawModel,
+    /// `[policy]`
+    #[serde(default)]
+    pub policy: RawPolicy,
+    /// `[[tiers]]`, cheapest first.
+    #[serde(default)]
+    pub tiers: Vec<RawTier>,
+}
+
+/// `[server]`: the listener and the request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// gRPC listen address.
+    pub addr: String,
+    /// Largest routed prompt (the last user message), in bytes.
+    pub max_prompt_bytes: usize,
+    /// Largest conversation, in messages.
+    pub max_messages: usize,
+    /// Largest encoded gRPC request, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest `request_id`, in bytes.
+    pub max_request_id_bytes: usize,
+    /// Deadline for one request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Requests handled at once per connection.
+    pub concurrency_limit_per_connection: usize,
+    /// Prompts at least this long (bytes) are featurized on the blocking pool so that one
+    /// huge prompt cannot stall the async workers.
+    pub blocking_threshold_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:50051".into(),
+            max_prompt_bytes: 1 << 20,
+            max_messages: 1024,
+            max_request_bytes: 4 << 20,
+            max_request_id_bytes: 256,
+            request_timeout_ms: 5_000,
+            concurrency_limit_per_connection: 256,
+            blocking_threshold_bytes: 32 << 10,
+        }
+    }
+}
+
+/// `[model]`: where the classifier and the embedding model live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawModel {
+    /// The classifier model file written by `triage train`.
+    pub classifier: PathBuf,
+    /// Directory with `tokenizer.json`, `model.safetensors` and `config.json` (model2vec format).
+    pub embeddings: PathBuf,
+}
+
+impl Default for RawModel {
+    fn default() -> Self {
+        Self {
+            classifier: PathBuf::from("models/classifier.json"),
+            embeddings: PathBuf::from("models/embeddings"),
+        }
+    }
+}
+
+/// `[policy]`: how probabilities and knobs become a tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    /// Output tokens assumed when estimating a request's cost.
+    pub expected_output_tokens: u32,
+    /// If set, `latency_sensitive` requests never go above this tier.
+    pub latency_sensitive_max_tier: Option<String>,
+}
+
+impl Default for RawPolicy {
+    fn default() -> Self {
+        Self {
+            expected_output_tokens: 256,
+            latency_sensitive_max_tier: None,
+        }
+    }
+}
+
+/// `[[tiers]]`: one cost tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    /// Unique name, used in requests' knobs and in the model file.
+    pub name: String,
+    /// Price in US dollars per million input tokens.
+    pub input_usd_per_mtok: f64,
+    /// Price in US dollars per million output tokens.
+    pub output_usd_per_mtok: f64,
+    /// Overrides the model file's threshold for this tier.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// The models serving this tier, in the order to try them.
+    #[serde(default)]
+    pub chain: Vec<RawModelRef>,
+}
+
+/// One member of a tier's chain.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelRef {
+    /// Provider name (e.g. `openai`, `anthropic`, `groq`).
+    pub provider: String,
+    /// The provider's model name.
+    pub model: String,
+}
+
+/// A validated configuration. Construct it with [`Config::from_toml`] or [`Config::load`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener and limits.
+    pub server: ServerConfig,
+    /// Model files, resolved against the config file's directory.
+    pub model: RawModel,
+    /// Output tokens assumed for cost estimates.
+    pub expected_output_tokens: u32,
+    /// Index of the tier that caps `latency_sensitive` requests.
+    pub latency_sensitive_max_tier: Option<usize>,
+    /// Tiers, cheapest first (at least two).
+    pub tiers: Vec<TierConfig>,
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub addr: SocketAddr,
+    /// Largest routed prompt, in bytes.
+    pub max_prompt_bytes: usize,
+    /// Largest conversation, in messages.
+    pub max_messages: usize,
+    /// Largest encoded request, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest `request_id`, in bytes.
+    pub max_request_id_bytes: usize,
+    /// Per-request deadline.
+    pub request_timeout: std::time::Duration,
+    /// Requests handled at once per connection.
+    pub concurrency_limit_per_connection: usize,
+    /// Prompts at least this long are featurized on the blocking pool.
+    pub blocking_threshold_bytes: usize,
+}
+
+/// A validated tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierConfig {
+    /// Unique name.
+    pub name: String,
+    /// USD per million input tokens.
+    pub input_usd_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_usd_per_mtok: f64,
+    /// Threshold override, in [0, 1].
+    pub threshold: Option<f64>,
+    /// Models to try, in order (at least one).
+    pub chain: Vec<RawModelRef>,
+}
+
+impl TierConfig {
+    /// Estimated cost in USD of a request with these token counts on this tier.
+    pub fn cost_usd(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        (input_tokens as f64 * self.input_usd_per_mtok
+            + output_tokens as f64 * self.output_usd_per_mtok)
+            / 1e6
+    }
+}
+
+impl Config {
+    /// The shipped defaults (three tiers), with model paths relative to the working directory.
+    pub fn shipped() -> Result<Self, LoadError> {
+        Self::from_toml(DEFAULT_CONFIG_TOML, Path::new("<built-in triage.toml>"), None)
+    }
+
+    /// Reads and validates a config file. Relative model paths resolve against its directory.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError::io(path, e))?;
+        Self::from_toml(&text, path, path.parent())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors, `base` anchors relative paths.
+    pub fn from_toml(text: &str, origin: &Path, base: Option<&Path>) -> Result<Self, LoadError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| LoadError::invalid(origin, e.to_string()))?;
+        let mut config = raw
+            .validate()
+            .map_err(|errors| LoadError::invalid(origin, errors.join("; ")))?;
+        if let Some(base) = base.filter(|b| !b.as_os_str().is_empty()) {
+            for p in [&mut config.model.classifier, &mut config.model.embeddings] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// Position of a tier by name.
+    pub fn tier_index(&self, name: &str) -> Option<usize> {
+        self.tiers.iter().position(|t| t.name == name)
+    }
+
+    /// Tier names, cheapest first.
+    pub fn tier_names(&self) -> Vec<String> {
+        self.tiers.iter().map(|t| t.name.clone()).collect()
+    }
+}
+
+fn check_price(errors: &mut Vec<String>, path: String, value: f64) {
+    if !value.is_finite() || value < 0.0 {
+        errors.push(format!("{path}: must be a finite number >= 0, got {value}"));
+    }
+}
+
+impl RawConfig {
+    /// Checks every field and reports every problem at once, each with its dotted path.
+    pub fn validate(self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let s = &self.server;
+        let addr = match s.addr.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(format!(
+                    "server.addr: {e} (expected host:port such as 127.0.0.1:50051), got {:?}",
+                    s.addr
+                ));
+                None
+            }
+        };
+        for (name, value) in [
+            ("server.max_prompt_bytes", s.max_prompt_bytes),
+            ("server.max_messages", s.max_messages),
+            ("server.max_request_bytes", s.max_request_bytes),
+            (
+                "server.concurrency_limit_per_connection",
+                s.concurrency_limit_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if s.request_timeout_ms == 0 {
+            errors.push("server.request_timeout_ms: must be at least 1".into());
+        }
+        if s.max_request_bytes < s.max_prompt_bytes {
+            errors.push(format!(
+                "server.max_request_bytes: must be at least server.max_prompt_bytes ({}), got {}",
+                s.max_prompt_bytes, s.max_request_bytes
+            ));
+        }
+
+        if self.tiers.len() < 2 {
+            errors.push(format!(
+                "tiers: at least 2 tiers are required, got {}",
+                self.tiers.len()
+            ));
+        }
+        let mut previous: Option<(usize, f64, f64)> = None;
+        for (i, t) in self.tiers.iter().enumerate() {
+            let at = format!("tiers[{i}]");
+            if t.name.trim().is_empty() {
+                errors.push(format!("{at}.name: must not be empty"));
+            } else if let Some(j) = self.tiers[..i].iter().position(|o| o.name == t.name) {
+                errors.push(format!(
+                    "{at}.name: duplicate tier name {:?} (also tiers[{j}])",
+                    t.name
+                ));
+            }
+            check_price(&mut errors, format!("{at}.input_usd_per_mtok"), t.input_usd_per_mtok);
+            check_price(&mut errors, format!("{at}.output_usd_per_mtok"), t.output_usd_per_mtok);
+            if let Some(th) = t.threshold
+                && !(0.0..=1.0).contains(&th)
+            {
+                errors.push(format!("{at}.threshold: must be in [0, 1], got {th}"));
+            }
+            if t.chain.is_empty() {
+                errors.push(format!("{at}.chain: must list at least one model"));
+            }
+            for (k, m) in t.chain.iter().enumerate() {
+                if m.provider.trim().is_empty() {
+                    errors.push(format!("{at}.chain[{k}].provider: must not be empty"));
+                }
+                if m.model.trim().is_empty() {
+                    errors.push(format!("{at}.chain[{k}].model: must not be empty"));
+                }
+            }
+            // Both prices must be non-decreasing: then a request's estimated cost never falls
+            // from one tier to the next, whatever its input/output mix.
+            if let Some((j, prev_in, prev_out)) = previous
+                && (t.input_usd_per_mtok < prev_in || t.output_usd_per_mtok < prev_out)
+            {
+                errors.push(format!(
+                    "{at}: is cheaper than tiers[{j}] (input {} vs {prev_in}, output {} vs {prev_out} USD/Mtok); list tiers cheapest first, with neither price falling",
+                    t.input_usd_per_mtok, t.output_usd_per_mtok
+                ));
+            }
+            previous = Some((i, t.input_usd_per_mtok, t.output_usd_per_mtok));
+        }
+        let latency_cap = match &self.policy.latency_sensitive_max_tier {
+            None => None,
+            Some(name) => match self.tiers.iter().position(|t| &t.name == name) {
+                Some(i) => Some(i),
+                None => {
+                    errors.push(format!(
+                        "policy.latency_sensitive_max_tier: unknown tier {name:?} (tiers: {})",
+                        self.tiers
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    None
+                }
+            },
+        };
+        let (Some(addr), true) = (addr, errors.is_empty()) else {
+            return Err(errors);
+        };
+        Ok(Config {
+            server: ServerConfig {
+                addr,
+                max_prompt_bytes: s.max_prompt_bytes,
+                max_messages: s.max_messages,
+                max_request_bytes: s.max_request_bytes,
+                max_request_id_bytes: s.max_request_id_bytes,
+                request_timeout: std::time::Duration::from_millis(s.request_timeout_ms),
+                concurrency_limit_per_connection: s.concurrency_limit_per_connection,
+                blocking_threshold_bytes: s.blocking_threshold_bytes,
+            },
+            model: self.model,
+            expected_output_tokens: self.policy.expected_output_tokens,
+            latency_sensitive_max_tier: latency_cap,
+            tiers: self
+                .tiers
+                .into_iter()
+                .map(|t| TierConfig {
+                    name: t.name,
+                    input_usd_per_mtok: t.input_usd_per_mtok,
+                    output_usd_per_mtok: t.output_usd_per_mtok,
+                    threshold: t.threshold,
+                    chain: t.chain,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, Path::new("test.toml"), None).map_err(|e| e.to_string())
+    }
+
+    const TWO_TIERS: &str = r#"
+[[tiers]]
+name = "cheap"
+input_usd_per_mtok = 0.1
+output_usd_per_mtok = 0.4
+chain = [{ provider = "openai", model = "small" }]
+
+[[tiers]]
+name = "dear"
+input_usd_per_mtok = 2.0
+output_usd_per_mtok = 8.0
+chain = [{ provider = "openai", model = "big" }]
+"#;
+
+    #[test]
+    fn shipped_config_is_valid_with_three_tiers() {
+        let c = Config::shipped().unwrap();
+        assert_eq!(c.tiers.len(), 3);
+        assert_eq!(c.server.max_prompt_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(TWO_TIERS).unwrap();
+        assert_eq!(c.server.addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.expected_output_tokens, 256);
+        assert_eq!(c.tier_index("dear"), Some(1));
+        assert!((c.tiers[1].cost_usd(1_000_000, 0) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let err = parse(&format!("[server]\nadress = \"x\"\n{TWO_TIERS}")).unwrap_err();
+        assert!(err.contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn one_tier_is_refused() {
+        let one = TWO_TIERS.split("[[tiers]]").nth(1).unwrap();
+        let err = parse(&format!("[[tiers]]{one}")).unwrap_err();
+        assert!(err.contains("tiers: at least 2 tiers are required, got 1"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_a_dotted_path() {
+        let text = r#"
+[server]
+addr = "nowhere"
+max_messages = 0
+[policy]
+latency_sensitive_max_tier = "medium"
+[[tiers]]
+name = "a"
+input_usd_per_mtok = -1.0
+output_usd_per_mtok = 1.0
+threshold = 1.5
+chain = []
+[[tiers]]
+name = "a"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 1.0
+chain = [{ provider = "", model = "m" }]
+"#;
+        let err = parse(text).unwrap_err();
+        for needle in [
+            "server.addr:",
+            "server.max_messages: must be at least 1",
+            "tiers[0].input_usd_per_mtok: must be a finite number >= 0, got -1",
+            "tiers[0].threshold: must be in [0, 1], got 1.5",
+            "tiers[0].chain: must list at least one model",
+            "tiers[1].name: duplicate tier name \"a\" (also tiers[0])",
+            "tiers[1].chain[0].provider: must not be empty",
+            "policy.latency_sensitive_max_tier: unknown tier \"medium\"",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn tiers_out_of_price_order_are_refused() {
+        let swapped = TWO_TIERS
+            .replace("0.1\noutput_usd_per_mtok = 0.4", "TMP")
+            .replace("2.0\noutput_usd_per_mtok = 8.0", "0.1\noutput_usd_per_mtok = 0.4")
+            .replace("TMP", "2.0\noutput_usd_per_mtok = 8.0");
+        let err = parse(&swapped).unwrap_err();
+        assert!(err.contains("tiers[1]: is cheaper than tiers[0]"), "{err}");
+    }
+
+    #[test]
+    fn relative_model_paths_resolve_against_the_config_directory() {
+        let c = Config::from_toml(TWO_TIERS, Path::new("/etc/triage/t.toml"), Some(Path::new("/etc/triage")))
+            .unwrap();
+        assert_eq!(c.model.classifier, Path::new("/etc/triage/models/classifier.json"));
+    }
+}

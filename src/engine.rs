@@ -1,0 +1,119 @@
+//! One call that runs features → classifier → policy against the current model snapshot.
+
+use std::sync::Arc;
+
+use crate::config::{Config, RawModelRef};
+use crate::error::Error;
+use crate::features::{Conversation, MarkerSet};
+use crate::model_store::ModelStore;
+use crate::policy::{self, Knobs, TierView};
+
+/// A validated routing request.
+#[derive(Debug, Clone, Default)]
+pub struct RouteInput {
+    /// The routed (last user) message.
+    pub prompt: String,
+    /// Every other message's content.
+    pub context: Vec<String>,
+    /// User/assistant turns before the routed message.
+    pub prior_turns: u32,
+    /// The caller's knobs.
+    pub knobs: Knobs,
+}
+
+/// The engine's answer for one request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// UUIDv7: unique and time-sortable.
+    pub decision_id: uuid::Uuid,
+    /// Chosen tier index.
+    pub tier: usize,
+    /// Chosen tier name.
+    pub tier_name: String,
+    /// The chosen tier's chain.
+    pub chain: Vec<RawModelRef>,
+    /// Estimated cost on the chosen tier, USD.
+    pub estimated_cost_usd: f64,
+    /// Per-tier view, cheapest first, with names.
+    pub tiers: Vec<(String, TierView)>,
+    /// Tokens in the routed prompt.
+    pub prompt_tokens: u32,
+    /// Tokens in the rest of the conversation.
+    pub context_tokens: u32,
+    /// Detected markers.
+    pub markers: MarkerSet,
+    /// Model version that decided.
+    pub model_version: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Routes requests with the config's tiers and the store's current model.
+#[derive(Debug)]
+pub struct Engine {
+    config: Arc<Config>,
+    store: ModelStore,
+}
+
+impl Engine {
+    /// An engine over a config and a loaded model store.
+    pub fn new(config: Arc<Config>, store: ModelStore) -> Self {
+        Self { config, store }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The model store (for reloads).
+    pub fn store(&self) -> &ModelStore {
+        &self.store
+    }
+
+    /// Decides a tier for one request. Pure apart from the decision id.
+    pub fn route(&self, input: &RouteInput) -> Result<Decision, Error> {
+        let snap = self.store.current();
+        let context: Vec<&str> = input.context.iter().map(String::as_str).collect();
+        let features = snap
+            .featurizer
+            .featurize(Conversation {
+                prompt: &input.prompt,
+                context: &context,
+                prior_turns: input.prior_turns,
+            })
+            .map_err(Error::Featurize)?;
+        let p = snap.classifier.score(&features.vector);
+        let input_tokens = u64::from(features.prompt_tokens) + u64::from(features.context_tokens);
+        let output_tokens = u64::from(self.config.expected_output_tokens);
+        let costs: Vec<f64> = self
+            .config
+            .tiers
+            .iter()
+            .map(|t| t.cost_usd(input_tokens, output_tokens))
+            .collect();
+        let names = snap.classifier.tiers();
+        let choice = policy::decide(
+            &p,
+            &snap.thresholds,
+            &costs,
+            names,
+            &input.knobs,
+            self.config.latency_sensitive_max_tier,
+        )?;
+        let tier = &self.config.tiers[choice.tier];
+        Ok(Decision {
+            decision_id: uuid::Uuid::now_v7(),
+            tier: choice.tier,
+            tier_name: tier.name.clone(),
+            chain: tier.chain.clone(),
+            estimated_cost_usd: costs[choice.tier],
+            tiers: names.iter().cloned().zip(choice.tiers).collect(),
+            prompt_tokens: features.prompt_tokens,
+            context_tokens: features.context_tokens,
+            markers: features.markers,
+            model_version: snap.classifier.version().to_string(),
+            reason: choice.reason,
+        })
+    }
+}

@@ -1,0 +1,28 @@
+//! triage: an adaptive LLM request router. Featurize a prompt, estimate which cost tier is good
+//! enough, and answer over gRPC with the tier, its model chain and the reasons.
+//!
+//! The data flow is the module map: [`service`] validates and converts, [`engine`] runs
+//! [`features`] → [`classifier`] → [`policy`] on the [`model_store`]'s current snapshot;
+//! [`train`] fits and evaluates classifiers offline with the same featurizer.
+
+pub mod classifier;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod features;
+pub mod model_store;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod train;
+
+/// Generated protobuf and gRPC code.
+pub mod proto {
+    /// `triage.v1`.
+    #[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
+    pub mod v1 {
+        tonic::include_proto!("triage.v1");
+    }
+    /// Encoded descriptors of `triage.v1`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("triage_descriptor");
+}

@@ -1,0 +1,174 @@
+//! Labelled routing data: JSON Lines of prompts with per-model outcomes, and the tier map.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::LoadError;
+
+/// One line of a dataset file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Row {
+    /// Row id (line number when the file has none).
+    #[serde(default)]
+    pub id: String,
+    /// Benchmark or traffic source, if known (e.g. `mmlu`, `gsm8k`).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The prompt.
+    pub prompt: String,
+    /// Model name → score in [0, 1]; empty for unlabelled `{"id","prompt"}` lines.
+    #[serde(default)]
+    pub outcomes: BTreeMap<String, f64>,
+}
+
+/// Reads a JSON Lines file; errors name the file and line.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Row>, LoadError> {
+    let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+    let mut rows = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| LoadError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut row: Row = serde_json::from_str(&line)
+            .map_err(|e| LoadError::invalid(path, format!("line {}: {e}", i + 1)))?;
+        if row.id.is_empty() {
+            row.id = format!("{}", i + 1);
+        }
+        if let Some((m, s)) = row.outcomes.iter().find(|(_, s)| !(0.0..=1.0).contains(*s)) {
+            return Err(LoadError::invalid(
+                path,
+                format!("line {}: outcome for {m:?} is {s}, expected a score in [0, 1]", i + 1),
+            ));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Which dataset model stands for which tier, cheapest tier first.
+///
+/// Written `NAME=MODEL[|MODEL…],NAME=…`: a tier may name alternatives, the first one present
+/// in a row is used, so datasets with different model sets can train one classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierMap {
+    /// (tier name, models standing for it).
+    pub tiers: Vec<(String, Vec<String>)>,
+}
+
+impl std::str::FromStr for TierMap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut tiers: Vec<(String, Vec<String>)> = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, models) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--tiers: {part:?} is not NAME=MODEL"))?;
+            let name = name.trim().to_string();
+            let models: Vec<String> = models
+                .split('|')
+                .map(|m| m.trim().to_string())
+                .filter(|m| !m.is_empty())
+                .collect();
+            if name.is_empty() || models.is_empty() {
+                return Err(format!("--tiers: {part:?} needs a tier name and a model"));
+            }
+            if tiers.iter().any(|(n, _)| *n == name) {
+                return Err(format!("--tiers: tier {name:?} appears twice"));
+            }
+            tiers.push((name, models));
+        }
+        if tiers.len() < 2 {
+            return Err(format!("--tiers: at least 2 tiers are needed, got {}", tiers.len()));
+        }
+        Ok(Self { tiers })
+    }
+}
+
+impl TierMap {
+    /// Tier names, cheapest first.
+    pub fn names(&self) -> Vec<String> {
+        self.tiers.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The row's score for each tier (None where no standing model has an outcome).
+    pub fn scores(&self, row: &Row) -> Vec<Option<f64>> {
+        self.tiers
+            .iter()
+            .map(|(_, models)| models.iter().find_map(|m| row.outcomes.get(m).copied()))
+            .collect()
+    }
+}
+
+/// Ordinal labels for one row: for every tier but the dearest, whether it is good enough,
+/// i.e. whether it or a cheaper tier scores at least as well as the dearest tier. `None` where
+/// the row cannot say (a score is missing).
+pub fn ordinal_labels(scores: &[Option<f64>]) -> Vec<Option<bool>> {
+    let n = scores.len();
+    let Some(top) = scores.last().copied().flatten() else {
+        return vec![None; n.saturating_sub(1)];
+    };
+    let mut best_so_far: Option<f64> = None;
+    (0..n - 1)
+        .map(|k| {
+            if let Some(s) = scores[k] {
+                best_so_far = Some(best_so_far.map_or(s, |b: f64| b.max(s)));
+            }
+            scores[k].and(best_so_far).map(|b| b + 1e-9 >= top)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_map_parses_alternatives_and_refuses_nonsense() {
+        let m: TierMap = "fast=a|b, frontier=c".parse().unwrap();
+        assert_eq!(m.names(), vec!["fast", "frontier"]);
+        assert_eq!(m.tiers[0].1, vec!["a", "b"]);
+        assert!("fast=a".parse::<TierMap>().unwrap_err().contains("at least 2"));
+        assert!("fast=a,fast=b".parse::<TierMap>().unwrap_err().contains("twice"));
+        assert!("fast,x=b".parse::<TierMap>().unwrap_err().contains("NAME=MODEL"));
+    }
+
+    #[test]
+    fn scores_take_the_first_model_present() {
+        let m: TierMap = "fast=a|b,frontier=c".parse().unwrap();
+        let row = Row {
+            id: "1".into(),
+            source: None,
+            prompt: "p".into(),
+            outcomes: [("b".to_string(), 1.0), ("c".to_string(), 0.0)].into_iter().collect(),
+        };
+        assert_eq!(m.scores(&row), vec![Some(1.0), Some(0.0)]);
+    }
+
+    #[test]
+    fn ordinal_labels_are_monotone() {
+        // cheap right, middle wrong, top right: cheap suffices, so the middle does too.
+        assert_eq!(ordinal_labels(&[Some(1.0), Some(0.0), Some(1.0)]), vec![Some(true), Some(true)]);
+        assert_eq!(ordinal_labels(&[Some(0.0), Some(1.0), Some(1.0)]), vec![Some(false), Some(true)]);
+        // top wrong: everything is as good as the top.
+        assert_eq!(ordinal_labels(&[Some(0.0), Some(0.0), Some(0.0)]), vec![Some(true), Some(true)]);
+        assert_eq!(ordinal_labels(&[None, Some(0.0), Some(1.0)]), vec![None, Some(false)]);
+        assert_eq!(ordinal_labels(&[Some(1.0), None]), vec![None]);
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(&p, "{\"prompt\":\"a\"}\n{\"prompt\": 3}\n").unwrap();
+        let err = read_jsonl(&p).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        std::fs::write(&p, "{\"prompt\":\"a\",\"outcomes\":{\"m\":2.0}}\n").unwrap();
+        assert!(read_jsonl(&p).unwrap_err().to_string().contains("[0, 1]"));
+        std::fs::write(&p, "{\"prompt\":\"a\"}\n\n").unwrap();
+        assert_eq!(read_jsonl(&p).unwrap()[0].id, "1");
+    }
+}

@@ -1,0 +1,212 @@
+//! Routing metrics: PGR/APGR/CPT for two tiers, cost at a quality target for N tiers, and the
+//! threshold search shared by evaluation and training.
+
+use serde::Serialize;
+
+use crate::policy::cheapest_sufficient;
+
+/// One point of a PGR curve: share of calls sent to the strong model, and the PGR there.
+pub type CurvePoint = (f64, f64);
+
+/// PGR against the strong-call share when rows are sent to the strong model in decreasing
+/// order of `need_strong`. Ties are one group whose rows go together, so a constant score is
+/// exactly random routing. `weak`/`strong` are per-row scores.
+pub fn pgr_curve(weak: &[f64], strong: &[f64], need_strong: &[f64]) -> Vec<CurvePoint> {
+    let n = weak.len();
+    let qw = weak.iter().sum::<f64>() / n as f64;
+    let qs = strong.iter().sum::<f64>() / n as f64;
+    let gap = qs - qw;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| need_strong[b].total_cmp(&need_strong[a]));
+    let mut points = vec![(0.0, 0.0)];
+    let mut gain = 0.0;
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j < n && need_strong[order[j]] == need_strong[order[i]] {
+            gain += strong[order[j]] - weak[order[j]];
+            j += 1;
+        }
+        let pgr = if gap.abs() < 1e-12 { 0.0 } else { gain / n as f64 / gap };
+        points.push((j as f64 / n as f64, pgr));
+        i = j;
+    }
+    points
+}
+
+/// Area under a PGR curve (trapezoids; linear within tie groups).
+pub fn apgr(curve: &[CurvePoint]) -> f64 {
+    curve.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum()
+}
+
+/// Smallest strong-call share at which PGR reaches `target` (linear within tie groups).
+pub fn cpt(curve: &[CurvePoint], target: f64) -> Option<f64> {
+    curve.windows(2).find_map(|w| {
+        let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+        (y1 >= target).then(|| {
+            if y0 >= target || (y1 - y0).abs() < 1e-12 {
+                x0
+            } else {
+                x0 + (x1 - x0) * (target - y0) / (y1 - y0)
+            }
+        })
+    })
+}
+
+/// Mean quality and mean cost of a routing.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Operating {
+    /// Mean score of the chosen tiers.
+    pub quality: f64,
+    /// Mean price of the chosen tiers.
+    pub cost: f64,
+}
+
+/// Quality and cost when row r goes to tier `choice[r]`; `scores[r][k]` must be present.
+pub fn operating(choice: &[usize], scores: &[Vec<f64>], prices: &[f64], rows: &[usize]) -> Operating {
+    let n = rows.len().max(1) as f64;
+    let (mut q, mut c) = (0.0, 0.0);
+    for &r in rows {
+        q += scores[r][choice[r]];
+        c += prices[choice[r]];
+    }
+    Operating { quality: q / n, cost: c / n }
+}
+
+/// Candidate thresholds per head: `steps + 1` evenly spaced values in [0, 1].
+fn grid(heads: usize) -> Vec<Vec<f64>> {
+    let steps: usize = match heads {
+        0 | 1 => 100,
+        2 => 40,
+        3 => 16,
+        _ => 6,
+    };
+    let axis: Vec<f64> = (0..=steps).map(|i| i as f64 / steps as f64).collect();
+    let mut out = vec![Vec::new()];
+    for _ in 0..heads {
+        out = out
+            .into_iter()
+            .flat_map(|prefix| {
+                axis.iter().map(move |t| {
+                    let mut v = prefix.clone();
+                    v.push(*t);
+                    v
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// Routes every row with `thresholds` (one per tier; the dearest always qualifies).
+pub fn route_all(p: &[Vec<f64>], thresholds: &[f64]) -> Vec<usize> {
+    p.iter()
+        .map(|pr| cheapest_sufficient(pr, thresholds, 0, pr.len() - 1).unwrap_or(pr.len() - 1))
+        .collect()
+}
+
+/// The cheapest thresholds on `rows` whose quality reaches `min_quality`, with their operating
+/// point; `None` if no grid point reaches it.
+pub fn cheapest_thresholds(
+    p: &[Vec<f64>],
+    scores: &[Vec<f64>],
+    prices: &[f64],
+    rows: &[usize],
+    min_quality: f64,
+) -> Option<(Vec<f64>, Operating)> {
+    let heads = prices.len() - 1;
+    let mut best: Option<(Vec<f64>, Operating)> = None;
+    for mut t in grid(heads) {
+        t.push(0.0);
+        let choice = route_all(p, &t);
+        let op = operating(&choice, scores, prices, rows);
+        if op.quality + 1e-12 >= min_quality
+            && best.as_ref().is_none_or(|(_, b)| op.cost < b.cost || (op.cost == b.cost && op.quality > b.quality))
+        {
+            best = Some((t, op));
+        }
+    }
+    best
+}
+
+/// The cheapest mix of tiers chosen at random (shares on a 1 % grid) whose expected quality
+/// reaches `min_quality`: the random-routing baseline for N tiers.
+pub fn random_mix(scores: &[Vec<f64>], prices: &[f64], rows: &[usize], min_quality: f64) -> Option<Operating> {
+    let k = prices.len();
+    let n = rows.len().max(1) as f64;
+    let mean_q: Vec<f64> = (0..k).map(|t| rows.iter().map(|&r| scores[r][t]).sum::<f64>() / n).collect();
+    let mut best: Option<Operating> = None;
+    let mut shares = vec![0usize; k];
+    fn rec(
+        i: usize,
+        left: usize,
+        shares: &mut Vec<usize>,
+        mean_q: &[f64],
+        prices: &[f64],
+        min_quality: f64,
+        best: &mut Option<Operating>,
+    ) {
+        if i + 1 == shares.len() {
+            shares[i] = left;
+            let q: f64 = shares.iter().zip(mean_q).map(|(s, q)| *s as f64 / 100.0 * q).sum();
+            let c: f64 = shares.iter().zip(prices).map(|(s, p)| *s as f64 / 100.0 * p).sum();
+            if q + 1e-12 >= min_quality && best.is_none_or(|b| c < b.cost) {
+                *best = Some(Operating { quality: q, cost: c });
+            }
+            return;
+        }
+        for s in 0..=left {
+            shares[i] = s;
+            rec(i + 1, left - s, shares, mean_q, prices, min_quality, best);
+        }
+    }
+    rec(0, 100, &mut shares, &mean_q, prices, min_quality, &mut best);
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_constant_score_is_random_routing() {
+        let weak = [1.0, 0.0, 0.0, 1.0];
+        let strong = [1.0, 1.0, 1.0, 0.0];
+        let c = pgr_curve(&weak, &strong, &[0.5; 4]);
+        assert!((apgr(&c) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_perfect_router_beats_random_and_reaches_50_percent_early() {
+        // Strong helps on rows 1 and 2 only.
+        let weak = [1.0, 0.0, 0.0, 1.0];
+        let strong = [1.0, 1.0, 1.0, 1.0];
+        let c = pgr_curve(&weak, &strong, &[0.0, 1.0, 0.9, 0.1]);
+        assert_eq!(c[2], (0.5, 1.0));
+        assert!((apgr(&c) - 0.875).abs() < 1e-12, "{}", apgr(&c));
+        assert!((cpt(&c, 0.5).unwrap() - 0.125).abs() < 1e-12);
+        // The reversed router is worse than random.
+        let bad = pgr_curve(&weak, &strong, &[1.0, 0.0, 0.1, 0.9]);
+        assert!(apgr(&bad) < 0.5);
+    }
+
+    #[test]
+    fn thresholds_meet_the_quality_target_at_least_cost() {
+        // Two tiers; p says row 0 is fine on the cheap tier, row 1 is not.
+        let p = vec![vec![0.9, 1.0], vec![0.1, 1.0]];
+        let scores = vec![vec![1.0, 1.0], vec![0.0, 1.0]];
+        let prices = [1.0, 10.0];
+        let (t, op) = cheapest_thresholds(&p, &scores, &prices, &[0, 1], 1.0).unwrap();
+        assert_eq!(route_all(&p, &t), vec![0, 1]);
+        assert_eq!(op, Operating { quality: 1.0, cost: 5.5 });
+        assert!(cheapest_thresholds(&p, &scores, &prices, &[0, 1], 1.1).is_none());
+    }
+
+    #[test]
+    fn random_mix_is_linear_in_shares() {
+        let scores = vec![vec![0.0, 1.0], vec![1.0, 1.0]];
+        let op = random_mix(&scores, &[1.0, 3.0], &[0, 1], 0.75).unwrap();
+        // cheap quality 0.5, dear 1.0: half and half reaches 0.75 at cost 2.
+        assert!((op.quality - 0.75).abs() < 1e-9 && (op.cost - 2.0).abs() < 1e-9, "{op:?}");
+    }
+}

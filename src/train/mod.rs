@@ -1,0 +1,377 @@
+//! Offline training and evaluation: dataset loading, cross-validated fitting, metrics, and the
+//! model file, all on the serving featurizer.
+
+pub mod dataset;
+pub mod eval;
+pub mod fit;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::classifier::{Classifier, MODEL_FORMAT, ModelFile, SchemaRef};
+use crate::error::TrainError;
+use crate::features::{Conversation, Featurizer};
+use dataset::{Row, TierMap, ordinal_labels};
+use eval::Operating;
+pub use fit::FitOptions;
+
+/// Rows turned into features, tier scores and ordinal labels.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The rows, in input order.
+    pub rows: Vec<Row>,
+    /// Feature vectors.
+    pub x: Vec<Vec<f32>>,
+    /// Prompt token counts.
+    pub tokens: Vec<u32>,
+    /// Per-tier scores (None where the row has no outcome for that tier).
+    pub scores: Vec<Vec<Option<f64>>>,
+    /// Per-head ordinal labels.
+    pub labels: Vec<Vec<Option<bool>>>,
+}
+
+/// Featurizes rows with the serving featurizer (in parallel; the result is in input order).
+pub fn prepare(featurizer: &Featurizer, rows: Vec<Row>, tiers: &TierMap, progress: bool) -> Result<Prepared, TrainError> {
+    let bar = if progress {
+        indicatif::ProgressBar::new(rows.len() as u64).with_message("featurizing")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let chunk = rows.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<(Vec<f32>, u32)>, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = rows
+            .chunks(chunk)
+            .map(|part| {
+                let bar = bar.clone();
+                s.spawn(move || {
+                    part.iter()
+                        .map(|r| {
+                            bar.inc(1);
+                            featurizer
+                                .featurize(Conversation::single(&r.prompt))
+                                .map(|f| (f.vector, f.prompt_tokens))
+                                .map_err(|e| format!("row {}: {e}", r.id))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("featurizer thread panicked".into())))
+            .collect()
+    });
+    bar.finish_and_clear();
+    let mut x = Vec::with_capacity(rows.len());
+    let mut tokens = Vec::with_capacity(rows.len());
+    for part in results {
+        for (v, t) in part.map_err(TrainError::Data)? {
+            x.push(v);
+            tokens.push(t);
+        }
+    }
+    let scores: Vec<Vec<Option<f64>>> = rows.iter().map(|r| tiers.scores(r)).collect();
+    let labels = scores.iter().map(|s| ordinal_labels(s)).collect();
+    Ok(Prepared { rows, x, tokens, scores, labels })
+}
+
+/// Settings for `triage train` / `triage eval`.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Optimizer settings.
+    pub fit: FitOptions,
+    /// Cross-validation folds (>= 2).
+    pub folds: usize,
+    /// Seed for the fold assignment.
+    pub seed: u64,
+    /// Price of one request per tier, for cost figures and threshold tuning.
+    pub prices: Option<Vec<f64>>,
+    /// Quality to keep, as a share of always-dearest quality, when tuning thresholds.
+    pub target_quality: f64,
+}
+
+/// Cross-validated figures for two tiers on one group of rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct TwoTier {
+    /// `all` or a source name.
+    pub group: String,
+    /// Rows in the group.
+    pub rows: usize,
+    /// Mean score of the cheap and the dear tier.
+    pub cheap_quality: f64,
+    /// Mean score of the dearest tier.
+    pub dear_quality: f64,
+    /// The router: (APGR, CPT(50 %), CPT(80 %)).
+    pub router: Curve,
+    /// Longer prompts go to the dear tier first.
+    pub length_baseline: Curve,
+    /// Random routing (a constant score).
+    pub random_baseline: Curve,
+}
+
+/// Summary of one PGR curve.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Curve {
+    /// Area under PGR vs strong-call share.
+    pub apgr: f64,
+    /// Strong-call share where PGR reaches 50 %.
+    pub cpt50: Option<f64>,
+    /// Strong-call share where PGR reaches 80 %.
+    pub cpt80: Option<f64>,
+}
+
+/// Cost at a quality target for N tiers.
+#[derive(Debug, Clone, Serialize)]
+pub struct CostAtQuality {
+    /// Rows with a score for every tier.
+    pub rows: usize,
+    /// Required quality = target share × always-dearest quality.
+    pub min_quality: f64,
+    /// Always-dearest operating point.
+    pub dearest: Operating,
+    /// Mean score per tier.
+    pub tier_quality: Vec<f64>,
+    /// Router, thresholds tuned on the other folds' out-of-fold predictions.
+    pub router: Option<Operating>,
+    /// Router, cheapest grid point reaching the target on all out-of-fold predictions.
+    pub router_best: Option<Operating>,
+    /// Prompt-length baseline, tuned like the router.
+    pub length_baseline: Option<Operating>,
+    /// Cheapest random mix of tiers reaching the target.
+    pub random_baseline: Option<Operating>,
+}
+
+/// Everything `triage train` and `triage eval` measure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Rows with a score for the dearest tier.
+    pub rows: usize,
+    /// Folds (0 when a fixed model was evaluated).
+    pub folds: usize,
+    /// Per head: (tier, rows labelled good enough, rows labelled).
+    pub labels: Vec<(String, usize, usize)>,
+    /// Two-tier figures (cheapest vs dearest), overall and per source.
+    pub two_tier: Vec<TwoTier>,
+    /// N-tier cost figures (needs prices).
+    pub cost: Option<CostAtQuality>,
+}
+
+/// Assigns each usable row to one of `k` folds, reproducibly.
+pub fn fold_assignment(n: usize, k: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let mut fold = vec![0; n];
+    for (i, r) in idx.into_iter().enumerate() {
+        fold[r] = i % k;
+    }
+    fold
+}
+
+fn model_file(schema: &crate::features::Schema, tiers: &[String], scaling: crate::classifier::Scaling, heads: Vec<crate::classifier::Head>, thresholds: Vec<f64>, training: serde_json::Value) -> ModelFile {
+    let mut file = ModelFile {
+        format: MODEL_FORMAT.into(),
+        version: String::new(),
+        schema: SchemaRef {
+            version: schema.version.clone(),
+            fingerprint: schema.fingerprint.clone(),
+            n_features: schema.names.len(),
+        },
+        tiers: tiers.to_vec(),
+        scaling,
+        heads,
+        thresholds,
+        training,
+    };
+    // The version is a hash of the content, so the same data and settings give the same file.
+    let body = serde_json::to_vec(&file).unwrap_or_default();
+    let digest = Sha256::digest(&body);
+    file.version = format!("{}-{}", tiers.join("-"), digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    file
+}
+
+/// Out-of-fold probabilities for every row (rows without labels get the dearest tier only).
+pub fn cross_validate(featurizer: &Featurizer, data: &Prepared, tiers: &[String], opts: &TrainOptions, fold: &[usize]) -> Result<Vec<Vec<f64>>, TrainError> {
+    let mut p = vec![Vec::new(); data.rows.len()];
+    for f in 0..opts.folds {
+        let train_rows: Vec<usize> = (0..data.rows.len()).filter(|&r| fold[r] != f).collect();
+        let (scaling, heads) = fit::fit_heads(&data.x, &data.labels, &train_rows, tiers, opts.fit)?;
+        let file = model_file(featurizer.schema(), tiers, scaling, heads, vec![0.5; tiers.len()], serde_json::Value::Null);
+        let c = Classifier::new(file, featurizer.schema()).map_err(TrainError::Data)?;
+        for r in (0..data.rows.len()).filter(|&r| fold[r] == f) {
+            p[r] = c.score(&data.x[r]);
+        }
+    }
+    Ok(p)
+}
+
+fn curve(weak: &[f64], strong: &[f64], need: &[f64]) -> Curve {
+    let c = eval::pgr_curve(weak, strong, need);
+    Curve { apgr: eval::apgr(&c), cpt50: eval::cpt(&c, 0.5), cpt80: eval::cpt(&c, 0.8) }
+}
+
+/// Length-baseline probabilities: the longer the prompt, the less likely a cheap tier suffices.
+fn length_p(data: &Prepared, n_tiers: usize) -> Vec<Vec<f64>> {
+    let n = data.tokens.len().max(1) as f64;
+    let mut order: Vec<usize> = (0..data.tokens.len()).collect();
+    order.sort_by_key(|&r| data.tokens[r]);
+    let mut rank = vec![0.0; data.tokens.len()];
+    for (i, r) in order.into_iter().enumerate() {
+        rank[r] = i as f64 / n;
+    }
+    // Equal lengths must tie, so take the rank of the first row of each length.
+    let mut first: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+    for (r, t) in data.tokens.iter().enumerate() {
+        let e = first.entry(*t).or_insert(rank[r]);
+        *e = e.min(rank[r]);
+    }
+    data.tokens
+        .iter()
+        .map(|t| {
+            let mut v = vec![1.0 - first[t]; n_tiers - 1];
+            v.push(1.0);
+            v
+        })
+        .collect()
+}
+
+/// Thresholds tuned on the other folds, applied to each fold; `None` if some fold's target is
+/// out of reach.
+fn tuned_by_fold(p: &[Vec<f64>], scores: &[Vec<f64>], prices: &[f64], rows: &[usize], fold: &[usize], folds: usize, ratio: f64) -> Option<Operating> {
+    let top = prices.len() - 1;
+    let mut choice = vec![top; p.len()];
+    for f in 0..folds {
+        let others: Vec<usize> = rows.iter().copied().filter(|&r| fold[r] != f).collect();
+        let q_top = others.iter().map(|&r| scores[r][top]).sum::<f64>() / others.len().max(1) as f64;
+        let (t, _) = eval::cheapest_thresholds(p, scores, prices, &others, ratio * q_top)?;
+        for &r in rows.iter().filter(|&&r| fold[r] == f) {
+            choice[r] = crate::policy::cheapest_sufficient(&p[r], &t, 0, top).unwrap_or(top);
+        }
+    }
+    Some(eval::operating(&choice, scores, prices, rows))
+}
+
+/// Measures probabilities `p` (out-of-fold, or from a fixed model when `fold` is None).
+pub fn report(data: &Prepared, tiers: &[String], p: &[Vec<f64>], fold: Option<&[usize]>, opts: &TrainOptions) -> Report {
+    let top = tiers.len() - 1;
+    let labels = (0..top)
+        .map(|k| {
+            let ys: Vec<bool> = data.labels.iter().filter_map(|l| l[k]).collect();
+            (tiers[k].clone(), ys.iter().filter(|y| **y).count(), ys.len())
+        })
+        .collect();
+    let usable: Vec<usize> = (0..data.rows.len()).filter(|&r| data.scores[r][top].is_some()).collect();
+    let lp = length_p(data, tiers.len());
+
+    // Two tiers: the cheapest against the dearest, overall and per source.
+    let pair: Vec<usize> = usable.iter().copied().filter(|&r| data.scores[r][0].is_some()).collect();
+    let mut groups: Vec<String> = pair.iter().filter_map(|&r| data.rows[r].source.clone()).collect();
+    groups.sort();
+    groups.dedup();
+    if groups.len() != 1 {
+        groups.insert(0, "all".into());
+    }
+    let two_tier = groups
+        .into_iter()
+        .map(|g| {
+            let rows: Vec<usize> = pair
+                .iter()
+                .copied()
+                .filter(|&r| g == "all" || data.rows[r].source.as_deref() == Some(g.as_str()))
+                .collect();
+            let weak: Vec<f64> = rows.iter().map(|&r| data.scores[r][0].unwrap_or(0.0)).collect();
+            let strong: Vec<f64> = rows.iter().map(|&r| data.scores[r][top].unwrap_or(0.0)).collect();
+            let need: Vec<f64> = rows.iter().map(|&r| 1.0 - p[r][0]).collect();
+            let need_len: Vec<f64> = rows.iter().map(|&r| 1.0 - lp[r][0]).collect();
+            let n = rows.len().max(1) as f64;
+            TwoTier {
+                group: g,
+                rows: rows.len(),
+                cheap_quality: weak.iter().sum::<f64>() / n,
+                dear_quality: strong.iter().sum::<f64>() / n,
+                router: curve(&weak, &strong, &need),
+                length_baseline: curve(&weak, &strong, &need_len),
+                random_baseline: curve(&weak, &strong, &vec![0.0; rows.len()]),
+            }
+        })
+        .collect();
+
+    let cost = opts.prices.as_ref().map(|prices| {
+        let complete: Vec<usize> = usable.iter().copied().filter(|&r| data.scores[r].iter().all(Option::is_some)).collect();
+        let scores: Vec<Vec<f64>> = data.scores.iter().map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect()).collect();
+        let n = complete.len().max(1) as f64;
+        let tier_quality: Vec<f64> = (0..tiers.len()).map(|k| complete.iter().map(|&r| scores[r][k]).sum::<f64>() / n).collect();
+        let min_quality = opts.target_quality * tier_quality[top];
+        let always_top = vec![top; data.rows.len()];
+        let (router, length_baseline) = match fold {
+            Some(fold) => (
+                tuned_by_fold(p, &scores, prices, &complete, fold, opts.folds, opts.target_quality),
+                tuned_by_fold(&lp, &scores, prices, &complete, fold, opts.folds, opts.target_quality),
+            ),
+            None => (None, eval::cheapest_thresholds(&lp, &scores, prices, &complete, min_quality).map(|x| x.1)),
+        };
+        CostAtQuality {
+            rows: complete.len(),
+            min_quality,
+            dearest: eval::operating(&always_top, &scores, prices, &complete),
+            tier_quality,
+            router,
+            router_best: eval::cheapest_thresholds(p, &scores, prices, &complete, min_quality).map(|x| x.1),
+            length_baseline,
+            random_baseline: eval::random_mix(&scores, prices, &complete, min_quality),
+        }
+    });
+    Report { rows: usable.len(), folds: if fold.is_some() { opts.folds } else { 0 }, labels, two_tier, cost }
+}
+
+/// Cross-validates, reports, tunes thresholds on the out-of-fold predictions, then fits the
+/// final model on every row. `sources` describes the datasets for the model card.
+pub fn train(featurizer: &Featurizer, data: &Prepared, tiers: &TierMap, opts: &TrainOptions, sources: serde_json::Value) -> Result<(ModelFile, Report), TrainError> {
+    if opts.folds < 2 {
+        return Err(TrainError::Data(format!("--folds must be at least 2, got {}", opts.folds)));
+    }
+    let names = tiers.names();
+    let top = names.len() - 1;
+    let usable: Vec<usize> = (0..data.rows.len()).filter(|&r| data.labels[r].iter().any(Option::is_some)).collect();
+    if usable.len() < opts.folds * 2 {
+        return Err(TrainError::Data(format!(
+            "only {} rows have outcomes for the dearest tier {:?} and another tier; need at least {}",
+            usable.len(),
+            names[top],
+            opts.folds * 2
+        )));
+    }
+    let fold = fold_assignment(data.rows.len(), opts.folds, opts.seed);
+    let p = cross_validate(featurizer, data, &names, opts, &fold)?;
+    let rep = report(data, &names, &p, Some(&fold), opts);
+    let thresholds = match &opts.prices {
+        Some(prices) => {
+            let complete: Vec<usize> = (0..data.rows.len()).filter(|&r| data.scores[r].iter().all(Option::is_some)).collect();
+            let scores: Vec<Vec<f64>> = data.scores.iter().map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect()).collect();
+            let q_top = complete.iter().map(|&r| scores[r][top]).sum::<f64>() / complete.len().max(1) as f64;
+            eval::cheapest_thresholds(&p, &scores, prices, &complete, opts.target_quality * q_top)
+                .map(|(t, _)| t)
+                .unwrap_or_else(|| vec![0.5; names.len()])
+        }
+        None => vec![0.5; names.len()],
+    };
+    let (scaling, heads) = fit::fit_heads(&data.x, &data.labels, &usable, &names, opts.fit)?;
+    let training = serde_json::json!({
+        "datasets": sources,
+        "tiers": tiers.tiers.iter().map(|(n, m)| serde_json::json!({"tier": n, "models": m})).collect::<Vec<_>>(),
+        "rows": usable.len(),
+        "alpha": opts.fit.alpha,
+        "max_iterations": opts.fit.max_iterations,
+        "seed": opts.seed,
+        "prices": opts.prices,
+        "target_quality": opts.target_quality,
+        "cross_validation": rep,
+    });
+    Ok((model_file(featurizer.schema(), &names, scaling, heads, thresholds, training), rep))
+}
