@@ -94,7 +94,10 @@ impl Classifier {
     /// Validates a model against a schema.
     pub fn new(file: ModelFile, schema: &Schema) -> Result<Self, String> {
         if file.format != MODEL_FORMAT {
-            return Err(format!("format is {:?}, this build reads {MODEL_FORMAT:?}", file.format));
+            return Err(format!(
+                "format is {:?}, this build reads {MODEL_FORMAT:?}",
+                file.format
+            ));
         }
         if file.schema.fingerprint != schema.fingerprint || file.schema.version != schema.version {
             return Err(format!(
@@ -103,7 +106,10 @@ impl Classifier {
             ));
         }
         let n = schema.names.len();
-        if file.schema.n_features != n || file.scaling.mean.len() != n || file.scaling.std.len() != n {
+        if file.schema.n_features != n
+            || file.scaling.mean.len() != n
+            || file.scaling.std.len() != n
+        {
             return Err(format!(
                 "model has {} features (scaling {}/{}), the featurizer produces {n}",
                 file.schema.n_features,
@@ -112,7 +118,10 @@ impl Classifier {
             ));
         }
         if file.tiers.len() < 2 {
-            return Err(format!("model lists {} tiers, at least 2 are needed", file.tiers.len()));
+            return Err(format!(
+                "model lists {} tiers, at least 2 are needed",
+                file.tiers.len()
+            ));
         }
         if file.heads.len() + 1 != file.tiers.len() {
             return Err(format!(
@@ -128,22 +137,33 @@ impl Classifier {
                 file.tiers.len()
             ));
         }
-        if let Some((i, t)) = file.thresholds.iter().enumerate().find(|(_, t)| !(0.0..=1.0).contains(*t)) {
+        if let Some((i, t)) = file
+            .thresholds
+            .iter()
+            .enumerate()
+            .find(|(_, t)| !(0.0..=1.0).contains(*t))
+        {
             return Err(format!("thresholds[{i}] = {t} is outside [0, 1]"));
         }
         let mut folded = Vec::with_capacity(file.heads.len());
         for (i, h) in file.heads.iter().enumerate() {
             if h.tier != file.tiers[i] {
-                return Err(format!("heads[{i}] is for tier {:?}, expected {:?}", h.tier, file.tiers[i]));
+                return Err(format!(
+                    "heads[{i}] is for tier {:?}, expected {:?}",
+                    h.tier, file.tiers[i]
+                ));
             }
             if h.weights.len() != n {
-                return Err(format!("heads[{i}] has {} weights, expected {n}", h.weights.len()));
+                return Err(format!(
+                    "heads[{i}] has {} weights, expected {n}",
+                    h.weights.len()
+                ));
             }
             let mut w = Vec::with_capacity(n);
             let mut b = f64::from(h.intercept);
             for j in 0..n {
                 let s = file.scaling.std[j];
-                if !(s.is_finite() && s > 0.0) || !file.scaling.mean[j].is_finite() {
+                if !(s.is_finite() && s > 0.0 && file.scaling.mean[j].is_finite()) {
                     return Err(format!("scaling for feature {j} is not usable (std {s})"));
                 }
                 let wj = h.weights[j] / s;
@@ -206,12 +226,27 @@ mod tests {
         ModelFile {
             format: MODEL_FORMAT.into(),
             version: "m1".into(),
-            schema: SchemaRef { version: "v".into(), fingerprint: "fp".into(), n_features: 2 },
+            schema: SchemaRef {
+                version: "v".into(),
+                fingerprint: "fp".into(),
+                n_features: 2,
+            },
             tiers: vec!["a".into(), "b".into(), "c".into()],
-            scaling: Scaling { mean: vec![1.0, 0.0], std: vec![2.0, 1.0] },
+            scaling: Scaling {
+                mean: vec![1.0, 0.0],
+                std: vec![2.0, 1.0],
+            },
             heads: vec![
-                Head { tier: "a".into(), weights: vec![2.0, 0.0], intercept: 0.0 },
-                Head { tier: "b".into(), weights: vec![0.0, 1.0], intercept: -10.0 },
+                Head {
+                    tier: "a".into(),
+                    weights: vec![2.0, 0.0],
+                    intercept: 0.0,
+                },
+                Head {
+                    tier: "b".into(),
+                    weights: vec![0.0, 1.0],
+                    intercept: -10.0,
+                },
             ],
             thresholds: vec![0.5, 0.5, 0.0],
             training: serde_json::Value::Null,
@@ -234,20 +269,39 @@ mod tests {
         let mut s = schema(2);
         s.fingerprint = "other".into();
         let err = Classifier::new(model(), &s).unwrap_err();
-        assert!(err.contains("fingerprint fp") && err.contains("fingerprint other"), "{err}");
+        assert!(
+            err.contains("fingerprint fp") && err.contains("fingerprint other"),
+            "{err}"
+        );
     }
 
     #[test]
     fn malformed_models_are_refused() {
         let mut m = model();
         m.heads.pop();
-        assert!(Classifier::new(m, &schema(2)).unwrap_err().contains("heads"));
+        assert!(
+            Classifier::new(m, &schema(2))
+                .unwrap_err()
+                .contains("heads")
+        );
         let mut m = model();
         m.scaling.std[0] = 0.0;
-        assert!(Classifier::new(m, &schema(2)).unwrap_err().contains("scaling"));
+        assert!(
+            Classifier::new(m, &schema(2))
+                .unwrap_err()
+                .contains("scaling")
+        );
         let mut m = model();
         m.thresholds[1] = 1.5;
-        assert!(Classifier::new(m, &schema(2)).unwrap_err().contains("thresholds[1]"));
-        assert!(Classifier::new(model(), &schema(3)).unwrap_err().contains("features"));
+        assert!(
+            Classifier::new(m, &schema(2))
+                .unwrap_err()
+                .contains("thresholds[1]")
+        );
+        assert!(
+            Classifier::new(model(), &schema(3))
+                .unwrap_err()
+                .contains("features")
+        );
     }
 }

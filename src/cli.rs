@@ -156,9 +156,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval_cmd(a),
         Command::CheckConfig(a) => {
             let c = load_config(&a)?;
-            println!("config ok: {} tiers, listening on {}", c.tiers.len(), c.server.addr);
+            println!(
+                "config ok: {} tiers, listening on {}",
+                c.tiers.len(),
+                c.server.addr
+            );
             for t in &c.tiers {
-                let chain: Vec<String> = t.chain.iter().map(|m| format!("{}/{}", m.provider, m.model)).collect();
+                let chain: Vec<String> = t
+                    .chain
+                    .iter()
+                    .map(|m| format!("{}/{}", m.provider, m.model))
+                    .collect();
                 println!(
                     "  {:<10} in {:>7.3} out {:>7.3} USD/Mtok  {}",
                     t.name,
@@ -179,7 +187,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     let addr = config.server.addr;
     let engine = Arc::new(engine(config, a.model)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -192,7 +202,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tiers = %engine.config().tier_names().join(","),
             "triage serving"
         );
-        eprintln!("triage listening on {local} (model {})", snap.classifier.version());
+        eprintln!(
+            "triage listening on {local} (model {})",
+            snap.classifier.version()
+        );
         triage::server::serve(engine, listener, shutdown_signal()).await?;
         anyhow::Ok(())
     })
@@ -219,10 +232,12 @@ async fn shutdown_signal() {
 
 fn knob(engine: &Engine, field: &str, name: Option<&str>) -> anyhow::Result<Option<usize>> {
     name.map(|n| {
-        engine
-            .config()
-            .tier_index(n)
-            .with_context(|| format!("{field}: unknown tier {n:?} (tiers: {})", engine.config().tier_names().join(", ")))
+        engine.config().tier_index(n).with_context(|| {
+            format!(
+                "{field}: unknown tier {n:?} (tiers: {})",
+                engine.config().tier_names().join(", ")
+            )
+        })
     })
     .transpose()
 }
@@ -247,10 +262,20 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
             if row.prompt.trim().is_empty() {
                 bail!("{}: row {:?} has an empty prompt", path.display(), row.id);
             }
-            let d = engine.route(&RouteInput { prompt: row.prompt, knobs: knobs.clone(), ..RouteInput::default() })?;
-            let p: serde_json::Map<String, serde_json::Value> =
-                d.tiers.iter().map(|(n, v)| (n.clone(), v.p_sufficient.into())).collect();
-            serde_json::to_writer(&mut out, &serde_json::json!({"id": row.id, "tier": d.tier_name, "p_sufficient": p}))?;
+            let d = engine.route(&RouteInput {
+                prompt: row.prompt,
+                knobs: knobs.clone(),
+                ..RouteInput::default()
+            })?;
+            let p: serde_json::Map<String, serde_json::Value> = d
+                .tiers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.p_sufficient.into()))
+                .collect();
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({"id": row.id, "tier": d.tier_name, "p_sufficient": p}),
+            )?;
             writeln!(out)?;
         }
     } else {
@@ -258,7 +283,11 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
         if prompt.trim().is_empty() {
             bail!("the prompt is empty");
         }
-        let d = engine.route(&RouteInput { prompt, knobs, ..RouteInput::default() })?;
+        let d = engine.route(&RouteInput {
+            prompt,
+            knobs,
+            ..RouteInput::default()
+        })?;
         let tiers: Vec<serde_json::Value> = d
             .tiers
             .iter()
@@ -267,8 +296,11 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
                     "estimated_cost_usd": v.cost_usd, "eligible": v.eligible})
             })
             .collect();
-        let chain: Vec<serde_json::Value> =
-            d.chain.iter().map(|m| serde_json::json!({"provider": m.provider, "model": m.model})).collect();
+        let chain: Vec<serde_json::Value> = d
+            .chain
+            .iter()
+            .map(|m| serde_json::json!({"provider": m.provider, "model": m.model}))
+            .collect();
         serde_json::to_writer_pretty(
             &mut out,
             &serde_json::json!({
@@ -288,30 +320,50 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn prepare(d: &DataArgs) -> anyhow::Result<(Featurizer, train::Prepared, TrainOptions, serde_json::Value)> {
+fn prepare(
+    d: &DataArgs,
+) -> anyhow::Result<(Featurizer, train::Prepared, TrainOptions, serde_json::Value)> {
     let featurizer = Featurizer::load(&d.embeddings)?;
     let mut rows = Vec::new();
     let mut sources = Vec::new();
     for path in &d.datasets {
         let r = read_jsonl(path)?;
-        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         sources.push(serde_json::json!({"file": name, "rows": r.len()}));
         rows.extend(r);
     }
     if let Some(p) = &d.prices {
         if p.len() != d.tiers.tiers.len() {
-            bail!("--prices lists {} prices for {} tiers", p.len(), d.tiers.tiers.len());
+            bail!(
+                "--prices lists {} prices for {} tiers",
+                p.len(),
+                d.tiers.tiers.len()
+            );
         }
         if p.iter().any(|v| !v.is_finite() || *v < 0.0) {
             bail!("--prices must be finite numbers >= 0");
         }
     }
     if !(0.0..=1.0).contains(&d.target_quality) {
-        bail!("--target-quality must be in [0, 1], got {}", d.target_quality);
+        bail!(
+            "--target-quality must be in [0, 1], got {}",
+            d.target_quality
+        );
     }
-    let data = train::prepare(&featurizer, rows, &d.tiers, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
+    let data = train::prepare(
+        &featurizer,
+        rows,
+        &d.tiers,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )?;
     let opts = TrainOptions {
-        fit: FitOptions { alpha: d.alpha, ..FitOptions::default() },
+        fit: FitOptions {
+            alpha: d.alpha,
+            ..FitOptions::default()
+        },
         folds: d.folds,
         seed: d.seed,
         prices: d.prices.clone(),
@@ -325,16 +377,38 @@ fn pct(x: Option<f64>) -> String {
 }
 
 fn print_report(rep: &Report) {
-    let kind = if rep.folds > 0 { format!("{}-fold cross-validation (out-of-fold predictions)", rep.folds) } else { "fixed model".into() };
+    let kind = if rep.folds > 0 {
+        format!(
+            "{}-fold cross-validation (out-of-fold predictions)",
+            rep.folds
+        )
+    } else {
+        "fixed model".into()
+    };
     println!("rows: {}   {kind}", rep.rows);
     for (t, pos, n) in &rep.labels {
-        println!("  label {t:<10} good enough on {pos}/{n} rows ({:.1}%)", 100.0 * *pos as f64 / (*n).max(1) as f64);
+        println!(
+            "  label {t:<10} good enough on {pos}/{n} rows ({:.1}%)",
+            100.0 * *pos as f64 / (*n).max(1) as f64
+        );
     }
     println!("\ntwo tiers (cheapest vs dearest)   APGR   CPT(50%)  CPT(80%)");
     for g in &rep.two_tier {
-        println!("  {} ({} rows, cheap {:.3}, dear {:.3})", g.group, g.rows, g.cheap_quality, g.dear_quality);
-        for (name, c) in [("router", &g.router), ("length baseline", &g.length_baseline), ("random", &g.random_baseline)] {
-            println!("    {name:<28} {:.3}  {:>8}  {:>8}", c.apgr, pct(c.cpt50), pct(c.cpt80));
+        println!(
+            "  {} ({} rows, cheap {:.3}, dear {:.3})",
+            g.group, g.rows, g.cheap_quality, g.dear_quality
+        );
+        for (name, c) in [
+            ("router", &g.router),
+            ("length baseline", &g.length_baseline),
+            ("random", &g.random_baseline),
+        ] {
+            println!(
+                "    {name:<28} {:.3}  {:>8}  {:>8}",
+                c.apgr,
+                pct(c.cpt50),
+                pct(c.cpt80)
+            );
         }
     }
     if let Some(c) = &rep.cost {
@@ -344,7 +418,10 @@ fn print_report(rep: &Report) {
             c.rows,
             c.dearest.quality,
             c.dearest.cost,
-            c.tier_quality.iter().map(|q| (q * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+            c.tier_quality
+                .iter()
+                .map(|q| (q * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
         );
         for (name, op) in [
             ("router (thresholds from other folds)", c.router),
@@ -367,7 +444,8 @@ fn print_report(rep: &Report) {
 
 fn write_report(path: Option<&Path>, rep: &Report) -> anyhow::Result<()> {
     if let Some(p) = path {
-        std::fs::write(p, serde_json::to_vec_pretty(rep)?).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, serde_json::to_vec_pretty(rep)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
@@ -378,9 +456,15 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
     print_report(&rep);
     write_report(a.data.report.as_deref(), &rep)?;
     let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
-    println!("\nwrote {} (version {}, thresholds {:?})", a.out.display(), file.version, file.thresholds);
+    println!(
+        "\nwrote {} (version {}, thresholds {:?})",
+        a.out.display(),
+        file.version,
+        file.thresholds
+    );
     Ok(())
 }
 
@@ -391,7 +475,12 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
         Some(m) => {
             let c = triage::classifier::Classifier::load(m, featurizer.schema())?;
             if c.tiers() != names.as_slice() {
-                bail!("{}: model tiers [{}] differ from --tiers [{}]", m.display(), c.tiers().join(", "), names.join(", "));
+                bail!(
+                    "{}: model tiers [{}] differ from --tiers [{}]",
+                    m.display(),
+                    c.tiers().join(", "),
+                    names.join(", ")
+                );
             }
             let p: Vec<Vec<f64>> = data.x.iter().map(|x| c.score(x)).collect();
             train::report(&data, &names, &p, None, &opts)

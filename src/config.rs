@@ -195,7 +195,11 @@ impl TierConfig {
 impl Config {
     /// The shipped defaults (three tiers), with model paths relative to the working directory.
     pub fn shipped() -> Result<Self, LoadError> {
-        Self::from_toml(DEFAULT_CONFIG_TOML, Path::new("<built-in triage.toml>"), None)
+        Self::from_toml(
+            DEFAULT_CONFIG_TOML,
+            Path::new("<built-in triage.toml>"),
+            None,
+        )
     }
 
     /// Reads and validates a config file. Relative model paths resolve against its directory.
@@ -293,8 +297,16 @@ impl RawConfig {
                     t.name
                 ));
             }
-            check_price(&mut errors, format!("{at}.input_usd_per_mtok"), t.input_usd_per_mtok);
-            check_price(&mut errors, format!("{at}.output_usd_per_mtok"), t.output_usd_per_mtok);
+            check_price(
+                &mut errors,
+                format!("{at}.input_usd_per_mtok"),
+                t.input_usd_per_mtok,
+            );
+            check_price(
+                &mut errors,
+                format!("{at}.output_usd_per_mtok"),
+                t.output_usd_per_mtok,
+            );
             if let Some(th) = t.threshold
                 && !(0.0..=1.0).contains(&th)
             {
@@ -420,7 +432,10 @@ chain = [{ provider = "openai", model = "big" }]
     fn one_tier_is_refused() {
         let one = TWO_TIERS.split("[[tiers]]").nth(1).unwrap();
         let err = parse(&format!("[[tiers]]{one}")).unwrap_err();
-        assert!(err.contains("tiers: at least 2 tiers are required, got 1"), "{err}");
+        assert!(
+            err.contains("tiers: at least 2 tiers are required, got 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -462,7 +477,10 @@ chain = [{ provider = "", model = "m" }]
     fn tiers_out_of_price_order_are_refused() {
         let swapped = TWO_TIERS
             .replace("0.1\noutput_usd_per_mtok = 0.4", "TMP")
-            .replace("2.0\noutput_usd_per_mtok = 8.0", "0.1\noutput_usd_per_mtok = 0.4")
+            .replace(
+                "2.0\noutput_usd_per_mtok = 8.0",
+                "0.1\noutput_usd_per_mtok = 0.4",
+            )
             .replace("TMP", "2.0\noutput_usd_per_mtok = 8.0");
         let err = parse(&swapped).unwrap_err();
         assert!(err.contains("tiers[1]: is cheaper than tiers[0]"), "{err}");
@@ -470,8 +488,15 @@ chain = [{ provider = "", model = "m" }]
 
     #[test]
     fn relative_model_paths_resolve_against_the_config_directory() {
-        let c = Config::from_toml(TWO_TIERS, Path::new("/etc/triage/t.toml"), Some(Path::new("/etc/triage")))
-            .unwrap();
-        assert_eq!(c.model.classifier, Path::new("/etc/triage/models/classifier.json"));
+        let c = Config::from_toml(
+            TWO_TIERS,
+            Path::new("/etc/triage/t.toml"),
+            Some(Path::new("/etc/triage")),
+        )
+        .unwrap();
+        assert_eq!(
+            c.model.classifier,
+            Path::new("/etc/triage/models/classifier.json")
+        );
     }
 }

@@ -28,7 +28,11 @@ pub struct ModelStore {
     current: ArcSwap<Snapshot>,
 }
 
-fn snapshot(config: &Config, featurizer: Arc<Featurizer>, path: &Path) -> Result<Snapshot, LoadError> {
+fn snapshot(
+    config: &Config,
+    featurizer: Arc<Featurizer>,
+    path: &Path,
+) -> Result<Snapshot, LoadError> {
     let classifier = Classifier::load(path, featurizer.schema())?;
     let want = config.tier_names();
     if classifier.tiers() != want.as_slice() {
@@ -62,7 +66,11 @@ impl ModelStore {
     }
 
     /// Like [`Self::open`] with an already loaded featurizer and an explicit model path.
-    pub fn with_featurizer(config: &Config, featurizer: Arc<Featurizer>, path: &Path) -> Result<Self, LoadError> {
+    pub fn with_featurizer(
+        config: &Config,
+        featurizer: Arc<Featurizer>,
+        path: &Path,
+    ) -> Result<Self, LoadError> {
         Ok(Self {
             current: ArcSwap::from_pointee(snapshot(config, featurizer, path)?),
         })

@@ -86,10 +86,17 @@ pub fn decide(
                 "max_cost_usd is {m} but the cheapest allowed tier {:?} is estimated at {:.6} USD",
                 names[cheapest], costs[cheapest]
             ),
-            _ => format!("the allowed tier range {:?}..={:?} is empty", names[cheapest], names[hi]),
+            _ => format!(
+                "the allowed tier range {:?}..={:?} is empty",
+                names[cheapest], names[hi]
+            ),
         }));
     };
-    let source = if knobs.quality_target.is_some() { "quality_target" } else { "threshold" };
+    let source = if knobs.quality_target.is_some() {
+        "quality_target"
+    } else {
+        "threshold"
+    };
     let effective: Vec<f64> = tiers.iter().map(|t| t.threshold).collect();
     // Eligible tiers are contiguous except for the cost cap, which only removes dear tiers.
     let chosen = cheapest_sufficient(p, &effective, eligible[0], dearest);
@@ -105,7 +112,10 @@ pub fn decide(
                 names[i], p[i], tiers[i].threshold
             );
             if !skipped.is_empty() {
-                r.push_str(&format!(" (cheaper tiers fell short: {})", skipped.join(", ")));
+                r.push_str(&format!(
+                    " (cheaper tiers fell short: {})",
+                    skipped.join(", ")
+                ));
             }
             r
         }
@@ -123,7 +133,11 @@ pub fn decide(
         limits.push(format!(
             "max_tier={}{}",
             names[hi],
-            if knobs.latency_sensitive && latency_cap.is_some() { " (latency-sensitive cap)" } else { "" }
+            if knobs.latency_sensitive && latency_cap.is_some() {
+                " (latency-sensitive cap)"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(m) = knobs.max_cost_usd {
@@ -132,7 +146,11 @@ pub fn decide(
     if !limits.is_empty() {
         reason.push_str(&format!("; limits: {}", limits.join(", ")));
     }
-    Ok(Choice { tier, tiers, reason })
+    Ok(Choice {
+        tier,
+        tiers,
+        reason,
+    })
 }
 
 #[cfg(test)]
@@ -165,11 +183,17 @@ mod tests {
 
     #[test]
     fn min_and_max_tier_bound_the_choice() {
-        let k = Knobs { min_tier: Some(1), ..Knobs::default() };
+        let k = Knobs {
+            min_tier: Some(1),
+            ..Knobs::default()
+        };
         let c = pick([0.9, 0.9, 1.0], k).unwrap();
         assert_eq!(c.tier, 1);
         assert!(!c.tiers[0].eligible && c.reason.contains("min_tier=standard"));
-        let k = Knobs { max_tier: Some(1), ..Knobs::default() };
+        let k = Knobs {
+            max_tier: Some(1),
+            ..Knobs::default()
+        };
         let c = pick([0.1, 0.2, 1.0], k).unwrap();
         assert_eq!(c.tier, 1, "falls back to the dearest allowed tier");
         assert!(c.reason.contains("no allowed tier reaches"), "{}", c.reason);
@@ -177,31 +201,58 @@ mod tests {
 
     #[test]
     fn max_cost_excludes_dear_tiers_and_can_leave_none() {
-        let k = Knobs { max_cost_usd: Some(0.01), ..Knobs::default() };
+        let k = Knobs {
+            max_cost_usd: Some(0.01),
+            ..Knobs::default()
+        };
         assert_eq!(pick([0.1, 0.2, 1.0], k).unwrap().tier, 1);
-        let k = Knobs { max_cost_usd: Some(0.0001), ..Knobs::default() };
+        let k = Knobs {
+            max_cost_usd: Some(0.0001),
+            ..Knobs::default()
+        };
         let err = pick([0.1, 0.2, 1.0], k).unwrap_err();
         assert!(err.to_string().contains("max_cost_usd is 0.0001"), "{err}");
     }
 
     #[test]
     fn quality_target_replaces_thresholds() {
-        let k = Knobs { quality_target: Some(0.4), ..Knobs::default() };
+        let k = Knobs {
+            quality_target: Some(0.4),
+            ..Knobs::default()
+        };
         let c = pick([0.5, 0.6, 1.0], k).unwrap();
         assert_eq!(c.tier, 0);
         assert!(c.reason.contains("quality_target 0.40"), "{}", c.reason);
-        let k = Knobs { quality_target: Some(0.95), ..Knobs::default() };
+        let k = Knobs {
+            quality_target: Some(0.95),
+            ..Knobs::default()
+        };
         assert_eq!(pick([0.8, 0.9, 1.0], k).unwrap().tier, 2);
     }
 
     #[test]
     fn latency_sensitive_caps_but_min_tier_wins() {
-        let k = Knobs { latency_sensitive: true, ..Knobs::default() };
+        let k = Knobs {
+            latency_sensitive: true,
+            ..Knobs::default()
+        };
         assert_eq!(pick([0.1, 0.2, 1.0], k).unwrap().tier, 1);
-        let k = Knobs { latency_sensitive: true, min_tier: Some(2), ..Knobs::default() };
+        let k = Knobs {
+            latency_sensitive: true,
+            min_tier: Some(2),
+            ..Knobs::default()
+        };
         assert_eq!(pick([0.1, 0.2, 1.0], k).unwrap().tier, 2);
         // Without an operator cap the flag changes nothing.
-        let k = Knobs { latency_sensitive: true, ..Knobs::default() };
-        assert_eq!(decide(&[0.1, 0.2, 1.0], &TH, &COST, &names(), &k, None).unwrap().tier, 2);
+        let k = Knobs {
+            latency_sensitive: true,
+            ..Knobs::default()
+        };
+        assert_eq!(
+            decide(&[0.1, 0.2, 1.0], &TH, &COST, &names(), &k, None)
+                .unwrap()
+                .tier,
+            2
+        );
     }
 }

@@ -27,12 +27,19 @@ impl RouterService {
     }
 }
 
-fn tier_knob(config: &Config, field: &str, name: Option<&str>) -> Result<Option<usize>, RequestError> {
+fn tier_knob(
+    config: &Config,
+    field: &str,
+    name: Option<&str>,
+) -> Result<Option<usize>, RequestError> {
     let Some(name) = name else { return Ok(None) };
     config.tier_index(name).map(Some).ok_or_else(|| {
         RequestError::invalid(
             field,
-            format!("unknown tier {name:?} (tiers: {})", config.tier_names().join(", ")),
+            format!(
+                "unknown tier {name:?} (tiers: {})",
+                config.tier_names().join(", ")
+            ),
         )
     })
 }
@@ -66,7 +73,11 @@ pub fn validate_route(req: pb::RouteRequest, config: &Config) -> Result<RouteInp
         if !ROLES.contains(&m.role.as_str()) {
             return Err(RequestError::invalid(
                 format!("messages[{i}].role"),
-                format!("unknown role {:?} (expected one of {})", m.role, ROLES.join(", ")),
+                format!(
+                    "unknown role {:?} (expected one of {})",
+                    m.role,
+                    ROLES.join(", ")
+                ),
             ));
         }
     }
@@ -83,7 +94,10 @@ pub fn validate_route(req: pb::RouteRequest, config: &Config) -> Result<RouteInp
     let prompt = &req.messages[last_user].content;
     let field = format!("messages[{last_user}].content");
     if prompt.trim().is_empty() {
-        return Err(RequestError::invalid(field, "the routed user message is empty or whitespace only"));
+        return Err(RequestError::invalid(
+            field,
+            "the routed user message is empty or whitespace only",
+        ));
     }
     if prompt.len() > limits.max_prompt_bytes {
         return Err(RequestError::invalid(
@@ -111,12 +125,18 @@ pub fn validate_route(req: pb::RouteRequest, config: &Config) -> Result<RouteInp
     if let Some(c) = req.max_cost_usd
         && !(c.is_finite() && c >= 0.0)
     {
-        return Err(RequestError::invalid("max_cost_usd", format!("must be a finite number >= 0, got {c}")));
+        return Err(RequestError::invalid(
+            "max_cost_usd",
+            format!("must be a finite number >= 0, got {c}"),
+        ));
     }
     if let Some(q) = req.quality_target
         && !(0.0..=1.0).contains(&q)
     {
-        return Err(RequestError::invalid("quality_target", format!("must be in [0, 1], got {q}")));
+        return Err(RequestError::invalid(
+            "quality_target",
+            format!("must be in [0, 1], got {q}"),
+        ));
     }
     let prior_turns = req.messages[..last_user]
         .iter()
@@ -182,7 +202,10 @@ pub fn decision_to_proto(d: Decision, request_id: Option<String>) -> pb::RouteDe
 
 #[tonic::async_trait]
 impl Router for RouterService {
-    async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteDecision>, Status> {
+    async fn route(
+        &self,
+        request: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteDecision>, Status> {
         let req = request.into_inner();
         let request_id = req.request_id.clone();
         let input = validate_route(req, self.engine.config()).map_err(Error::from)?;

@@ -43,7 +43,10 @@ impl StaticEmbeddings {
             .map_err(|_| LoadError::invalid(&path, "no tensor named \"embeddings\""))?;
         let shape = tensor.shape();
         if shape.len() != 2 {
-            return Err(LoadError::invalid(&path, format!("embeddings must be 2-D, got shape {shape:?}")));
+            return Err(LoadError::invalid(
+                &path,
+                format!("embeddings must be 2-D, got shape {shape:?}"),
+            ));
         }
         let (rows, dim) = (shape[0], shape[1]);
         let data = tensor.data();
@@ -118,11 +121,15 @@ mod tests {
 
     #[test]
     fn pooling_is_the_normalized_mean_of_rows() {
-        let e = StaticEmbeddings::from_table(vec![1.0, 0.0, 0.0, 1.0, 3.0, 3.0], 3, 2, true).unwrap();
+        let e =
+            StaticEmbeddings::from_table(vec![1.0, 0.0, 0.0, 1.0, 3.0, 3.0], 3, 2, true).unwrap();
         let mut out = [0.0; 2];
         e.pool_into(&[0, 1], &mut out);
         let h = std::f32::consts::FRAC_1_SQRT_2;
-        assert!((out[0] - h).abs() < 1e-6 && (out[1] - h).abs() < 1e-6, "{out:?}");
+        assert!(
+            (out[0] - h).abs() < 1e-6 && (out[1] - h).abs() < 1e-6,
+            "{out:?}"
+        );
         // Unknown ids are skipped, not a panic.
         e.pool_into(&[0, 99], &mut out);
         assert_eq!(out, [1.0, 0.0]);

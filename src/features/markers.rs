@@ -111,84 +111,218 @@ enum Bound {
 
 // The keyword table: the single place that says which words trigger which marker.
 const KEYWORDS: &[(Marker, Bound, &[&str])] = &[
-    (Marker::Code, Bound::Anywhere, &["```", "#include", "console.log", "println!", "=>", "();", "){"]),
+    (
+        Marker::Code,
+        Bound::Anywhere,
+        &[
+            "```",
+            "#include",
+            "console.log",
+            "println!",
+            "=>",
+            "();",
+            "){",
+        ],
+    ),
     (
         Marker::Code,
         Bound::Word,
         &[
-            "code", "function", "python", "javascript", "typescript", "java", "rust", "golang",
-            "c++", "sql", "regex", "compile", "compiler", "debug", "def", "stack trace",
-            "api", "bash", "html", "css", "algorithm", "recursion", "variable",
+            "code",
+            "function",
+            "python",
+            "javascript",
+            "typescript",
+            "java",
+            "rust",
+            "golang",
+            "c++",
+            "sql",
+            "regex",
+            "compile",
+            "compiler",
+            "debug",
+            "def",
+            "stack trace",
+            "api",
+            "bash",
+            "html",
+            "css",
+            "algorithm",
+            "recursion",
+            "variable",
         ],
     ),
-    (Marker::Math, Bound::Anywhere, &["\\frac", "\\sum", "\\int", "$$", "^2", "^3", "sqrt("]),
+    (
+        Marker::Math,
+        Bound::Anywhere,
+        &["\\frac", "\\sum", "\\int", "$$", "^2", "^3", "sqrt("],
+    ),
     (
         Marker::Math,
         Bound::Word,
         &[
-            "calculate", "compute", "solve", "equation", "equations", "integral", "derivative",
-            "probability", "how many", "how much", "percent", "percentage", "sum", "product of",
-            "average", "ratio", "remainder", "polynomial", "matrix", "theorem", "mod",
+            "calculate",
+            "compute",
+            "solve",
+            "equation",
+            "equations",
+            "integral",
+            "derivative",
+            "probability",
+            "how many",
+            "how much",
+            "percent",
+            "percentage",
+            "sum",
+            "product of",
+            "average",
+            "ratio",
+            "remainder",
+            "polynomial",
+            "matrix",
+            "theorem",
+            "mod",
         ],
     ),
     (
         Marker::MultiStepReasoning,
         Bound::Word,
         &[
-            "step by step", "step-by-step", "prove", "derive", "explain why", "justify",
-            "reasoning", "reason", "think through", "walk me through", "show your work",
-            "show that", "first", "then", "therefore",
+            "step by step",
+            "step-by-step",
+            "prove",
+            "derive",
+            "explain why",
+            "justify",
+            "reasoning",
+            "reason",
+            "think through",
+            "walk me through",
+            "show your work",
+            "show that",
+            "first",
+            "then",
+            "therefore",
         ],
     ),
     (
         Marker::Extraction,
         Bound::Word,
-        &["extract", "list all", "find all", "pull out", "parse", "identify all", "retrieve the"],
+        &[
+            "extract",
+            "list all",
+            "find all",
+            "pull out",
+            "parse",
+            "identify all",
+            "retrieve the",
+        ],
     ),
     (
         Marker::Summarization,
         Bound::Prefix,
-        &["summar", "tl;dr", "tldr", "key points", "condense", "in a nutshell", "recap"],
+        &[
+            "summar",
+            "tl;dr",
+            "tldr",
+            "key points",
+            "condense",
+            "in a nutshell",
+            "recap",
+        ],
     ),
     (
         Marker::Classification,
         Bound::Word,
         &[
-            "classify", "categorize", "categorise", "sentiment", "true or false",
-            "which of the following", "label", "which category", "is it positive",
+            "classify",
+            "categorize",
+            "categorise",
+            "sentiment",
+            "true or false",
+            "which of the following",
+            "label",
+            "which category",
+            "is it positive",
         ],
     ),
-    (Marker::Classification, Bound::Anywhere, &["\na. ", "\nb. ", "\n(a)", "\n(b)"]),
+    (
+        Marker::Classification,
+        Bound::Anywhere,
+        &["\na. ", "\nb. ", "\n(a)", "\n(b)"],
+    ),
     (
         Marker::Translation,
         Bound::Word,
         &[
-            "translate", "translation", "into english", "into french", "into spanish",
-            "into german", "into chinese", "into japanese", "in french", "in spanish",
-            "in german", "in italian", "in chinese", "in japanese",
+            "translate",
+            "translation",
+            "into english",
+            "into french",
+            "into spanish",
+            "into german",
+            "into chinese",
+            "into japanese",
+            "in french",
+            "in spanish",
+            "in german",
+            "in italian",
+            "in chinese",
+            "in japanese",
         ],
     ),
     (
         Marker::CreativeWriting,
         Bound::Word,
         &[
-            "story", "poem", "haiku", "lyrics", "fiction", "screenplay", "limerick", "sonnet",
-            "creative", "imagine", "fairy tale",
+            "story",
+            "poem",
+            "haiku",
+            "lyrics",
+            "fiction",
+            "screenplay",
+            "limerick",
+            "sonnet",
+            "creative",
+            "imagine",
+            "fairy tale",
         ],
     ),
     (
         Marker::StrictFormat,
         Bound::Word,
         &[
-            "json", "yaml", "xml", "csv", "markdown table", "respond only", "reply only",
-            "answer only", "in the format", "exactly", "schema", "only output",
+            "json",
+            "yaml",
+            "xml",
+            "csv",
+            "markdown table",
+            "respond only",
+            "reply only",
+            "answer only",
+            "in the format",
+            "exactly",
+            "schema",
+            "only output",
         ],
     ),
 ];
 
 const GREETINGS: &[&str] = &[
-    "hi", "hello", "hey", "thanks", "thank you", "good morning", "good evening", "good night",
-    "how are you", "what's up", "yo", "cheers", "bye",
+    "hi",
+    "hello",
+    "hey",
+    "thanks",
+    "thank you",
+    "good morning",
+    "good evening",
+    "good night",
+    "how are you",
+    "what's up",
+    "yo",
+    "cheers",
+    "bye",
 ];
 
 /// Matches the keyword table in one pass over the text.
@@ -300,7 +434,10 @@ mod tests {
             ("Write a Python function to reverse a list", "code"),
             ("What is 17 * 23?", "math"),
             ("Solve the equation for x", "math"),
-            ("Explain why the sky is blue, step by step", "multi_step_reasoning"),
+            (
+                "Explain why the sky is blue, step by step",
+                "multi_step_reasoning",
+            ),
             ("Extract the dates from this email", "extraction"),
             ("Summarize the following article", "summarization"),
             ("Please give a tl;dr", "summarization"),
@@ -312,14 +449,22 @@ mod tests {
             ("Reply only with JSON", "strict_format"),
         ];
         for (text, want) in cases {
-            assert!(markers(text).contains(&want), "{text:?} gave {:?}, want {want}", markers(text));
+            assert!(
+                markers(text).contains(&want),
+                "{text:?} gave {:?}, want {want}",
+                markers(text)
+            );
         }
     }
 
     #[test]
     fn words_must_be_whole() {
         // "this" contains "hi", "sumo" starts with "sum", "translated" is not "translate".
-        assert!(markers("this is a sumo wrestler").is_empty(), "{:?}", markers("this is a sumo wrestler"));
+        assert!(
+            markers("this is a sumo wrestler").is_empty(),
+            "{:?}",
+            markers("this is a sumo wrestler")
+        );
         assert!(!markers("the codec").contains(&"code"));
     }
 
@@ -327,7 +472,10 @@ mod tests {
     fn chit_chat_needs_a_short_prompt() {
         let m = MarkerMatcher::new().unwrap();
         assert!(m.lexical("hi", 1).contains(Marker::ChitChat));
-        assert!(!m.lexical("hi", CHIT_CHAT_MAX_TOKENS + 1).contains(Marker::ChitChat));
+        assert!(
+            !m.lexical("hi", CHIT_CHAT_MAX_TOKENS + 1)
+                .contains(Marker::ChitChat)
+        );
     }
 
     #[test]

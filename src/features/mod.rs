@@ -247,7 +247,8 @@ pub struct TextStats {
 pub fn text_stats(text: &str) -> TextStats {
     let b = text.as_bytes();
     let (mut digits, mut symbols, mut upper, mut letters) = (0u32, 0u32, 0u32, 0u32);
-    let (mut newlines, mut numbers, mut words, mut word_bytes, mut qm) = (0u32, 0u32, 0u32, 0u32, 0u32);
+    let (mut newlines, mut numbers, mut words, mut word_bytes, mut qm) =
+        (0u32, 0u32, 0u32, 0u32, 0u32);
     let (mut in_number, mut in_word) = (false, false);
     for &c in b {
         if c.is_ascii_digit() {
@@ -278,10 +279,18 @@ pub fn text_stats(text: &str) -> TextStats {
     TextStats {
         digit_ratio: digits as f32 / n,
         symbol_ratio: symbols as f32 / n,
-        uppercase_ratio: if letters == 0 { 0.0 } else { upper as f32 / letters as f32 },
+        uppercase_ratio: if letters == 0 {
+            0.0
+        } else {
+            upper as f32 / letters as f32
+        },
         lines: if b.is_empty() { 0 } else { newlines + 1 },
         numbers,
-        mean_word_len: if words == 0 { 0.0 } else { word_bytes as f32 / words as f32 },
+        mean_word_len: if words == 0 {
+            0.0
+        } else {
+            word_bytes as f32 / words as f32
+        },
         question_marks: qm,
     }
 }
@@ -295,10 +304,16 @@ mod tests {
     /// A featurizer over a five-word vocabulary with a 2-D embedding table, so every value
     /// below can be worked out by hand.
     fn tiny() -> Featurizer {
-        let vocab = [("[UNK]", 0), ("hello", 1), ("world", 2), ("solve", 3), ("x", 4)]
-            .into_iter()
-            .map(|(w, i)| (w.to_string(), i))
-            .collect();
+        let vocab = [
+            ("[UNK]", 0),
+            ("hello", 1),
+            ("world", 2),
+            ("solve", 3),
+            ("x", 4),
+        ]
+        .into_iter()
+        .map(|(w, i)| (w.to_string(), i))
+        .collect();
         let model = WordLevel::builder()
             .vocab(vocab)
             .unk_token("[UNK]".into())
@@ -336,18 +351,23 @@ mod tests {
             0.0,
             0.0,
             0.0,
-            2f32.ln(),  // one line
+            2f32.ln(), // one line
             0.0,
-            5.0,        // "hello", "world"
+            5.0, // "hello", "world"
             0.0,
         ]
         .into_iter()
-        .chain(std::iter::repeat_n(0.0, 12))
+        // "hello" opens a short prompt: chit_chat (marker 8) is the only marker.
+        .chain((0..12).map(|i| if i == 8 { 1.0 } else { 0.0 }))
         .chain([h, h])
         .collect();
         assert_eq!(feats.vector.len(), want.len());
         for (i, (g, w)) in feats.vector.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() < 1e-6, "feature {} = {g}, want {w}", f.schema().names[i]);
+            assert!(
+                (g - w).abs() < 1e-6,
+                "feature {} = {g}, want {w}",
+                f.schema().names[i]
+            );
         }
     }
 
@@ -379,7 +399,11 @@ mod tests {
         let long = "hello ".repeat(LONG_CONTEXT_TOKENS as usize);
         let ctx = [long.as_str()];
         let feats = f
-            .featurize(Conversation { prompt: "x", context: &ctx, prior_turns: 0 })
+            .featurize(Conversation {
+                prompt: "x",
+                context: &ctx,
+                prior_turns: 0,
+            })
             .unwrap();
         assert!(feats.markers.contains(Marker::LongContext));
         let short = f.featurize(Conversation::single("x")).unwrap();
@@ -402,7 +426,8 @@ mod tests {
         assert_eq!(s.lines, 2);
         assert_eq!(s.question_marks, 1);
         assert!((s.digit_ratio - 3.0 / 18.0).abs() < 1e-6);
-        assert!((s.uppercase_ratio - 3.0 / 6.0).abs() < 1e-6);
+        // Letters W h a t i s A B, of which W A B are upper case.
+        assert!((s.uppercase_ratio - 3.0 / 8.0).abs() < 1e-6);
         assert_eq!(text_stats("").lines, 0);
     }
 }

@@ -41,7 +41,10 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Row>, LoadError> {
         if let Some((m, s)) = row.outcomes.iter().find(|(_, s)| !(0.0..=1.0).contains(*s)) {
             return Err(LoadError::invalid(
                 path,
-                format!("line {}: outcome for {m:?} is {s}, expected a score in [0, 1]", i + 1),
+                format!(
+                    "line {}: outcome for {m:?} is {s}, expected a score in [0, 1]",
+                    i + 1
+                ),
             ));
         }
         rows.push(row);
@@ -82,7 +85,10 @@ impl std::str::FromStr for TierMap {
             tiers.push((name, models));
         }
         if tiers.len() < 2 {
-            return Err(format!("--tiers: at least 2 tiers are needed, got {}", tiers.len()));
+            return Err(format!(
+                "--tiers: at least 2 tiers are needed, got {}",
+                tiers.len()
+            ));
         }
         Ok(Self { tiers })
     }
@@ -131,9 +137,24 @@ mod tests {
         let m: TierMap = "fast=a|b, frontier=c".parse().unwrap();
         assert_eq!(m.names(), vec!["fast", "frontier"]);
         assert_eq!(m.tiers[0].1, vec!["a", "b"]);
-        assert!("fast=a".parse::<TierMap>().unwrap_err().contains("at least 2"));
-        assert!("fast=a,fast=b".parse::<TierMap>().unwrap_err().contains("twice"));
-        assert!("fast,x=b".parse::<TierMap>().unwrap_err().contains("NAME=MODEL"));
+        assert!(
+            "fast=a"
+                .parse::<TierMap>()
+                .unwrap_err()
+                .contains("at least 2")
+        );
+        assert!(
+            "fast=a,fast=b"
+                .parse::<TierMap>()
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            "fast,x=b"
+                .parse::<TierMap>()
+                .unwrap_err()
+                .contains("NAME=MODEL")
+        );
     }
 
     #[test]
@@ -143,7 +164,9 @@ mod tests {
             id: "1".into(),
             source: None,
             prompt: "p".into(),
-            outcomes: [("b".to_string(), 1.0), ("c".to_string(), 0.0)].into_iter().collect(),
+            outcomes: [("b".to_string(), 1.0), ("c".to_string(), 0.0)]
+                .into_iter()
+                .collect(),
         };
         assert_eq!(m.scores(&row), vec![Some(1.0), Some(0.0)]);
     }
@@ -151,11 +174,23 @@ mod tests {
     #[test]
     fn ordinal_labels_are_monotone() {
         // cheap right, middle wrong, top right: cheap suffices, so the middle does too.
-        assert_eq!(ordinal_labels(&[Some(1.0), Some(0.0), Some(1.0)]), vec![Some(true), Some(true)]);
-        assert_eq!(ordinal_labels(&[Some(0.0), Some(1.0), Some(1.0)]), vec![Some(false), Some(true)]);
+        assert_eq!(
+            ordinal_labels(&[Some(1.0), Some(0.0), Some(1.0)]),
+            vec![Some(true), Some(true)]
+        );
+        assert_eq!(
+            ordinal_labels(&[Some(0.0), Some(1.0), Some(1.0)]),
+            vec![Some(false), Some(true)]
+        );
         // top wrong: everything is as good as the top.
-        assert_eq!(ordinal_labels(&[Some(0.0), Some(0.0), Some(0.0)]), vec![Some(true), Some(true)]);
-        assert_eq!(ordinal_labels(&[None, Some(0.0), Some(1.0)]), vec![None, Some(false)]);
+        assert_eq!(
+            ordinal_labels(&[Some(0.0), Some(0.0), Some(0.0)]),
+            vec![Some(true), Some(true)]
+        );
+        assert_eq!(
+            ordinal_labels(&[None, Some(0.0), Some(1.0)]),
+            vec![None, Some(false)]
+        );
         assert_eq!(ordinal_labels(&[Some(1.0), None]), vec![None]);
     }
 

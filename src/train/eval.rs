@@ -27,7 +27,11 @@ pub fn pgr_curve(weak: &[f64], strong: &[f64], need_strong: &[f64]) -> Vec<Curve
             gain += strong[order[j]] - weak[order[j]];
             j += 1;
         }
-        let pgr = if gap.abs() < 1e-12 { 0.0 } else { gain / n as f64 / gap };
+        let pgr = if gap.abs() < 1e-12 {
+            0.0
+        } else {
+            gain / n as f64 / gap
+        };
         points.push((j as f64 / n as f64, pgr));
         i = j;
     }
@@ -36,7 +40,10 @@ pub fn pgr_curve(weak: &[f64], strong: &[f64], need_strong: &[f64]) -> Vec<Curve
 
 /// Area under a PGR curve (trapezoids; linear within tie groups).
 pub fn apgr(curve: &[CurvePoint]) -> f64 {
-    curve.windows(2).map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0).sum()
+    curve
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+        .sum()
 }
 
 /// Smallest strong-call share at which PGR reaches `target` (linear within tie groups).
@@ -63,14 +70,22 @@ pub struct Operating {
 }
 
 /// Quality and cost when row r goes to tier `choice[r]`; `scores[r][k]` must be present.
-pub fn operating(choice: &[usize], scores: &[Vec<f64>], prices: &[f64], rows: &[usize]) -> Operating {
+pub fn operating(
+    choice: &[usize],
+    scores: &[Vec<f64>],
+    prices: &[f64],
+    rows: &[usize],
+) -> Operating {
     let n = rows.len().max(1) as f64;
     let (mut q, mut c) = (0.0, 0.0);
     for &r in rows {
         q += scores[r][choice[r]];
         c += prices[choice[r]];
     }
-    Operating { quality: q / n, cost: c / n }
+    Operating {
+        quality: q / n,
+        cost: c / n,
+    }
 }
 
 /// Candidate thresholds per head: `steps + 1` evenly spaced values in [0, 1].
@@ -121,7 +136,9 @@ pub fn cheapest_thresholds(
         let choice = route_all(p, &t);
         let op = operating(&choice, scores, prices, rows);
         if op.quality + 1e-12 >= min_quality
-            && best.as_ref().is_none_or(|(_, b)| op.cost < b.cost || (op.cost == b.cost && op.quality > b.quality))
+            && best.as_ref().is_none_or(|(_, b)| {
+                op.cost < b.cost || (op.cost == b.cost && op.quality > b.quality)
+            })
         {
             best = Some((t, op));
         }
@@ -131,10 +148,17 @@ pub fn cheapest_thresholds(
 
 /// The cheapest mix of tiers chosen at random (shares on a 1 % grid) whose expected quality
 /// reaches `min_quality`: the random-routing baseline for N tiers.
-pub fn random_mix(scores: &[Vec<f64>], prices: &[f64], rows: &[usize], min_quality: f64) -> Option<Operating> {
+pub fn random_mix(
+    scores: &[Vec<f64>],
+    prices: &[f64],
+    rows: &[usize],
+    min_quality: f64,
+) -> Option<Operating> {
     let k = prices.len();
     let n = rows.len().max(1) as f64;
-    let mean_q: Vec<f64> = (0..k).map(|t| rows.iter().map(|&r| scores[r][t]).sum::<f64>() / n).collect();
+    let mean_q: Vec<f64> = (0..k)
+        .map(|t| rows.iter().map(|&r| scores[r][t]).sum::<f64>() / n)
+        .collect();
     let mut best: Option<Operating> = None;
     let mut shares = vec![0usize; k];
     fn rec(
@@ -148,10 +172,21 @@ pub fn random_mix(scores: &[Vec<f64>], prices: &[f64], rows: &[usize], min_quali
     ) {
         if i + 1 == shares.len() {
             shares[i] = left;
-            let q: f64 = shares.iter().zip(mean_q).map(|(s, q)| *s as f64 / 100.0 * q).sum();
-            let c: f64 = shares.iter().zip(prices).map(|(s, p)| *s as f64 / 100.0 * p).sum();
+            let q: f64 = shares
+                .iter()
+                .zip(mean_q)
+                .map(|(s, q)| *s as f64 / 100.0 * q)
+                .sum();
+            let c: f64 = shares
+                .iter()
+                .zip(prices)
+                .map(|(s, p)| *s as f64 / 100.0 * p)
+                .sum();
             if q + 1e-12 >= min_quality && best.is_none_or(|b| c < b.cost) {
-                *best = Some(Operating { quality: q, cost: c });
+                *best = Some(Operating {
+                    quality: q,
+                    cost: c,
+                });
             }
             return;
         }
@@ -183,8 +218,10 @@ mod tests {
         let strong = [1.0, 1.0, 1.0, 1.0];
         let c = pgr_curve(&weak, &strong, &[0.0, 1.0, 0.9, 0.1]);
         assert_eq!(c[2], (0.5, 1.0));
-        assert!((apgr(&c) - 0.875).abs() < 1e-12, "{}", apgr(&c));
-        assert!((cpt(&c, 0.5).unwrap() - 0.125).abs() < 1e-12);
+        // Points (0,0) (.25,.5) (.5,1) (.75,1) (1,1): area .0625 + .1875 + .25 + .25.
+        assert!((apgr(&c) - 0.75).abs() < 1e-12, "{}", apgr(&c));
+        assert!((cpt(&c, 0.5).unwrap() - 0.25).abs() < 1e-12);
+        assert!((cpt(&c, 0.75).unwrap() - 0.375).abs() < 1e-12);
         // The reversed router is worse than random.
         let bad = pgr_curve(&weak, &strong, &[1.0, 0.0, 0.1, 0.9]);
         assert!(apgr(&bad) < 0.5);
@@ -198,7 +235,13 @@ mod tests {
         let prices = [1.0, 10.0];
         let (t, op) = cheapest_thresholds(&p, &scores, &prices, &[0, 1], 1.0).unwrap();
         assert_eq!(route_all(&p, &t), vec![0, 1]);
-        assert_eq!(op, Operating { quality: 1.0, cost: 5.5 });
+        assert_eq!(
+            op,
+            Operating {
+                quality: 1.0,
+                cost: 5.5
+            }
+        );
         assert!(cheapest_thresholds(&p, &scores, &prices, &[0, 1], 1.1).is_none());
     }
 
@@ -207,6 +250,9 @@ mod tests {
         let scores = vec![vec![0.0, 1.0], vec![1.0, 1.0]];
         let op = random_mix(&scores, &[1.0, 3.0], &[0, 1], 0.75).unwrap();
         // cheap quality 0.5, dear 1.0: half and half reaches 0.75 at cost 2.
-        assert!((op.quality - 0.75).abs() < 1e-9 && (op.cost - 2.0).abs() < 1e-9, "{op:?}");
+        assert!(
+            (op.quality - 0.75).abs() < 1e-9 && (op.cost - 2.0).abs() < 1e-9,
+            "{op:?}"
+        );
     }
 }

@@ -101,12 +101,66 @@ pub fn fit_heads(
                 tier: tier.clone(),
                 message: e.to_string(),
             })?;
-        // With bool targets linfa's positive ("larger") class is `true`: good enough.
+        // linfa's "positive" class is whichever label its data shows first, not `true`; flip
+        // the head when needed so that it always scores "good enough".
+        let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
         heads.push(Head {
             tier: tier.clone(),
-            weights: fitted.params().iter().map(|w| *w as f32).collect(),
-            intercept: fitted.intercept() as f32,
+            weights: fitted.params().iter().map(|w| (sign * w) as f32).collect(),
+            intercept: (sign * fitted.intercept()) as f32,
         });
     }
     Ok((sc, heads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fit_one(first_label: bool) -> Head {
+        // Feature 0 separates the classes; the first row's label decides linfa's "positive" class.
+        let mut x = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..40 {
+            let y = if i == 0 { first_label } else { i % 2 == 0 };
+            x.push(vec![if y { 1.0 } else { -1.0 } + (i as f32) * 0.001, 0.5]);
+            labels.push(vec![Some(y)]);
+        }
+        let rows: Vec<usize> = (0..40).collect();
+        let tiers = vec!["cheap".to_string(), "dear".to_string()];
+        let opts = FitOptions {
+            alpha: 0.1,
+            max_iterations: 100,
+        };
+        fit_heads(&x, &labels, &rows, &tiers, opts)
+            .unwrap()
+            .1
+            .remove(0)
+    }
+
+    #[test]
+    fn heads_score_good_enough_whatever_label_comes_first() {
+        for first in [true, false] {
+            let h = fit_one(first);
+            assert!(h.weights[0] > 0.0, "first label {first}: {h:?}");
+        }
+    }
+
+    #[test]
+    fn single_class_heads_are_constant_at_the_base_rate() {
+        let x = vec![vec![1.0f32]; 4];
+        let labels = vec![vec![Some(true)]; 4];
+        let tiers = vec!["a".to_string(), "b".to_string()];
+        let (_, heads) =
+            fit_heads(&x, &labels, &[0, 1, 2, 3], &tiers, FitOptions::default()).unwrap();
+        assert_eq!(heads[0].weights, vec![0.0]);
+        assert!((heads[0].intercept - (4.5f32 / 0.5).ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn constant_features_get_unit_scale() {
+        let s = scaling(&[vec![2.0, 1.0], vec![2.0, 3.0]], &[0, 1]);
+        assert_eq!(s.mean, vec![2.0, 2.0]);
+        assert_eq!(s.std, vec![1.0, 1.0]);
+    }
 }

@@ -33,7 +33,12 @@ pub struct Prepared {
 }
 
 /// Featurizes rows with the serving featurizer (in parallel; the result is in input order).
-pub fn prepare(featurizer: &Featurizer, rows: Vec<Row>, tiers: &TierMap, progress: bool) -> Result<Prepared, TrainError> {
+pub fn prepare(
+    featurizer: &Featurizer,
+    rows: Vec<Row>,
+    tiers: &TierMap,
+    progress: bool,
+) -> Result<Prepared, TrainError> {
     let bar = if progress {
         indicatif::ProgressBar::new(rows.len() as u64).with_message("featurizing")
     } else {
@@ -43,9 +48,12 @@ pub fn prepare(featurizer: &Featurizer, rows: Vec<Row>, tiers: &TierMap, progres
         indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .max(1);
     let chunk = rows.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<(Vec<f32>, u32)>, String>> = std::thread::scope(|s| {
+    type Part = Result<Vec<(Vec<f32>, u32)>, String>;
+    let results: Vec<Part> = std::thread::scope(|s| {
         let handles: Vec<_> = rows
             .chunks(chunk)
             .map(|part| {
@@ -65,7 +73,10 @@ pub fn prepare(featurizer: &Featurizer, rows: Vec<Row>, tiers: &TierMap, progres
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("featurizer thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("featurizer thread panicked".into()))
+            })
             .collect()
     });
     bar.finish_and_clear();
@@ -79,7 +90,13 @@ pub fn prepare(featurizer: &Featurizer, rows: Vec<Row>, tiers: &TierMap, progres
     }
     let scores: Vec<Vec<Option<f64>>> = rows.iter().map(|r| tiers.scores(r)).collect();
     let labels = scores.iter().map(|s| ordinal_labels(s)).collect();
-    Ok(Prepared { rows, x, tokens, scores, labels })
+    Ok(Prepared {
+        rows,
+        x,
+        tokens,
+        scores,
+        labels,
+    })
 }
 
 /// Settings for `triage train` / `triage eval`.
@@ -174,7 +191,14 @@ pub fn fold_assignment(n: usize, k: usize, seed: u64) -> Vec<usize> {
     fold
 }
 
-fn model_file(schema: &crate::features::Schema, tiers: &[String], scaling: crate::classifier::Scaling, heads: Vec<crate::classifier::Head>, thresholds: Vec<f64>, training: serde_json::Value) -> ModelFile {
+fn model_file(
+    schema: &crate::features::Schema,
+    tiers: &[String],
+    scaling: crate::classifier::Scaling,
+    heads: Vec<crate::classifier::Head>,
+    thresholds: Vec<f64>,
+    training: serde_json::Value,
+) -> ModelFile {
     let mut file = ModelFile {
         format: MODEL_FORMAT.into(),
         version: String::new(),
@@ -192,17 +216,37 @@ fn model_file(schema: &crate::features::Schema, tiers: &[String], scaling: crate
     // The version is a hash of the content, so the same data and settings give the same file.
     let body = serde_json::to_vec(&file).unwrap_or_default();
     let digest = Sha256::digest(&body);
-    file.version = format!("{}-{}", tiers.join("-"), digest[..6].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    file.version = format!(
+        "{}-{}",
+        tiers.join("-"),
+        digest[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
     file
 }
 
 /// Out-of-fold probabilities for every row (rows without labels get the dearest tier only).
-pub fn cross_validate(featurizer: &Featurizer, data: &Prepared, tiers: &[String], opts: &TrainOptions, fold: &[usize]) -> Result<Vec<Vec<f64>>, TrainError> {
+pub fn cross_validate(
+    featurizer: &Featurizer,
+    data: &Prepared,
+    tiers: &[String],
+    opts: &TrainOptions,
+    fold: &[usize],
+) -> Result<Vec<Vec<f64>>, TrainError> {
     let mut p = vec![Vec::new(); data.rows.len()];
     for f in 0..opts.folds {
         let train_rows: Vec<usize> = (0..data.rows.len()).filter(|&r| fold[r] != f).collect();
         let (scaling, heads) = fit::fit_heads(&data.x, &data.labels, &train_rows, tiers, opts.fit)?;
-        let file = model_file(featurizer.schema(), tiers, scaling, heads, vec![0.5; tiers.len()], serde_json::Value::Null);
+        let file = model_file(
+            featurizer.schema(),
+            tiers,
+            scaling,
+            heads,
+            vec![0.5; tiers.len()],
+            serde_json::Value::Null,
+        );
         let c = Classifier::new(file, featurizer.schema()).map_err(TrainError::Data)?;
         for r in (0..data.rows.len()).filter(|&r| fold[r] == f) {
             p[r] = c.score(&data.x[r]);
@@ -213,7 +257,11 @@ pub fn cross_validate(featurizer: &Featurizer, data: &Prepared, tiers: &[String]
 
 fn curve(weak: &[f64], strong: &[f64], need: &[f64]) -> Curve {
     let c = eval::pgr_curve(weak, strong, need);
-    Curve { apgr: eval::apgr(&c), cpt50: eval::cpt(&c, 0.5), cpt80: eval::cpt(&c, 0.8) }
+    Curve {
+        apgr: eval::apgr(&c),
+        cpt50: eval::cpt(&c, 0.5),
+        cpt80: eval::cpt(&c, 0.8),
+    }
 }
 
 /// Length-baseline probabilities: the longer the prompt, the less likely a cheap tier suffices.
@@ -243,12 +291,21 @@ fn length_p(data: &Prepared, n_tiers: usize) -> Vec<Vec<f64>> {
 
 /// Thresholds tuned on the other folds, applied to each fold; `None` if some fold's target is
 /// out of reach.
-fn tuned_by_fold(p: &[Vec<f64>], scores: &[Vec<f64>], prices: &[f64], rows: &[usize], fold: &[usize], folds: usize, ratio: f64) -> Option<Operating> {
+fn tuned_by_fold(
+    p: &[Vec<f64>],
+    scores: &[Vec<f64>],
+    prices: &[f64],
+    rows: &[usize],
+    fold: &[usize],
+    folds: usize,
+    ratio: f64,
+) -> Option<Operating> {
     let top = prices.len() - 1;
     let mut choice = vec![top; p.len()];
     for f in 0..folds {
         let others: Vec<usize> = rows.iter().copied().filter(|&r| fold[r] != f).collect();
-        let q_top = others.iter().map(|&r| scores[r][top]).sum::<f64>() / others.len().max(1) as f64;
+        let q_top =
+            others.iter().map(|&r| scores[r][top]).sum::<f64>() / others.len().max(1) as f64;
         let (t, _) = eval::cheapest_thresholds(p, scores, prices, &others, ratio * q_top)?;
         for &r in rows.iter().filter(|&&r| fold[r] == f) {
             choice[r] = crate::policy::cheapest_sufficient(&p[r], &t, 0, top).unwrap_or(top);
@@ -258,20 +315,39 @@ fn tuned_by_fold(p: &[Vec<f64>], scores: &[Vec<f64>], prices: &[f64], rows: &[us
 }
 
 /// Measures probabilities `p` (out-of-fold, or from a fixed model when `fold` is None).
-pub fn report(data: &Prepared, tiers: &[String], p: &[Vec<f64>], fold: Option<&[usize]>, opts: &TrainOptions) -> Report {
+pub fn report(
+    data: &Prepared,
+    tiers: &[String],
+    p: &[Vec<f64>],
+    fold: Option<&[usize]>,
+    opts: &TrainOptions,
+) -> Report {
     let top = tiers.len() - 1;
     let labels = (0..top)
         .map(|k| {
             let ys: Vec<bool> = data.labels.iter().filter_map(|l| l[k]).collect();
-            (tiers[k].clone(), ys.iter().filter(|y| **y).count(), ys.len())
+            (
+                tiers[k].clone(),
+                ys.iter().filter(|y| **y).count(),
+                ys.len(),
+            )
         })
         .collect();
-    let usable: Vec<usize> = (0..data.rows.len()).filter(|&r| data.scores[r][top].is_some()).collect();
+    let usable: Vec<usize> = (0..data.rows.len())
+        .filter(|&r| data.scores[r][top].is_some())
+        .collect();
     let lp = length_p(data, tiers.len());
 
     // Two tiers: the cheapest against the dearest, overall and per source.
-    let pair: Vec<usize> = usable.iter().copied().filter(|&r| data.scores[r][0].is_some()).collect();
-    let mut groups: Vec<String> = pair.iter().filter_map(|&r| data.rows[r].source.clone()).collect();
+    let pair: Vec<usize> = usable
+        .iter()
+        .copied()
+        .filter(|&r| data.scores[r][0].is_some())
+        .collect();
+    let mut groups: Vec<String> = pair
+        .iter()
+        .filter_map(|&r| data.rows[r].source.clone())
+        .collect();
     groups.sort();
     groups.dedup();
     if groups.len() != 1 {
@@ -285,8 +361,14 @@ pub fn report(data: &Prepared, tiers: &[String], p: &[Vec<f64>], fold: Option<&[
                 .copied()
                 .filter(|&r| g == "all" || data.rows[r].source.as_deref() == Some(g.as_str()))
                 .collect();
-            let weak: Vec<f64> = rows.iter().map(|&r| data.scores[r][0].unwrap_or(0.0)).collect();
-            let strong: Vec<f64> = rows.iter().map(|&r| data.scores[r][top].unwrap_or(0.0)).collect();
+            let weak: Vec<f64> = rows
+                .iter()
+                .map(|&r| data.scores[r][0].unwrap_or(0.0))
+                .collect();
+            let strong: Vec<f64> = rows
+                .iter()
+                .map(|&r| data.scores[r][top].unwrap_or(0.0))
+                .collect();
             let need: Vec<f64> = rows.iter().map(|&r| 1.0 - p[r][0]).collect();
             let need_len: Vec<f64> = rows.iter().map(|&r| 1.0 - lp[r][0]).collect();
             let n = rows.len().max(1) as f64;
@@ -303,18 +385,48 @@ pub fn report(data: &Prepared, tiers: &[String], p: &[Vec<f64>], fold: Option<&[
         .collect();
 
     let cost = opts.prices.as_ref().map(|prices| {
-        let complete: Vec<usize> = usable.iter().copied().filter(|&r| data.scores[r].iter().all(Option::is_some)).collect();
-        let scores: Vec<Vec<f64>> = data.scores.iter().map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect()).collect();
+        let complete: Vec<usize> = usable
+            .iter()
+            .copied()
+            .filter(|&r| data.scores[r].iter().all(Option::is_some))
+            .collect();
+        let scores: Vec<Vec<f64>> = data
+            .scores
+            .iter()
+            .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
+            .collect();
         let n = complete.len().max(1) as f64;
-        let tier_quality: Vec<f64> = (0..tiers.len()).map(|k| complete.iter().map(|&r| scores[r][k]).sum::<f64>() / n).collect();
+        let tier_quality: Vec<f64> = (0..tiers.len())
+            .map(|k| complete.iter().map(|&r| scores[r][k]).sum::<f64>() / n)
+            .collect();
         let min_quality = opts.target_quality * tier_quality[top];
         let always_top = vec![top; data.rows.len()];
         let (router, length_baseline) = match fold {
             Some(fold) => (
-                tuned_by_fold(p, &scores, prices, &complete, fold, opts.folds, opts.target_quality),
-                tuned_by_fold(&lp, &scores, prices, &complete, fold, opts.folds, opts.target_quality),
+                tuned_by_fold(
+                    p,
+                    &scores,
+                    prices,
+                    &complete,
+                    fold,
+                    opts.folds,
+                    opts.target_quality,
+                ),
+                tuned_by_fold(
+                    &lp,
+                    &scores,
+                    prices,
+                    &complete,
+                    fold,
+                    opts.folds,
+                    opts.target_quality,
+                ),
             ),
-            None => (None, eval::cheapest_thresholds(&lp, &scores, prices, &complete, min_quality).map(|x| x.1)),
+            None => (
+                None,
+                eval::cheapest_thresholds(&lp, &scores, prices, &complete, min_quality)
+                    .map(|x| x.1),
+            ),
         };
         CostAtQuality {
             rows: complete.len(),
@@ -322,23 +434,41 @@ pub fn report(data: &Prepared, tiers: &[String], p: &[Vec<f64>], fold: Option<&[
             dearest: eval::operating(&always_top, &scores, prices, &complete),
             tier_quality,
             router,
-            router_best: eval::cheapest_thresholds(p, &scores, prices, &complete, min_quality).map(|x| x.1),
+            router_best: eval::cheapest_thresholds(p, &scores, prices, &complete, min_quality)
+                .map(|x| x.1),
             length_baseline,
             random_baseline: eval::random_mix(&scores, prices, &complete, min_quality),
         }
     });
-    Report { rows: usable.len(), folds: if fold.is_some() { opts.folds } else { 0 }, labels, two_tier, cost }
+    Report {
+        rows: usable.len(),
+        folds: if fold.is_some() { opts.folds } else { 0 },
+        labels,
+        two_tier,
+        cost,
+    }
 }
 
 /// Cross-validates, reports, tunes thresholds on the out-of-fold predictions, then fits the
 /// final model on every row. `sources` describes the datasets for the model card.
-pub fn train(featurizer: &Featurizer, data: &Prepared, tiers: &TierMap, opts: &TrainOptions, sources: serde_json::Value) -> Result<(ModelFile, Report), TrainError> {
+pub fn train(
+    featurizer: &Featurizer,
+    data: &Prepared,
+    tiers: &TierMap,
+    opts: &TrainOptions,
+    sources: serde_json::Value,
+) -> Result<(ModelFile, Report), TrainError> {
     if opts.folds < 2 {
-        return Err(TrainError::Data(format!("--folds must be at least 2, got {}", opts.folds)));
+        return Err(TrainError::Data(format!(
+            "--folds must be at least 2, got {}",
+            opts.folds
+        )));
     }
     let names = tiers.names();
     let top = names.len() - 1;
-    let usable: Vec<usize> = (0..data.rows.len()).filter(|&r| data.labels[r].iter().any(Option::is_some)).collect();
+    let usable: Vec<usize> = (0..data.rows.len())
+        .filter(|&r| data.labels[r].iter().any(Option::is_some))
+        .collect();
     if usable.len() < opts.folds * 2 {
         return Err(TrainError::Data(format!(
             "only {} rows have outcomes for the dearest tier {:?} and another tier; need at least {}",
@@ -352,9 +482,16 @@ pub fn train(featurizer: &Featurizer, data: &Prepared, tiers: &TierMap, opts: &T
     let rep = report(data, &names, &p, Some(&fold), opts);
     let thresholds = match &opts.prices {
         Some(prices) => {
-            let complete: Vec<usize> = (0..data.rows.len()).filter(|&r| data.scores[r].iter().all(Option::is_some)).collect();
-            let scores: Vec<Vec<f64>> = data.scores.iter().map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect()).collect();
-            let q_top = complete.iter().map(|&r| scores[r][top]).sum::<f64>() / complete.len().max(1) as f64;
+            let complete: Vec<usize> = (0..data.rows.len())
+                .filter(|&r| data.scores[r].iter().all(Option::is_some))
+                .collect();
+            let scores: Vec<Vec<f64>> = data
+                .scores
+                .iter()
+                .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
+                .collect();
+            let q_top = complete.iter().map(|&r| scores[r][top]).sum::<f64>()
+                / complete.len().max(1) as f64;
             eval::cheapest_thresholds(&p, &scores, prices, &complete, opts.target_quality * q_top)
                 .map(|(t, _)| t)
                 .unwrap_or_else(|| vec![0.5; names.len()])
@@ -373,5 +510,15 @@ pub fn train(featurizer: &Featurizer, data: &Prepared, tiers: &TierMap, opts: &T
         "target_quality": opts.target_quality,
         "cross_validation": rep,
     });
-    Ok((model_file(featurizer.schema(), &names, scaling, heads, thresholds, training), rep))
+    Ok((
+        model_file(
+            featurizer.schema(),
+            &names,
+            scaling,
+            heads,
+            thresholds,
+            training,
+        ),
+        rep,
+    ))
 }

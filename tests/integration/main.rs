@@ -1,1 +1,7 @@
+//! Integration tests, gathered in one binary: gRPC end to end, training, and the CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
+mod common;
+mod grpc;
+mod training;

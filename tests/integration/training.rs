@@ -1,0 +1,102 @@
+//! Training on a fixture the test builds: determinism, quality on a clear signal, load checks.
+
+use triage::classifier::Classifier;
+use triage::features::Featurizer;
+use triage::model_store::ModelStore;
+use triage::train;
+use triage::train::dataset::TierMap;
+
+use crate::common::{TIERS, config, featurizer, fixture_rows, model_path, options, write_model};
+
+#[test]
+fn the_same_data_gives_the_same_model_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    write_model(&a);
+    write_model(&b);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn cross_validation_finds_a_clear_signal_and_beats_the_baselines() {
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
+    let (file, rep) = train::train(&f, &data, &tiers, &options(), serde_json::Value::Null).unwrap();
+    let all = rep.two_tier.iter().find(|g| g.group == "all").unwrap();
+    // 40 of 60 rows gain from the dear tier, so perfect routing climbs to PGR 1 at share 2/3
+    // and stays: APGR = 2/3 * 1/2 + 1/3 = 2/3.
+    assert!(all.router.apgr > 0.95 * (2.0 / 3.0), "{:?}", all.router);
+    assert!(
+        all.router.apgr > all.length_baseline.apgr
+            && all.router.apgr > all.random_baseline.apgr + 0.1
+    );
+    assert!((all.random_baseline.apgr - 0.5).abs() < 1e-9);
+    let cost = rep.cost.as_ref().unwrap();
+    let router = cost.router.expect("the target is reachable");
+    assert!(
+        router.quality >= cost.min_quality - 0.05,
+        "{router:?} vs {}",
+        cost.min_quality
+    );
+    assert!(router.cost < 0.8 * cost.dearest.cost, "{router:?}");
+    assert_eq!(rep.labels[0], ("fast".to_string(), 20, 60));
+    assert_eq!(file.thresholds.len(), 3);
+    assert!(file.training["cross_validation"]["two_tier"].is_array());
+}
+
+#[test]
+fn a_model_for_other_embeddings_is_refused_at_start() {
+    let path = model_path();
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    file["schema"]["fingerprint"] = "0123456789abcdef".into();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, serde_json::to_vec(&file).unwrap()).unwrap();
+    let err = ModelStore::with_featurizer(&config(), featurizer(), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("feature schema mismatch")
+            && err.contains("0123456789abcdef")
+            && err.contains("bad.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_with_other_tiers_is_refused_and_reload_keeps_the_old_one() {
+    let cfg = config();
+    let store = ModelStore::with_featurizer(&cfg, featurizer(), &model_path()).unwrap();
+    let before = store.current().classifier.version().to_string();
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_path()).unwrap()).unwrap();
+    file["tiers"][1] = "medium".into();
+    file["heads"][1]["tier"] = "medium".into();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("tiers.json");
+    std::fs::write(&bad, serde_json::to_vec(&file).unwrap()).unwrap();
+    let err = store.reload(&cfg, &bad).unwrap_err().to_string();
+    assert!(err.contains("differ from the config's tiers"), "{err}");
+    assert_eq!(store.current().classifier.version(), before);
+    std::fs::write(&bad, b"{not json").unwrap();
+    assert!(
+        store
+            .reload(&cfg, &bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not a triage model file")
+    );
+}
+
+#[test]
+fn shipped_model_matches_the_shipped_featurizer_and_config() {
+    let f = Featurizer::load(&crate::common::embeddings()).unwrap();
+    let c = Classifier::load(
+        &crate::common::repo().join("models/classifier.json"),
+        f.schema(),
+    )
+    .unwrap();
+    assert_eq!(c.tiers(), ["fast", "standard", "frontier"]);
+}
