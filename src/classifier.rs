@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LoadError;
 use crate::features::Schema;
+use crate::prototypes::Prototypes;
 
 /// The model file format this build reads and writes.
 pub const MODEL_FORMAT: &str = "triage-model/1";
@@ -25,12 +26,16 @@ pub struct ModelFile {
     pub schema: SchemaRef,
     /// Tier names, cheapest first.
     pub tiers: Vec<String>,
-    /// Standardization applied before the heads: `(x - mean) / std`.
+    /// Standardization applied before the heads: `(x - mean) / std`, over the base features and
+    /// then the prototype memberships.
     pub scaling: Scaling,
     /// One head per tier except the last, in tier order.
     pub heads: Vec<Head>,
     /// Default threshold per tier (the last one is unused: the dearest tier always qualifies).
     pub thresholds: Vec<f64>,
+    /// Topic prototypes whose memberships follow the base features (absent in plain models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prototypes: Option<Prototypes>,
     /// How the model was made (datasets, rows, seed, cross-validated figures).
     #[serde(default)]
     pub training: serde_json::Value,
@@ -105,14 +110,35 @@ impl Classifier {
                 file.schema.version, file.schema.fingerprint, schema.version, schema.fingerprint
             ));
         }
-        let n = schema.names.len();
-        if file.schema.n_features != n
-            || file.scaling.mean.len() != n
-            || file.scaling.std.len() != n
-        {
+        let base = schema.names.len();
+        if file.schema.n_features != base {
             return Err(format!(
-                "model has {} features (scaling {}/{}), the featurizer produces {n}",
-                file.schema.n_features,
+                "model has {} features, the featurizer produces {base}",
+                file.schema.n_features
+            ));
+        }
+        if let Some(p) = &file.prototypes {
+            let dim = p.centroids.first().map_or(0, Vec::len);
+            if p.is_empty()
+                || p.offset + dim > base
+                || p.centroids
+                    .iter()
+                    .any(|c| c.len() != dim || c.iter().any(|v| !v.is_finite()))
+                || !(p.temperature.is_finite() && p.temperature > 0.0)
+                || p.interact.iter().any(|&i| i >= base)
+            {
+                return Err(format!(
+                    "prototypes do not fit the feature vector (offset {}, dim {dim}, {} centres, temperature {})",
+                    p.offset,
+                    p.len(),
+                    p.temperature
+                ));
+            }
+        }
+        let n = base + file.prototypes.as_ref().map_or(0, Prototypes::len);
+        if file.scaling.mean.len() != n || file.scaling.std.len() != n {
+            return Err(format!(
+                "model scaling has {}/{} entries, expected {n}",
                 file.scaling.mean.len(),
                 file.scaling.std.len()
             ));
@@ -198,6 +224,14 @@ impl Classifier {
     /// Ordinal by construction: if a cheaper tier suffices a dearer one does too, so each
     /// probability is at least the one before it, and the dearest is 1.
     pub fn score(&self, x: &[f32]) -> Vec<f64> {
+        let expanded;
+        let x = match &self.file.prototypes {
+            Some(p) => {
+                expanded = p.expand(x);
+                expanded.as_slice()
+            }
+            None => x,
+        };
         let mut out = Vec::with_capacity(self.folded.len() + 1);
         let mut floor = 0.0f64;
         for (w, b) in &self.folded {
@@ -249,6 +283,7 @@ mod tests {
                 },
             ],
             thresholds: vec![0.5, 0.5, 0.0],
+            prototypes: None,
             training: serde_json::Value::Null,
         }
     }

@@ -108,6 +108,19 @@ struct DataArgs {
     /// L2 penalty for the logistic heads.
     #[arg(long, default_value_t = FitOptions::default().alpha)]
     alpha: f64,
+    /// Topic prototypes (k-means centres over the embedding) whose memberships the heads also
+    /// read; 0 disables them.
+    #[arg(long, default_value_t = 0)]
+    prototypes: usize,
+    /// Also add one prototype per (source, category) of the training rows.
+    #[arg(long)]
+    category_prototypes: bool,
+    /// Base features multiplied by every prototype membership (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    interact: Vec<String>,
+    /// Softmax temperature of prototype memberships.
+    #[arg(long, default_value_t = 0.05)]
+    temperature: f32,
     /// Write the report as JSON here too.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -368,7 +381,17 @@ fn prepare(
         seed: d.seed,
         prices: d.prices.clone(),
         target_quality: d.target_quality,
+        prototypes: d.prototypes,
+        category_prototypes: d.category_prototypes,
+        interact: d.interact.clone(),
+        temperature: d.temperature,
     };
+    if !(opts.temperature.is_finite() && opts.temperature > 0.0) {
+        bail!(
+            "--temperature must be a positive number, got {}",
+            opts.temperature
+        );
+    }
     Ok((featurizer, data, opts, serde_json::Value::Array(sources)))
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod features;
 pub mod model_store;
 pub mod policy;
+pub mod prototypes;
 pub mod server;
 pub mod service;
 pub mod train;

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
-triage() { cargo run --release --quiet -- "$@"; }
+recipe=(--alpha 300 --category-prototypes --interact log_prompt_tokens --temperature 0.02)
+triage() { cargo run --release --quiet -- "$@" "${recipe[@]}"; }
 echo "### Two tiers on RouteLLM (MMLU + GSM8K): mixtral-8x7b vs gpt-4"
 triage eval --dataset "$data/routellm/routellm_dev.jsonl" \
   --tiers weak=mixtral-8x7b-instruct,strong=gpt-4-1106-preview \

@@ -17,6 +17,10 @@ pub struct Row {
     /// Benchmark or traffic source, if known (e.g. `mmlu`, `gsm8k`).
     #[serde(default)]
     pub source: Option<String>,
+    /// Topic within the source (e.g. an MMLU subject), if known. Training may use it to place
+    /// topic prototypes; serving never needs it.
+    #[serde(default)]
+    pub category: Option<String>,
     /// The prompt.
     pub prompt: String,
     /// Model name → score in [0, 1]; empty for unlabelled `{"id","prompt"}` lines.
@@ -163,6 +167,7 @@ mod tests {
         let row = Row {
             id: "1".into(),
             source: None,
+            category: None,
             prompt: "p".into(),
             outcomes: [("b".to_string(), 1.0), ("c".to_string(), 0.0)]
                 .into_iter()

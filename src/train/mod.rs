@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::classifier::{Classifier, MODEL_FORMAT, ModelFile, SchemaRef};
 use crate::error::TrainError;
 use crate::features::{Conversation, Featurizer};
+use crate::prototypes::Prototypes;
 use dataset::{Row, TierMap, ordinal_labels};
 use eval::Operating;
 pub use fit::FitOptions;
@@ -112,6 +113,91 @@ pub struct TrainOptions {
     pub prices: Option<Vec<f64>>,
     /// Quality to keep, as a share of always-dearest quality, when tuning thresholds.
     pub target_quality: f64,
+    /// Topic prototypes: k-means centres over the embedding; 0 disables them.
+    pub prototypes: usize,
+    /// Add one prototype per (source, category) of the training rows: the mean embedding of
+    /// its prompts.
+    pub category_prototypes: bool,
+    /// Base features (by name) multiplied by every prototype membership.
+    pub interact: Vec<String>,
+    /// Softmax temperature of prototype memberships.
+    pub temperature: f32,
+}
+
+/// A fitted model before it becomes a file.
+struct Fitted {
+    prototypes: Option<Prototypes>,
+    scaling: crate::classifier::Scaling,
+    heads: Vec<crate::classifier::Head>,
+}
+
+/// Fits prototypes (if asked) and heads on `rows` only, so cross-validation never sees the
+/// held-out fold, not even through the cluster centres.
+fn fit_on(
+    featurizer: &Featurizer,
+    data: &Prepared,
+    rows: &[usize],
+    tiers: &[String],
+    opts: &TrainOptions,
+) -> Result<Fitted, TrainError> {
+    if opts.prototypes == 0 && !opts.category_prototypes {
+        let (scaling, heads) = fit::fit_heads(&data.x, &data.labels, rows, tiers, opts.fit)?;
+        return Ok(Fitted {
+            prototypes: None,
+            scaling,
+            heads,
+        });
+    }
+    let names = &featurizer.schema().names;
+    let offset = names
+        .iter()
+        .position(|n| n.starts_with("emb_"))
+        .ok_or_else(|| {
+            TrainError::Data("the featurizer has no embedding features for prototypes".into())
+        })?;
+    let points: Vec<&[f32]> = rows.iter().map(|&r| &data.x[r][offset..]).collect();
+    let mut centroids = crate::prototypes::kmeans(&points, opts.prototypes, 10, opts.seed);
+    if opts.category_prototypes {
+        let groups: Vec<String> = rows
+            .iter()
+            .map(|&r| {
+                let row = &data.rows[r];
+                format!(
+                    "{}/{}",
+                    row.source.as_deref().unwrap_or(""),
+                    row.category.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        centroids.extend(crate::prototypes::group_means(
+            groups
+                .iter()
+                .map(String::as_str)
+                .zip(points.iter().copied()),
+        ));
+    }
+    let interact =
+        opts.interact
+            .iter()
+            .map(|name| {
+                names.iter().position(|n| n == name).ok_or_else(|| {
+                    TrainError::Data(format!("--interact: no feature named {name:?}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+    let prototypes = Prototypes {
+        offset,
+        centroids,
+        temperature: opts.temperature,
+        interact,
+    };
+    let expanded: Vec<Vec<f32>> = data.x.iter().map(|v| prototypes.expand(v)).collect();
+    let (scaling, heads) = fit::fit_heads(&expanded, &data.labels, rows, tiers, opts.fit)?;
+    Ok(Fitted {
+        prototypes: Some(prototypes),
+        scaling,
+        heads,
+    })
 }
 
 /// Cross-validated figures for two tiers on one group of rows.
@@ -194,8 +280,7 @@ pub fn fold_assignment(n: usize, k: usize, seed: u64) -> Vec<usize> {
 fn model_file(
     schema: &crate::features::Schema,
     tiers: &[String],
-    scaling: crate::classifier::Scaling,
-    heads: Vec<crate::classifier::Head>,
+    fitted: Fitted,
     thresholds: Vec<f64>,
     training: serde_json::Value,
 ) -> ModelFile {
@@ -208,9 +293,10 @@ fn model_file(
             n_features: schema.names.len(),
         },
         tiers: tiers.to_vec(),
-        scaling,
-        heads,
+        scaling: fitted.scaling,
+        heads: fitted.heads,
         thresholds,
+        prototypes: fitted.prototypes,
         training,
     };
     // The version is a hash of the content, so the same data and settings give the same file.
@@ -238,12 +324,11 @@ pub fn cross_validate(
     let mut p = vec![Vec::new(); data.rows.len()];
     for f in 0..opts.folds {
         let train_rows: Vec<usize> = (0..data.rows.len()).filter(|&r| fold[r] != f).collect();
-        let (scaling, heads) = fit::fit_heads(&data.x, &data.labels, &train_rows, tiers, opts.fit)?;
+        let fitted = fit_on(featurizer, data, &train_rows, tiers, opts)?;
         let file = model_file(
             featurizer.schema(),
             tiers,
-            scaling,
-            heads,
+            fitted,
             vec![0.5; tiers.len()],
             serde_json::Value::Null,
         );
@@ -498,27 +583,24 @@ pub fn train(
         }
         None => vec![0.5; names.len()],
     };
-    let (scaling, heads) = fit::fit_heads(&data.x, &data.labels, &usable, &names, opts.fit)?;
+    let fitted = fit_on(featurizer, data, &usable, &names, opts)?;
     let training = serde_json::json!({
         "datasets": sources,
         "tiers": tiers.tiers.iter().map(|(n, m)| serde_json::json!({"tier": n, "models": m})).collect::<Vec<_>>(),
         "rows": usable.len(),
         "alpha": opts.fit.alpha,
         "max_iterations": opts.fit.max_iterations,
+        "prototypes": opts.prototypes,
+        "category_prototypes": opts.category_prototypes,
+        "interact": opts.interact,
+        "temperature": opts.temperature,
         "seed": opts.seed,
         "prices": opts.prices,
         "target_quality": opts.target_quality,
         "cross_validation": rep,
     });
     Ok((
-        model_file(
-            featurizer.schema(),
-            &names,
-            scaling,
-            heads,
-            thresholds,
-            training,
-        ),
+        model_file(featurizer.schema(), &names, fitted, thresholds, training),
         rep,
     ))
 }

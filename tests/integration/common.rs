@@ -48,6 +48,7 @@ pub fn fixture_rows() -> Vec<Row> {
             rows.push(Row {
                 id: format!("{kind}-{i}"),
                 source: Some(kind.into()),
+                category: None,
                 prompt,
                 outcomes: ["small", "medium", "large"]
                     .iter()
@@ -104,6 +105,10 @@ pub fn options() -> TrainOptions {
         seed: 7,
         prices: Some(vec![1.0, 3.0, 10.0]),
         target_quality: 0.95,
+        prototypes: 4,
+        category_prototypes: true,
+        interact: vec!["log_prompt_tokens".into()],
+        temperature: 0.05,
     }
 }
 
