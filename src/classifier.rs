@@ -126,6 +126,8 @@ impl Classifier {
                     .any(|c| c.len() != dim || c.iter().any(|v| !v.is_finite()))
                 || !(p.temperature.is_finite() && p.temperature > 0.0)
                 || p.interact.iter().any(|&i| i >= base)
+                || !(p.bias.is_empty() || p.bias.len() == p.centroids.len())
+                || p.bias.iter().any(|b| !b.is_finite())
             {
                 return Err(format!(
                     "prototypes do not fit the feature vector (offset {}, dim {dim}, {} centres, temperature {})",

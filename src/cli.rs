@@ -121,6 +121,16 @@ struct DataArgs {
     /// Softmax temperature of prototype memberships.
     #[arg(long, default_value_t = 0.05)]
     temperature: f32,
+    /// Fit a multinomial topic classifier on the rows' (source, category) and use its
+    /// posteriors as prototype memberships (replaces --prototypes/--category-prototypes).
+    #[arg(long)]
+    topic_classifier: bool,
+    /// L2 penalty of the topic classifier.
+    #[arg(long, default_value_t = 1.0)]
+    topic_alpha: f64,
+    /// Weight of the embedding columns relative to the others (< 1 penalizes them more).
+    #[arg(long, default_value_t = 1.0)]
+    embedding_weight: f32,
     /// Write the report as JSON here too.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -385,7 +395,16 @@ fn prepare(
         category_prototypes: d.category_prototypes,
         interact: d.interact.clone(),
         temperature: d.temperature,
+        embedding_weight: d.embedding_weight,
+        topic_classifier: d.topic_classifier,
+        topic_alpha: d.topic_alpha,
     };
+    if !(opts.embedding_weight.is_finite() && opts.embedding_weight > 0.0) {
+        bail!(
+            "--embedding-weight must be a positive number, got {}",
+            opts.embedding_weight
+        );
+    }
     if !(opts.temperature.is_finite() && opts.temperature > 0.0) {
         bail!(
             "--temperature must be a positive number, got {}",

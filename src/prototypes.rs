@@ -13,8 +13,12 @@ pub struct Prototypes {
     pub offset: usize,
     /// Unit-length centres, all of the embedding's length.
     pub centroids: Vec<Vec<f32>>,
-    /// Softmax temperature over cosine similarities; smaller is closer to one-hot.
+    /// Softmax temperature over the scores; smaller is closer to one-hot.
     pub temperature: f32,
+    /// Per-centre bias added to its score. Empty for cosine prototypes; set when the centres
+    /// are the weights of a fitted topic classifier (then memberships are its posteriors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bias: Vec<f32>,
     /// Base features multiplied by every membership (appended after the memberships), so a
     /// topic can have its own slope: "within maths word problems, longer is harder".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -32,8 +36,8 @@ impl Prototypes {
         self.centroids.is_empty()
     }
 
-    /// Writes softmax(cos(embedding, centre) / temperature) for every centre into `out`.
-    /// Embeddings are unit length (or zero), so a dot product is the cosine.
+    /// Writes softmax((centre · embedding + bias) / temperature) for every centre into `out`.
+    /// Embeddings are unit length (or zero), so for unit centres the dot product is the cosine.
     pub fn memberships_into(&self, base: &[f32], out: &mut [f32]) {
         let dim = self.centroids.first().map_or(0, Vec::len);
         let Some(emb) = base.get(self.offset..self.offset + dim) else {
@@ -42,8 +46,9 @@ impl Prototypes {
         };
         let inv_t = 1.0 / self.temperature;
         let mut max = f32::NEG_INFINITY;
-        for (o, c) in out.iter_mut().zip(&self.centroids) {
-            *o = c.iter().zip(emb).map(|(a, b)| a * b).sum::<f32>() * inv_t;
+        for (k, (o, c)) in out.iter_mut().zip(&self.centroids).enumerate() {
+            let bias = self.bias.get(k).copied().unwrap_or(0.0);
+            *o = (c.iter().zip(emb).map(|(a, b)| a * b).sum::<f32>() + bias) * inv_t;
             max = max.max(*o);
         }
         let mut sum = 0.0;
@@ -190,6 +195,7 @@ mod tests {
             offset: 1,
             centroids: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
             temperature: 0.1,
+            bias: vec![],
             interact: vec![0],
         };
         let v = p.expand(&[9.0, 1.0, 0.0]);
@@ -201,6 +207,15 @@ mod tests {
             (v[3] - e / (e + 1.0)).abs() < 1e-5 && (v[3] + v[4] - 1.0).abs() < 1e-6,
             "{v:?}"
         );
+        // A bias shifts the scores before the temperature: (1 + 0) / 0.1 vs (0 + 0.1) / 0.1.
+        let biased = Prototypes {
+            bias: vec![0.0, 0.1],
+            interact: vec![],
+            ..p.clone()
+        };
+        let v = biased.expand(&[9.0, 1.0, 0.0]);
+        let e = (9.0f32).exp();
+        assert!((v[3] - e / (e + 1.0)).abs() < 1e-5, "{v:?}");
         // A vector too short for the offset gives zeros, not a panic.
         assert_eq!(p.expand(&[1.0])[1..], [0.0; 4]);
     }

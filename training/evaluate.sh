@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
-recipe=(--alpha 300 --category-prototypes --interact log_prompt_tokens --temperature 0.02)
+recipe=(--alpha 100 --embedding-weight 0.1 --topic-classifier --topic-alpha 10 --interact log_prompt_tokens,log_numbers)
 triage() { cargo run --release --quiet -- "$@" "${recipe[@]}"; }
 echo "### Two tiers on RouteLLM (MMLU + GSM8K): mixtral-8x7b vs gpt-4"
 triage eval --dataset "$data/routellm/routellm_dev.jsonl" \

@@ -55,14 +55,24 @@ pub fn scaling(x: &[Vec<f32>], rows: &[usize]) -> Scaling {
 }
 
 /// Fits one head per tier but the dearest. `labels[r][k]` is row r's label for head k.
+///
+/// `column_weight[j]` (1 when absent) shrinks feature j's standardized column before fitting,
+/// which is the same as a heavier L2 penalty on it; it is folded into the stored `std`, so the
+/// model file needs nothing new to serve it.
 pub fn fit_heads(
     x: &[Vec<f32>],
     labels: &[Vec<Option<bool>>],
     rows: &[usize],
     tiers: &[String],
     opts: FitOptions,
+    column_weight: &[f32],
 ) -> Result<(Scaling, Vec<Head>), TrainError> {
-    let sc = scaling(x, rows);
+    let mut sc = scaling(x, rows);
+    for (s, w) in sc.std.iter_mut().zip(column_weight) {
+        if *w > 0.0 {
+            *s /= *w;
+        }
+    }
     let d = sc.mean.len();
     let mut heads = Vec::with_capacity(tiers.len().saturating_sub(1));
     for (k, tier) in tiers.iter().enumerate().take(tiers.len().saturating_sub(1)) {
@@ -113,6 +123,51 @@ pub fn fit_heads(
     Ok((sc, heads))
 }
 
+/// Fits a multinomial logistic classifier from unit embeddings to topic labels and returns it
+/// as (centres, biases) over the raw embedding: its standardization is folded in, so
+/// softmax(centre · x + bias) is the posterior of each topic.
+pub fn topic_classifier(
+    points: &[&[f32]],
+    labels: &[String],
+    alpha: f64,
+) -> Result<(Vec<Vec<f32>>, Vec<f32>), TrainError> {
+    let rows: Vec<usize> = (0..points.len()).collect();
+    let owned: Vec<Vec<f32>> = points.iter().map(|p| p.to_vec()).collect();
+    let sc = scaling(&owned, &rows);
+    let d = sc.mean.len();
+    let mut xs = Array2::<f64>::zeros((points.len(), d));
+    for (i, p) in points.iter().enumerate() {
+        for j in 0..d {
+            xs[[i, j]] = (f64::from(p[j]) - f64::from(sc.mean[j])) / f64::from(sc.std[j]);
+        }
+    }
+    let ys: Array1<String> = labels.iter().cloned().collect();
+    let fitted = linfa_logistic::MultiLogisticRegression::default()
+        .alpha(alpha)
+        .max_iterations(100)
+        .fit(&Dataset::new(xs, ys))
+        .map_err(|e| TrainError::Fit {
+            tier: "topic classifier".into(),
+            message: e.to_string(),
+        })?;
+    let params = fitted.params();
+    let mut centres = Vec::with_capacity(params.ncols());
+    let mut biases = Vec::with_capacity(params.ncols());
+    for k in 0..params.ncols() {
+        let mut b = fitted.intercept()[k];
+        let c: Vec<f32> = (0..d)
+            .map(|j| {
+                let w = params[[j, k]] / f64::from(sc.std[j]);
+                b -= w * f64::from(sc.mean[j]);
+                w as f32
+            })
+            .collect();
+        centres.push(c);
+        biases.push(b as f32);
+    }
+    Ok((centres, biases))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +187,7 @@ mod tests {
             alpha: 0.1,
             max_iterations: 100,
         };
-        fit_heads(&x, &labels, &rows, &tiers, opts)
+        fit_heads(&x, &labels, &rows, &tiers, opts, &[])
             .unwrap()
             .1
             .remove(0)
@@ -151,10 +206,64 @@ mod tests {
         let x = vec![vec![1.0f32]; 4];
         let labels = vec![vec![Some(true)]; 4];
         let tiers = vec!["a".to_string(), "b".to_string()];
-        let (_, heads) =
-            fit_heads(&x, &labels, &[0, 1, 2, 3], &tiers, FitOptions::default()).unwrap();
+        let (_, heads) = fit_heads(
+            &x,
+            &labels,
+            &[0, 1, 2, 3],
+            &tiers,
+            FitOptions::default(),
+            &[],
+        )
+        .unwrap();
         assert_eq!(heads[0].weights, vec![0.0]);
         assert!((heads[0].intercept - (4.5f32 / 0.5).ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_column_weight_below_one_shrinks_that_feature() {
+        // Two equally informative features; weighting the second by 0.1 penalizes it harder.
+        let mut x = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..60 {
+            let y = i % 2 == 0;
+            let v = if y { 1.0 } else { -1.0 } + (i % 7) as f32 * 0.05;
+            x.push(vec![v, v]);
+            labels.push(vec![Some(y)]);
+        }
+        let rows: Vec<usize> = (0..60).collect();
+        let tiers = vec!["a".to_string(), "b".to_string()];
+        let opts = FitOptions {
+            alpha: 5.0,
+            max_iterations: 100,
+        };
+        let (sc, heads) = fit_heads(&x, &labels, &rows, &tiers, opts, &[1.0, 0.1]).unwrap();
+        // Effective weight on the raw feature is weight / std; the stored std carries the 0.1.
+        let raw = |j: usize| heads[0].weights[j] / sc.std[j];
+        assert!(raw(0) > 5.0 * raw(1), "{heads:?} {sc:?}");
+        assert!(raw(1) > 0.0);
+    }
+
+    #[test]
+    fn topic_classifier_posteriors_pick_the_right_topic() {
+        let a = [1.0f32, 0.0];
+        let b = [0.0f32, 1.0];
+        let points: Vec<&[f32]> = (0..20)
+            .map(|i| if i % 2 == 0 { &a[..] } else { &b[..] })
+            .collect();
+        let labels: Vec<String> = (0..20)
+            .map(|i| if i % 2 == 0 { "x".into() } else { "y".into() })
+            .collect();
+        let (centres, bias) = topic_classifier(&points, &labels, 0.1).unwrap();
+        let p = crate::prototypes::Prototypes {
+            offset: 0,
+            centroids: centres,
+            temperature: 1.0,
+            bias,
+            interact: vec![],
+        };
+        let m = p.expand(&a);
+        // Classes are sorted, so "x" is the first membership.
+        assert!(m[2] > 0.9, "{m:?}");
     }
 
     #[test]

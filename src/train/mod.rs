@@ -122,6 +122,14 @@ pub struct TrainOptions {
     pub interact: Vec<String>,
     /// Softmax temperature of prototype memberships.
     pub temperature: f32,
+    /// Replace cosine prototypes by a multinomial topic classifier fitted on the rows'
+    /// (source, category); its posteriors become the memberships.
+    pub topic_classifier: bool,
+    /// L2 penalty of the topic classifier.
+    pub topic_alpha: f64,
+    /// Weight of the embedding columns relative to the others (< 1 penalizes them more), so
+    /// 256 embedding dimensions cannot drown a handful of strong scalar features.
+    pub embedding_weight: f32,
 }
 
 /// A fitted model before it becomes a file.
@@ -140,15 +148,26 @@ fn fit_on(
     tiers: &[String],
     opts: &TrainOptions,
 ) -> Result<Fitted, TrainError> {
-    if opts.prototypes == 0 && !opts.category_prototypes {
-        let (scaling, heads) = fit::fit_heads(&data.x, &data.labels, rows, tiers, opts.fit)?;
+    let names = &featurizer.schema().names;
+    let base_weights: Vec<f32> = names
+        .iter()
+        .map(|n| {
+            if n.starts_with("emb_") {
+                opts.embedding_weight
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    if opts.prototypes == 0 && !opts.category_prototypes && !opts.topic_classifier {
+        let (scaling, heads) =
+            fit::fit_heads(&data.x, &data.labels, rows, tiers, opts.fit, &base_weights)?;
         return Ok(Fitted {
             prototypes: None,
             scaling,
             heads,
         });
     }
-    let names = &featurizer.schema().names;
     let offset = names
         .iter()
         .position(|n| n.starts_with("emb_"))
@@ -156,26 +175,32 @@ fn fit_on(
             TrainError::Data("the featurizer has no embedding features for prototypes".into())
         })?;
     let points: Vec<&[f32]> = rows.iter().map(|&r| &data.x[r][offset..]).collect();
-    let mut centroids = crate::prototypes::kmeans(&points, opts.prototypes, 10, opts.seed);
-    if opts.category_prototypes {
-        let groups: Vec<String> = rows
-            .iter()
-            .map(|&r| {
-                let row = &data.rows[r];
-                format!(
-                    "{}/{}",
-                    row.source.as_deref().unwrap_or(""),
-                    row.category.as_deref().unwrap_or("")
-                )
-            })
-            .collect();
-        centroids.extend(crate::prototypes::group_means(
-            groups
-                .iter()
-                .map(String::as_str)
-                .zip(points.iter().copied()),
-        ));
-    }
+    let groups: Vec<String> = rows
+        .iter()
+        .map(|&r| {
+            let row = &data.rows[r];
+            format!(
+                "{}/{}",
+                row.source.as_deref().unwrap_or(""),
+                row.category.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    let (centroids, bias, temperature) = if opts.topic_classifier {
+        let (c, b) = fit::topic_classifier(&points, &groups, opts.topic_alpha)?;
+        (c, b, 1.0)
+    } else {
+        let mut c = crate::prototypes::kmeans(&points, opts.prototypes, 10, opts.seed);
+        if opts.category_prototypes {
+            c.extend(crate::prototypes::group_means(
+                groups
+                    .iter()
+                    .map(String::as_str)
+                    .zip(points.iter().copied()),
+            ));
+        }
+        (c, Vec::new(), opts.temperature)
+    };
     let interact =
         opts.interact
             .iter()
@@ -188,11 +213,19 @@ fn fit_on(
     let prototypes = Prototypes {
         offset,
         centroids,
-        temperature: opts.temperature,
+        temperature,
+        bias,
         interact,
     };
     let expanded: Vec<Vec<f32>> = data.x.iter().map(|v| prototypes.expand(v)).collect();
-    let (scaling, heads) = fit::fit_heads(&expanded, &data.labels, rows, tiers, opts.fit)?;
+    let (scaling, heads) = fit::fit_heads(
+        &expanded,
+        &data.labels,
+        rows,
+        tiers,
+        opts.fit,
+        &base_weights,
+    )?;
     Ok(Fitted {
         prototypes: Some(prototypes),
         scaling,
@@ -594,6 +627,9 @@ pub fn train(
         "category_prototypes": opts.category_prototypes,
         "interact": opts.interact,
         "temperature": opts.temperature,
+        "embedding_weight": opts.embedding_weight,
+        "topic_classifier": opts.topic_classifier,
+        "topic_alpha": opts.topic_alpha,
         "seed": opts.seed,
         "prices": opts.prices,
         "target_quality": opts.target_quality,

@@ -109,6 +109,9 @@ pub fn options() -> TrainOptions {
         category_prototypes: true,
         interact: vec!["log_prompt_tokens".into()],
         temperature: 0.05,
+        embedding_weight: 1.0,
+        topic_classifier: false,
+        topic_alpha: 1.0,
     }
 }
 
