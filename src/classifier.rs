@@ -237,7 +237,7 @@ impl Classifier {
         let mut out = Vec::with_capacity(self.folded.len() + 1);
         let mut floor = 0.0f64;
         for (w, b) in &self.folded {
-            let z: f32 = w.iter().zip(x).map(|(a, v)| a * v).sum::<f32>() + b;
+            let z: f32 = crate::prototypes::dot(w, x) + b;
             floor = floor.max(sigmoid(f64::from(z)));
             out.push(floor);
         }

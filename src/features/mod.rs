@@ -3,6 +3,7 @@
 
 mod embedding;
 mod markers;
+mod wordpiece;
 
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use tokenizers::Tokenizer;
 
 pub use embedding::StaticEmbeddings;
 pub use markers::{CHIT_CHAT_MAX_TOKENS, LONG_CONTEXT_TOKENS, Marker, MarkerMatcher, MarkerSet};
+pub use wordpiece::AsciiWordPiece;
 
 use crate::error::LoadError;
 
@@ -87,6 +89,7 @@ pub struct Schema {
 #[derive(Debug, Clone)]
 pub struct Featurizer {
     tokenizer: Tokenizer,
+    fast: Option<AsciiWordPiece>,
     embeddings: StaticEmbeddings,
     matcher: MarkerMatcher,
     schema: Schema,
@@ -147,8 +150,10 @@ impl Featurizer {
         let digest = h.finalize();
         let fingerprint = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         let matcher = MarkerMatcher::new().map_err(|e| format!("marker automaton: {e}"))?;
+        let fast = AsciiWordPiece::for_tokenizer(&tokenizer);
         Ok(Self {
             tokenizer,
+            fast,
             embeddings,
             matcher,
             schema: Schema {
@@ -166,6 +171,18 @@ impl Featurizer {
 
     /// Token ids of `text`, without special tokens.
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, String> {
+        if let Some(fast) = &self.fast
+            && AsciiWordPiece::handles(text)
+        {
+            let mut ids = Vec::with_capacity(text.len() / 4 + 1);
+            fast.encode(text, &mut ids);
+            return Ok(ids);
+        }
+        self.slow_token_ids(text)
+    }
+
+    /// Token ids from the `tokenizers` crate itself (the reference for the fast path).
+    pub fn slow_token_ids(&self, text: &str) -> Result<Vec<u32>, String> {
         self.tokenizer
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())

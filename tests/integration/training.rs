@@ -100,3 +100,38 @@ fn shipped_model_matches_the_shipped_featurizer_and_config() {
     .unwrap();
     assert_eq!(c.tiers(), ["fast", "standard", "frontier"]);
 }
+
+#[test]
+fn the_ascii_fast_path_tokenizes_exactly_like_the_tokenizers_crate() {
+    let f = featurizer();
+    let mut texts: Vec<String> = vec![
+        "Hello, World! It's 3:45pm -- e.g. x^2+y^2=z^2 (Pythagoras).".into(),
+        "Let p = (1, 2, 5, 4)(2, 3) in S_5 . Find the index of <p> in S_5.\nA. 8\nB. 2".into(),
+        "tabs\tand\r\nnewlines\x0bvertical\x0cfeed\x07bell\x00nul\x7fdel".into(),
+        format!("{} short", "a".repeat(101)),
+        format!("{} edge", "b".repeat(100)),
+        "qzxqzxqj unaffable antidisestablishmentarianism supercalifragilistic".into(),
+        "email me at someone@example.com or visit https://example.org/a_b?c=d&e=f#g".into(),
+        "   leading and trailing spaces   ".into(),
+        "".into(),
+        "!!!???...,,,;;;".into(),
+        "CamelCaseWords and snake_case_words and kebab-case-words, UPPER LOWER MiXeD".into(),
+        "def f(x):\n    return {'a': (1, 2)}  # comment ~ `tick` | pipe \\ backslash".into(),
+    ];
+    for row in crate::common::fixture_rows() {
+        texts.push(row.prompt);
+    }
+    for t in &texts {
+        assert!(triage::features::AsciiWordPiece::handles(t), "{t:?}");
+        assert_eq!(
+            f.token_ids(t).unwrap(),
+            f.slow_token_ids(t).unwrap(),
+            "{t:?}"
+        );
+    }
+    // Text the fast path does not take still tokenizes (through the tokenizers crate).
+    for t in ["café au lait", "[CLS] special", "日本語のテキスト"] {
+        assert!(!triage::features::AsciiWordPiece::handles(t));
+        assert_eq!(f.token_ids(t).unwrap(), f.slow_token_ids(t).unwrap());
+    }
+}
