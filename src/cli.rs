@@ -36,6 +36,25 @@ enum Command {
     Eval(EvalArgs),
     /// Validate a config file and print the tiers it defines.
     CheckConfig(ConfigArg),
+    /// Work with the decision log.
+    #[command(subcommand)]
+    Logs(LogsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogsCommand {
+    /// Print decisions joined with their outcomes as JSON Lines (then orphan outcomes).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// The feedback store (a serve --data-dir).
+    #[arg(long, env = "TRIAGE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Only decisions made at or after this time: Unix milliseconds, or an age such as 30m, 12h, 7d.
+    #[arg(long)]
+    since: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +74,9 @@ struct ServeArgs {
     /// Classifier model file; overrides model.classifier.
     #[arg(long, env = "TRIAGE_MODEL")]
     model: Option<PathBuf>,
+    /// Feedback store directory; overrides feedback.data_dir.
+    #[arg(long, env = "TRIAGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(a) => route(a),
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval_cmd(a),
+        Command::Logs(LogsCommand::Export(a)) => export(a),
         Command::CheckConfig(a) => {
             let c = load_config(&a)?;
             println!(
@@ -208,12 +231,58 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(addr) = a.addr {
         config.server.addr = addr;
     }
+    if let Some(d) = a.data_dir {
+        config.feedback.data_dir = d;
+    }
     let addr = config.server.addr;
     let engine = Arc::new(engine(config, a.model)?);
+    let fb = &engine.config().feedback;
+    let feedback = if fb.enabled {
+        let limits = triage::feedback::FeedbackLimits {
+            decision_queue: fb.decision_queue,
+            outcome_queue: fb.outcome_queue,
+            batch: fb.batch,
+        };
+        let f = triage::feedback::Feedback::start(&fb.data_dir, limits, fb.store_prompts)?;
+        let expired = f
+            .store()
+            .expire_prompts(
+                now_ms(),
+                fb.prompt_retention_hours.saturating_mul(3_600_000),
+            )
+            .context("expiring stored prompts")?;
+        let (d, o) = f.store().counts();
+        eprintln!(
+            "feedback store {}: {d} decisions, {o} outcomes{}",
+            fb.data_dir.display(),
+            if expired > 0 {
+                format!(", {expired} expired prompts removed")
+            } else {
+                String::new()
+            }
+        );
+        Some(f)
+    } else {
+        None
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        #[cfg(unix)]
+        {
+            let e = engine.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let e = e.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        triage::server::reload_configured(&e, "SIGHUP")
+                    })
+                    .await;
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
@@ -229,9 +298,51 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             "triage listening on {local} (model {})",
             snap.classifier.version()
         );
-        triage::server::serve(engine, listener, shutdown_signal()).await?;
+        triage::server::serve(engine, feedback.clone(), listener, shutdown_signal()).await?;
+        if let Some(f) = feedback {
+            f.store().flush().context("flushing the feedback store")?;
+        }
         anyhow::Ok(())
     })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `--since`: Unix milliseconds, or an age with a unit (s, m, h, d).
+fn parse_since(s: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = num.parse().with_context(|| {
+        format!("--since {s:?}: expected Unix milliseconds or an age like 30m, 12h, 7d")
+    })?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => bail!("--since {s:?}: unknown unit {unit:?} (s, m, h, d)"),
+    };
+    Ok(now_ms().saturating_sub(n.saturating_mul(unit_ms)))
+}
+
+fn export(a: ExportArgs) -> anyhow::Result<()> {
+    let since = a.since.as_deref().map(parse_since).transpose()?;
+    if !a.data_dir.is_dir() {
+        bail!("{}: no feedback store there", a.data_dir.display());
+    }
+    let store = triage::feedback::Store::open(&a.data_dir)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let n = store.export(since, &mut out)?;
+    out.flush()?;
+    eprintln!("exported {n} lines from {}", a.data_dir.display());
+    Ok(())
 }
 
 async fn shutdown_signal() {

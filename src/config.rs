@@ -23,6 +23,9 @@ pub struct RawConfig {
     /// `[policy]`
     #[serde(default)]
     pub policy: RawPolicy,
+    /// `[feedback]`
+    #[serde(default)]
+    pub feedback: RawFeedback,
     /// `[[tiers]]`, cheapest first.
     #[serde(default)]
     pub tiers: Vec<RawTier>,
@@ -74,6 +77,8 @@ pub struct RawModel {
     pub classifier: PathBuf,
     /// Directory with `tokenizer.json`, `model.safetensors` and `config.json` (model2vec format).
     pub embeddings: PathBuf,
+    /// How often `serve` checks the classifier file for changes and reloads it; 0 disables.
+    pub watch_interval_ms: u64,
 }
 
 impl Default for RawModel {
@@ -81,6 +86,50 @@ impl Default for RawModel {
         Self {
             classifier: PathBuf::from("models/classifier.json"),
             embeddings: PathBuf::from("models/embeddings"),
+            watch_interval_ms: 2_000,
+        }
+    }
+}
+
+/// `[feedback]`: the decision log and outcomes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFeedback {
+    /// Log decisions and accept `RecordOutcome`.
+    pub enabled: bool,
+    /// Directory of the sled store (relative to the working directory).
+    pub data_dir: PathBuf,
+    /// Keep the routed prompt's text in the log (otherwise only its SHA-256).
+    pub store_prompts: bool,
+    /// How long stored prompt texts are kept, in hours.
+    pub prompt_retention_hours: u64,
+    /// Decisions waiting to be written; beyond this they are dropped and counted.
+    pub decision_queue: usize,
+    /// Outcomes waiting to be written; beyond this `RecordOutcome` callers wait.
+    pub outcome_queue: usize,
+    /// Most records per write batch (and per flush for outcomes).
+    pub batch: usize,
+    /// How far in the future an outcome's `observed_at_unix_ms` may be, in milliseconds.
+    pub max_clock_skew_ms: u64,
+    /// Most labels on a request or an outcome.
+    pub max_labels: usize,
+    /// Longest label key or value, tenant or error class, in bytes.
+    pub max_label_bytes: usize,
+}
+
+impl Default for RawFeedback {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            data_dir: PathBuf::from("triage-data"),
+            store_prompts: false,
+            prompt_retention_hours: 168,
+            decision_queue: 65_536,
+            outcome_queue: 65_536,
+            batch: 1_024,
+            max_clock_skew_ms: 300_000,
+            max_labels: 32,
+            max_label_bytes: 256,
         }
     }
 }
@@ -141,6 +190,8 @@ pub struct Config {
     pub model: RawModel,
     /// Output tokens assumed for cost estimates.
     pub expected_output_tokens: u32,
+    /// Decision log and outcomes.
+    pub feedback: RawFeedback,
     /// Index of the tier that caps `latency_sensitive` requests.
     pub latency_sensitive_max_tier: Option<usize>,
     /// Tiers, cheapest first (at least two).
@@ -270,6 +321,20 @@ impl RawConfig {
                 errors.push(format!("{name}: must be at least 1"));
             }
         }
+        let f = &self.feedback;
+        for (name, value) in [
+            ("feedback.decision_queue", f.decision_queue),
+            ("feedback.outcome_queue", f.outcome_queue),
+            ("feedback.batch", f.batch),
+            ("feedback.max_label_bytes", f.max_label_bytes),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if f.store_prompts && f.prompt_retention_hours == 0 {
+            errors.push("feedback.prompt_retention_hours: must be at least 1 when feedback.store_prompts is on".into());
+        }
         if s.request_timeout_ms == 0 {
             errors.push("server.request_timeout_ms: must be at least 1".into());
         }
@@ -367,6 +432,7 @@ impl RawConfig {
                 blocking_threshold_bytes: s.blocking_threshold_bytes,
             },
             model: self.model,
+            feedback: self.feedback,
             expected_output_tokens: self.policy.expected_output_tokens,
             latency_sensitive_max_tier: latency_cap,
             tiers: self

@@ -19,6 +19,10 @@ pub struct RouteInput {
     pub prior_turns: u32,
     /// The caller's knobs.
     pub knobs: Knobs,
+    /// The caller's tenant, for the decision log.
+    pub tenant: Option<String>,
+    /// The caller's labels, for the decision log.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The engine's answer for one request.
@@ -42,6 +46,8 @@ pub struct Decision {
     pub context_tokens: u32,
     /// Detected markers.
     pub markers: MarkerSet,
+    /// The feature vector, for the decision log.
+    pub features: Vec<f32>,
     /// Model version that decided.
     pub model_version: String,
     /// Why.
@@ -112,6 +118,7 @@ impl Engine {
             prompt_tokens: features.prompt_tokens,
             context_tokens: features.context_tokens,
             markers: features.markers,
+            features: features.vector,
             model_version: snap.classifier.version().to_string(),
             reason: choice.reason,
         })

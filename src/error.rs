@@ -98,6 +98,13 @@ pub enum Error {
     /// A blocking task was cancelled or panicked.
     #[error("internal: {0}")]
     Internal(String),
+    /// The operation needs something the server is not set up for, or was refused as a whole
+    /// (feedback disabled, a model file that does not fit).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A transient failure: the caller should retry (e.g. an outcome that could not be made durable).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<Error> for tonic::Status {
@@ -109,6 +116,8 @@ impl From<Error> for tonic::Status {
             Error::Request(RequestError::NoEligibleTier(_)) => {
                 tonic::Status::failed_precondition(err.to_string())
             }
+            Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m.clone()),
+            Error::Unavailable(m) => tonic::Status::unavailable(m.clone()),
             Error::Featurize(_) | Error::Internal(_) => {
                 tracing::error!(error = %err, "internal error while routing");
                 tonic::Status::internal("internal error while routing; see server log")

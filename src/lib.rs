@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod features;
+pub mod feedback;
 pub mod model_store;
 pub mod policy;
 pub mod prototypes;

@@ -25,6 +25,7 @@ pub enum ServeError {
 /// until `shutdown` resolves; in-flight requests are allowed to finish.
 pub async fn serve(
     engine: Arc<Engine>,
+    feedback: Option<Arc<crate::feedback::Feedback>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -37,7 +38,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let router = RouterServer::new(RouterService::new(engine))
+    let watcher = spawn_model_watch(engine.clone());
+    let router = RouterServer::new(RouterService::new(engine, feedback))
         .max_decoding_message_size(limits.max_request_bytes);
     tonic::transport::Server::builder()
         .timeout(limits.request_timeout)
@@ -47,5 +49,45 @@ pub async fn serve(
         .add_service(router)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     Ok(())
+}
+
+/// Reloads the configured model file (used by SIGHUP and the file watch). Errors keep the old
+/// model and are logged.
+pub fn reload_configured(engine: &Engine, why: &str) {
+    let path = &engine.config().model.classifier;
+    match engine.store().reload(engine.config(), path) {
+        Ok(v) => tracing::info!(model_version = %v, path = %path.display(), why, "model reloaded"),
+        Err(e) => tracing::error!(error = %e, why, "model not reloaded; the old one keeps serving"),
+    }
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Polls the classifier file's modification time and reloads it when it changes.
+fn spawn_model_watch(engine: Arc<Engine>) -> Option<tokio::task::JoinHandle<()>> {
+    let every = engine.config().model.watch_interval_ms;
+    if every == 0 {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let path = engine.config().model.classifier.clone();
+        let mut last = modified(&path);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(every));
+        loop {
+            tick.tick().await;
+            let now = modified(&path);
+            if now.is_some() && now != last {
+                last = now;
+                let e = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || reload_configured(&e, "file changed"))
+                    .await;
+            }
+        }
+    }))
 }

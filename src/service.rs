@@ -1,12 +1,15 @@
 //! The tonic handlers: validate the request, call the engine, convert to protobuf. No decisions here.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::engine::{Decision, Engine, RouteInput};
 use crate::error::{Error, RequestError};
+use crate::feedback::{DecisionRecord, Feedback, KnobsRecord, OutcomeRecord};
 use crate::policy::Knobs;
 use crate::proto::v1 as pb;
 use crate::proto::v1::router_server::Router;
@@ -18,12 +21,175 @@ pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 #[derive(Debug, Clone)]
 pub struct RouterService {
     engine: Arc<Engine>,
+    feedback: Option<Arc<Feedback>>,
 }
 
 impl RouterService {
-    /// A service over an engine.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    /// A service over an engine; with `feedback`, decisions are logged and outcomes accepted.
+    pub fn new(engine: Arc<Engine>, feedback: Option<Arc<Feedback>>) -> Self {
+        Self { engine, feedback }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Checks labels (and any extra named strings) against the feedback limits.
+fn check_labels(
+    config: &Config,
+    field: &str,
+    labels: &HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, RequestError> {
+    let f = &config.feedback;
+    if labels.len() > f.max_labels {
+        return Err(RequestError::invalid(
+            field,
+            format!(
+                "{} labels exceed the limit of {} (feedback.max_labels)",
+                labels.len(),
+                f.max_labels
+            ),
+        ));
+    }
+    for (k, v) in labels {
+        if k.len() > f.max_label_bytes || v.len() > f.max_label_bytes {
+            return Err(RequestError::invalid(
+                format!("{field}[{k:?}]"),
+                format!(
+                    "keys and values are limited to {} bytes (feedback.max_label_bytes)",
+                    f.max_label_bytes
+                ),
+            ));
+        }
+    }
+    Ok(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+fn check_short(config: &Config, field: &str, value: Option<&str>) -> Result<(), RequestError> {
+    let limit = config.feedback.max_label_bytes;
+    match value {
+        Some(v) if v.len() > limit => Err(RequestError::invalid(
+            field,
+            format!(
+                "{} bytes exceed the limit of {limit} bytes (feedback.max_label_bytes)",
+                v.len()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks an `OutcomeRequest` and turns it into a record.
+pub fn validate_outcome(
+    req: pb::OutcomeRequest,
+    config: &Config,
+    now_ms: u64,
+) -> Result<OutcomeRecord, RequestError> {
+    let id = uuid::Uuid::parse_str(&req.decision_id).map_err(|_| {
+        RequestError::invalid(
+            "decision_id",
+            format!("{:?} is not a decision id (a UUID)", req.decision_id),
+        )
+    })?;
+    let source = match pb::OutcomeSource::try_from(req.source) {
+        Ok(pb::OutcomeSource::User) => "user",
+        Ok(pb::OutcomeSource::Judge) => "judge",
+        Ok(pb::OutcomeSource::Validator) => "validator",
+        Ok(pb::OutcomeSource::Escalation) => "escalation",
+        _ => {
+            return Err(RequestError::invalid(
+                "source",
+                "is required: OUTCOME_SOURCE_USER, _JUDGE, _VALIDATOR or _ESCALATION",
+            ));
+        }
+    };
+    if let Some(q) = req.quality
+        && !(0.0..=1.0).contains(&q)
+    {
+        return Err(RequestError::invalid(
+            "quality",
+            format!("must be in [0, 1], got {q}"),
+        ));
+    }
+    if let Some(c) = req.cost_usd
+        && !(c.is_finite() && c >= 0.0)
+    {
+        return Err(RequestError::invalid(
+            "cost_usd",
+            format!("must be a finite number >= 0, got {c}"),
+        ));
+    }
+    let skew = config.feedback.max_clock_skew_ms;
+    let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
+    let observed = req.observed_at_unix_ms.unwrap_or(now);
+    if observed > now.saturating_add(i64::try_from(skew).unwrap_or(i64::MAX)) {
+        return Err(RequestError::invalid(
+            "observed_at_unix_ms",
+            format!(
+                "{observed} is {} ms in the future; the limit is {skew} ms (feedback.max_clock_skew_ms)",
+                observed - now
+            ),
+        ));
+    }
+    if observed < 0 {
+        return Err(RequestError::invalid(
+            "observed_at_unix_ms",
+            format!("must not be negative, got {observed}"),
+        ));
+    }
+    check_short(config, "error_class", req.error_class.as_deref())?;
+    let labels = check_labels(config, "labels", &req.labels)?;
+    Ok(OutcomeRecord {
+        decision_id: id.to_string(),
+        source: source.into(),
+        success: req.success,
+        quality: req.quality,
+        latency_ms: req.latency_ms,
+        input_tokens: req.input_tokens,
+        output_tokens: req.output_tokens,
+        cost_usd: req.cost_usd,
+        error_class: req.error_class,
+        labels,
+        observed_at_unix_ms: observed,
+        recorded_at_unix_ms: now_ms,
+        orphan: false,
+    })
+}
+
+fn decision_record(
+    d: &Decision,
+    input: &RouteInput,
+    config: &Config,
+    store_prompt: bool,
+) -> DecisionRecord {
+    let name = |i: Option<usize>| i.map(|i| config.tiers[i].name.clone());
+    let digest = Sha256::digest(input.prompt.as_bytes());
+    DecisionRecord {
+        decision_id: d.decision_id.to_string(),
+        time_unix_ms: now_ms(),
+        model_version: d.model_version.clone(),
+        tiers: d.tiers.iter().map(|(n, _)| n.clone()).collect(),
+        tier: d.tier_name.clone(),
+        p_sufficient: d.tiers.iter().map(|(_, v)| v.p_sufficient).collect(),
+        propensity: 1.0,
+        knobs: KnobsRecord {
+            min_tier: name(input.knobs.min_tier),
+            max_tier: name(input.knobs.max_tier),
+            max_cost_usd: input.knobs.max_cost_usd,
+            latency_sensitive: input.knobs.latency_sensitive,
+            quality_target: input.knobs.quality_target,
+        },
+        tenant: input.tenant.clone(),
+        labels: input.labels.clone(),
+        features: d.features.clone(),
+        prompt_tokens: d.prompt_tokens,
+        context_tokens: d.context_tokens,
+        estimated_cost_usd: d.estimated_cost_usd,
+        prompt_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        prompt: store_prompt.then(|| input.prompt.clone()),
     }
 }
 
@@ -109,6 +275,8 @@ pub fn validate_route(req: pb::RouteRequest, config: &Config) -> Result<RouteInp
             ),
         ));
     }
+    check_short(config, "tenant", req.tenant.as_deref())?;
+    let labels = check_labels(config, "labels", &req.labels)?;
     let min_tier = tier_knob(config, "min_tier", req.min_tier.as_deref())?;
     let max_tier = tier_knob(config, "max_tier", req.max_tier.as_deref())?;
     if let (Some(lo), Some(hi)) = (min_tier, max_tier)
@@ -161,6 +329,8 @@ pub fn validate_route(req: pb::RouteRequest, config: &Config) -> Result<RouteInp
             latency_sensitive: req.latency_sensitive,
             quality_target: req.quality_target,
         },
+        tenant: req.tenant,
+        labels,
     })
 }
 
@@ -212,14 +382,23 @@ impl Router for RouterService {
         let bytes = input.prompt.len() + input.context.iter().map(String::len).sum::<usize>();
         // Featurizing is CPU work proportional to the text: large requests go to the blocking
         // pool so they cannot stall the async workers that serve everyone else.
-        let decision = if bytes >= self.engine.config().server.blocking_threshold_bytes {
+        let (decision, input) = if bytes >= self.engine.config().server.blocking_threshold_bytes {
             let engine = self.engine.clone();
-            tokio::task::spawn_blocking(move || engine.route(&input))
+            tokio::task::spawn_blocking(move || (engine.route(&input), input))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))?
         } else {
-            self.engine.route(&input)
-        }?;
+            (self.engine.route(&input), input)
+        };
+        let decision = decision?;
+        if let Some(fb) = &self.feedback {
+            fb.log_decision(decision_record(
+                &decision,
+                &input,
+                self.engine.config(),
+                fb.store_prompts,
+            ));
+        }
         tracing::debug!(
             decision_id = %decision.decision_id,
             tier = %decision.tier_name,
@@ -227,5 +406,49 @@ impl Router for RouterService {
             "routed"
         );
         Ok(Response::new(decision_to_proto(decision, request_id)))
+    }
+
+    async fn record_outcome(
+        &self,
+        request: Request<pb::OutcomeRequest>,
+    ) -> Result<Response<pb::OutcomeAck>, Status> {
+        let Some(fb) = &self.feedback else {
+            return Err(Error::FailedPrecondition(
+                "feedback is disabled on this server (feedback.enabled = false)".into(),
+            )
+            .into());
+        };
+        let record = validate_outcome(request.into_inner(), self.engine.config(), now_ms())
+            .map_err(Error::from)?;
+        let stored = fb
+            .record_outcome(record)
+            .await
+            .map_err(|e| Error::Unavailable(format!("outcome not recorded, retry: {e}")))?;
+        Ok(Response::new(pb::OutcomeAck {
+            duplicate: stored.duplicate,
+            orphan: stored.orphan,
+        }))
+    }
+
+    async fn reload_model(
+        &self,
+        request: Request<pb::ReloadModelRequest>,
+    ) -> Result<Response<pb::ReloadModelResponse>, Status> {
+        let req = request.into_inner();
+        let config = self.engine.config();
+        let path = if req.path.is_empty() {
+            config.model.classifier.clone()
+        } else {
+            std::path::PathBuf::from(req.path)
+        };
+        let version = self.engine.store().reload(config, &path).map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "model not reloaded, the old one keeps serving: {e}"
+            ))
+        })?;
+        tracing::info!(model_version = %version, path = %path.display(), "model reloaded by RPC");
+        Ok(Response::new(pb::ReloadModelResponse {
+            model_version: version,
+        }))
     }
 }

@@ -161,12 +161,19 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> Self {
+        Self::start_with(config, None).await
+    }
+
+    pub async fn start_with(
+        config: Config,
+        feedback: Option<Arc<triage::feedback::Feedback>>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let engine = engine(config);
         tokio::spawn(async move {
-            triage::server::serve(engine, listener, async {
+            triage::server::serve(engine, feedback, listener, async {
                 let _ = rx.await;
             })
             .await

@@ -3,5 +3,6 @@
 
 mod cli;
 mod common;
+mod feedback;
 mod grpc;
 mod training;

@@ -1,0 +1,363 @@
+//! The feedback path: outcomes over gRPC, durability across kill -9, export, and model reloads.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use triage::feedback::{Feedback, FeedbackLimits};
+use triage::proto::v1::router_client::RouterClient;
+use triage::proto::v1::{Message, OutcomeRequest, OutcomeSource, ReloadModelRequest, RouteRequest};
+
+use crate::common::{Server, config, fixture_rows, model_path, repo};
+
+fn req(text: &str) -> RouteRequest {
+    RouteRequest {
+        messages: vec![Message {
+            role: "user".into(),
+            content: text.into(),
+        }],
+        tenant: Some("team-a".into()),
+        labels: [("app".to_string(), "search".to_string())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn outcome(id: &str, quality: f64) -> OutcomeRequest {
+    OutcomeRequest {
+        decision_id: id.into(),
+        source: OutcomeSource::User as i32,
+        quality: Some(quality),
+        success: Some(quality >= 0.5),
+        ..Default::default()
+    }
+}
+
+fn limits() -> FeedbackLimits {
+    FeedbackLimits {
+        decision_queue: 1024,
+        outcome_queue: 1024,
+        batch: 64,
+    }
+}
+
+#[tokio::test]
+async fn outcomes_are_validated_idempotent_and_orphans_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = Feedback::start(dir.path(), limits(), false).unwrap();
+    let server = Server::start_with(config(), Some(fb.clone())).await;
+    let mut c = server.client().await;
+    let d = c
+        .route(req("Translate into French: good night"))
+        .await
+        .unwrap()
+        .into_inner();
+    // The decision is logged off the request path; wait for the writer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fb.store().counts().0 == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ack = c
+        .record_outcome(outcome(&d.decision_id, 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!ack.duplicate && !ack.orphan, "{ack:?}");
+    let again = c
+        .record_outcome(outcome(&d.decision_id, 0.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    let judge = OutcomeRequest {
+        source: OutcomeSource::Judge as i32,
+        ..outcome(&d.decision_id, 0.2)
+    };
+    assert!(
+        !c.record_outcome(judge)
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicate
+    );
+    let elsewhere = uuid::Uuid::now_v7().to_string();
+    assert!(
+        c.record_outcome(outcome(&elsewhere, 1.0))
+            .await
+            .unwrap()
+            .into_inner()
+            .orphan
+    );
+
+    let future = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+        + 3_600_000;
+    let bad: Vec<(&str, OutcomeRequest, &str)> = vec![
+        ("quality", outcome(&d.decision_id, 1.5), "quality"),
+        ("nan", outcome(&d.decision_id, f64::NAN), "quality"),
+        ("id", outcome("not-a-uuid", 1.0), "decision_id"),
+        (
+            "source",
+            OutcomeRequest {
+                source: 0,
+                ..outcome(&d.decision_id, 1.0)
+            },
+            "source",
+        ),
+        (
+            "cost",
+            OutcomeRequest {
+                cost_usd: Some(-1.0),
+                ..outcome(&d.decision_id, 1.0)
+            },
+            "cost_usd",
+        ),
+        (
+            "future",
+            OutcomeRequest {
+                observed_at_unix_ms: Some(future),
+                ..outcome(&d.decision_id, 1.0)
+            },
+            "feedback.max_clock_skew_ms",
+        ),
+    ];
+    for (name, r, needle) in bad {
+        let err = c.record_outcome(r).await.expect_err(name);
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(err.message().contains(needle), "{name}: {}", err.message());
+    }
+    let c2 = fb.counters();
+    assert_eq!(
+        c2.outcomes_stored
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    assert_eq!(
+        c2.outcomes_duplicate
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+
+    let mut out = Vec::new();
+    fb.store().export(None, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["decision"]["tenant"], "team-a");
+    assert_eq!(first["decision"]["labels"]["app"], "search");
+    assert_eq!(first["decision"]["tier"], d.tier.as_str());
+    assert_eq!(first["outcomes"].as_array().unwrap().len(), 2);
+    assert!(
+        first["decision"].get("prompt").is_none(),
+        "prompts are not stored by default"
+    );
+    assert!(!text.contains("good night"));
+}
+
+#[tokio::test]
+async fn record_outcome_without_feedback_is_a_failed_precondition() {
+    let server = Server::start(config()).await;
+    let err = server
+        .client()
+        .await
+        .record_outcome(outcome(&uuid::Uuid::now_v7().to_string(), 1.0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("feedback.enabled"));
+}
+
+fn altered_model(dir: &std::path::Path, name: &str, threshold: f64) -> std::path::PathBuf {
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_path()).unwrap()).unwrap();
+    file["version"] = format!("{name}-test").into();
+    file["thresholds"][0] = threshold.into();
+    let p = dir.join(format!("{name}.json"));
+    std::fs::write(&p, serde_json::to_vec(&file).unwrap()).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn reload_model_swaps_atomically_and_refuses_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config()).await;
+    let mut c = server.client().await;
+    let before = c
+        .route(req("hello"))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_version;
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, b"{}").unwrap();
+    let err = c
+        .reload_model(ReloadModelRequest {
+            path: bad.display().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("old one keeps serving") && err.message().contains("bad.json"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        c.route(req("hello"))
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        before
+    );
+    let good = altered_model(dir.path(), "second", 0.0);
+    let r = c
+        .reload_model(ReloadModelRequest {
+            path: good.display().to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model_version, "second-test");
+    let d = c
+        .route(req("Prove the theorem step by step"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.model_version, "second-test");
+    assert_eq!(
+        d.tier, "fast",
+        "threshold 0 on fast routes everything there"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_model_file_is_picked_up_by_the_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = altered_model(dir.path(), "watched", 0.5);
+    let mut cfg = config();
+    cfg.model.classifier = path.clone();
+    cfg.model.watch_interval_ms = 50;
+    let server = Server::start(cfg).await;
+    let mut c = server.client().await;
+    assert_eq!(
+        c.route(req("hi")).await.unwrap().into_inner().model_version,
+        "watched-test"
+    );
+    // Replace the file atomically, as an operator's deploy would.
+    let next = altered_model(dir.path(), "rewatched", 0.5);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::rename(&next, &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = c.route(req("hi")).await.unwrap().into_inner().model_version;
+        if v == "rewatched-test" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still serving {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts the real binary on 127.0.0.1:0 and returns it with the address it printed.
+fn spawn_server(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_triage"))
+        .current_dir(repo())
+        .env("TRIAGE_LOG", "warn")
+        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
+        .arg(model_path())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("triage listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[tokio::test]
+async fn acknowledged_outcomes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let (mut child, addr) = spawn_server(&data);
+    let mut c = RouterClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let prompts: Vec<String> = fixture_rows().into_iter().map(|r| r.prompt).collect();
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        let d = c
+            .route(req(&prompts[i % prompts.len()]))
+            .await
+            .unwrap()
+            .into_inner();
+        let o = c
+            .record_outcome(outcome(&d.decision_id, (i % 2) as f64))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!o.duplicate);
+        acked.push(d.decision_id);
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown path runs.
+    child.wait().unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_triage"))
+        .args(["logs", "export", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut found = std::collections::HashSet::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for o in v["outcomes"].as_array().unwrap() {
+            found.insert(o["decision_id"].as_str().unwrap().to_string());
+        }
+    }
+    let missing: Vec<&String> = acked.iter().filter(|id| !found.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged outcomes lost",
+        missing.len(),
+        acked.len()
+    );
+
+    // The store reopens after the crash and keeps serving.
+    let (mut child, addr) = spawn_server(&data);
+    let mut c = RouterClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let d = c.route(req("hello again")).await.unwrap().into_inner();
+    let ack = c
+        .record_outcome(outcome(&acked[0], 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ack.duplicate, "the outcome before the crash is still there");
+    assert!(!d.decision_id.is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
