@@ -18,7 +18,10 @@ use triage::proto::v1::{OutcomeRequest, OutcomeSource};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let seconds = args.first().copied().unwrap_or(5).min(60);
     let concurrency = args.get(1).copied().unwrap_or(128) as usize;
     let channels = args.get(2).copied().unwrap_or(4).max(1) as usize;
@@ -28,20 +31,33 @@ async fn main() {
     config.model.classifier = root.join("models/classifier.json");
     config.model.watch_interval_ms = 0;
     let dir = tempfile::tempdir().unwrap();
-    let limits = FeedbackLimits { decision_queue: 65_536, outcome_queue: 65_536, batch: 1_024 };
+    let limits = FeedbackLimits {
+        decision_queue: 65_536,
+        outcome_queue: 65_536,
+        batch: 1_024,
+    };
     let fb = Feedback::start(dir.path(), limits, false).unwrap();
     let store = ModelStore::open(&config).unwrap();
     let engine = Arc::new(Engine::new(Arc::new(config), store));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(triage::server::serve(engine, Some(fb.clone()), listener, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(triage::server::serve(
+        engine,
+        Some(fb.clone()),
+        listener,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut clients = Vec::new();
     for _ in 0..channels {
-        clients.push(RouterClient::connect(format!("http://{addr}")).await.unwrap());
+        clients.push(
+            RouterClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap(),
+        );
     }
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);

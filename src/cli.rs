@@ -377,7 +377,10 @@ fn knob(engine: &Engine, field: &str, name: Option<&str>) -> anyhow::Result<Opti
 }
 
 fn route(a: RouteArgs) -> anyhow::Result<()> {
-    let engine = engine(load_config(&a.config)?, a.model)?;
+    let mut config = load_config(&a.config)?;
+    // Inspection shows the policy's own choice; exploration is for live traffic.
+    config.exploration_rate = 0.0;
+    let engine = engine(config, a.model)?;
     let knobs = Knobs {
         min_tier: knob(&engine, "--min-tier", a.min_tier.as_deref())?,
         max_tier: knob(&engine, "--max-tier", a.max_tier.as_deref())?,

@@ -142,6 +142,9 @@ pub struct RawPolicy {
     pub expected_output_tokens: u32,
     /// If set, `latency_sensitive` requests never go above this tier.
     pub latency_sensitive_max_tier: Option<String>,
+    /// Share of requests routed to a random eligible tier so that retraining learns what other
+    /// tiers would have done; 0 disables.
+    pub exploration_rate: f64,
 }
 
 impl Default for RawPolicy {
@@ -149,6 +152,7 @@ impl Default for RawPolicy {
         Self {
             expected_output_tokens: 256,
             latency_sensitive_max_tier: None,
+            exploration_rate: 0.02,
         }
     }
 }
@@ -194,6 +198,8 @@ pub struct Config {
     pub feedback: RawFeedback,
     /// Index of the tier that caps `latency_sensitive` requests.
     pub latency_sensitive_max_tier: Option<usize>,
+    /// Share of requests routed to a random eligible tier, in [0, 1].
+    pub exploration_rate: f64,
     /// Tiers, cheapest first (at least two).
     pub tiers: Vec<TierConfig>,
 }
@@ -321,6 +327,12 @@ impl RawConfig {
                 errors.push(format!("{name}: must be at least 1"));
             }
         }
+        let rate = self.policy.exploration_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            errors.push(format!(
+                "policy.exploration_rate: must be in [0, 1], got {rate}"
+            ));
+        }
         let f = &self.feedback;
         for (name, value) in [
             ("feedback.decision_queue", f.decision_queue),
@@ -435,6 +447,7 @@ impl RawConfig {
             feedback: self.feedback,
             expected_output_tokens: self.policy.expected_output_tokens,
             latency_sensitive_max_tier: latency_cap,
+            exploration_rate: self.policy.exploration_rate,
             tiers: self
                 .tiers
                 .into_iter()

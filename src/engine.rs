@@ -48,6 +48,12 @@ pub struct Decision {
     pub markers: MarkerSet,
     /// The feature vector, for the decision log.
     pub features: Vec<f32>,
+    /// Whether exploration overrode the policy's choice.
+    pub explored: bool,
+    /// Probability with which the chosen tier was chosen.
+    pub propensity: f64,
+    /// Feature schema fingerprint of the vector.
+    pub schema_fingerprint: String,
     /// Model version that decided.
     pub model_version: String,
     /// Why.
@@ -107,20 +113,40 @@ impl Engine {
             &input.knobs,
             self.config.latency_sensitive_max_tier,
         )?;
-        let tier = &self.config.tiers[choice.tier];
+        let eligible: Vec<usize> = (0..choice.tiers.len())
+            .filter(|&i| choice.tiers[i].eligible)
+            .collect();
+        let (chosen, propensity) = policy::explore(
+            choice.tier,
+            &eligible,
+            self.config.exploration_rate,
+            rand::random::<f64>(),
+            rand::random::<f64>(),
+        );
+        let mut reason = choice.reason;
+        if chosen != choice.tier {
+            reason.push_str(&format!(
+                "; exploring: sent to {} instead of {} (exploration_rate {})",
+                names[chosen], names[choice.tier], self.config.exploration_rate
+            ));
+        }
+        let tier = &self.config.tiers[chosen];
         Ok(Decision {
             decision_id: uuid::Uuid::now_v7(),
-            tier: choice.tier,
+            tier: chosen,
+            explored: chosen != choice.tier,
+            propensity,
+            schema_fingerprint: snap.featurizer.schema().fingerprint.clone(),
             tier_name: tier.name.clone(),
             chain: tier.chain.clone(),
-            estimated_cost_usd: costs[choice.tier],
+            estimated_cost_usd: costs[chosen],
             tiers: names.iter().cloned().zip(choice.tiers).collect(),
             prompt_tokens: features.prompt_tokens,
             context_tokens: features.context_tokens,
             markers: features.markers,
             features: features.vector,
             model_version: snap.classifier.version().to_string(),
-            reason: choice.reason,
+            reason,
         })
     }
 }

@@ -153,6 +153,29 @@ pub fn decide(
     })
 }
 
+/// Exploration: with probability `rate`, replace the policy's `choice` by a tier drawn
+/// uniformly from `eligible` (which may draw the same tier). Returns the tier and the exact
+/// probability with which it was chosen, for inverse-propensity weighting at training time.
+/// `u` and `pick` are uniform draws in [0, 1), passed in so this stays a pure function.
+pub fn explore(choice: usize, eligible: &[usize], rate: f64, u: f64, pick: f64) -> (usize, f64) {
+    let n = eligible.len();
+    if rate <= 0.0 || n <= 1 {
+        return (choice, 1.0);
+    }
+    let share = rate / n as f64;
+    let tier = if u < rate {
+        eligible[((pick * n as f64) as usize).min(n - 1)]
+    } else {
+        choice
+    };
+    let propensity = if tier == choice {
+        1.0 - rate + share
+    } else {
+        share
+    };
+    (tier, propensity)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +197,35 @@ mod tests {
         assert_eq!(c.tier, 1);
         assert!(c.reason.contains("fast 0.50 < 0.70"), "{}", c.reason);
         assert_eq!(pick([0.1, 0.2, 1.0], Knobs::default()).unwrap().tier, 2);
+    }
+
+    #[test]
+    fn exploration_logs_exact_propensities() {
+        // No exploration: the choice, with certainty.
+        assert_eq!(explore(1, &[0, 1, 2], 0.0, 0.0, 0.0), (1, 1.0));
+        // Not drawn (u >= rate): the choice, with probability 1 - rate + rate / 3.
+        let (t, p) = explore(1, &[0, 1, 2], 0.3, 0.5, 0.0);
+        assert_eq!(t, 1);
+        assert!((p - (0.7 + 0.1)).abs() < 1e-12);
+        // Drawn: uniform over eligible tiers; another tier has probability rate / 3.
+        let (t, p) = explore(1, &[0, 1, 2], 0.3, 0.1, 0.99);
+        assert_eq!(t, 2);
+        assert!((p - 0.1).abs() < 1e-12);
+        // Only eligible tiers are ever drawn; a single eligible tier is certain.
+        assert_eq!(explore(0, &[0, 1], 1.0, 0.0, 0.999_999).0, 1);
+        assert_eq!(explore(2, &[2], 1.0, 0.0, 0.0), (2, 1.0));
+        // The propensities of all outcomes sum to one.
+        let rate = 0.2;
+        let total: f64 = (0..3)
+            .map(|t| {
+                if t == 1 {
+                    1.0 - rate + rate / 3.0
+                } else {
+                    rate / 3.0
+                }
+            })
+            .sum();
+        assert!((total - 1.0).abs() < 1e-12);
     }
 
     #[test]

@@ -174,7 +174,8 @@ fn decision_record(
         tiers: d.tiers.iter().map(|(n, _)| n.clone()).collect(),
         tier: d.tier_name.clone(),
         p_sufficient: d.tiers.iter().map(|(_, v)| v.p_sufficient).collect(),
-        propensity: 1.0,
+        propensity: d.propensity,
+        schema_fingerprint: d.schema_fingerprint.clone(),
         knobs: KnobsRecord {
             min_tier: name(input.knobs.min_tier),
             max_tier: name(input.knobs.max_tier),
@@ -367,6 +368,8 @@ pub fn decision_to_proto(d: Decision, request_id: Option<String>) -> pb::RouteDe
         model_version: d.model_version,
         reason: d.reason,
         request_id,
+        explored: d.explored,
+        propensity: d.propensity,
     }
 }
 

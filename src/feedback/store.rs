@@ -42,6 +42,9 @@ pub struct DecisionRecord {
     /// Probability with which the chosen tier was chosen (1 when the policy was followed
     /// deterministically).
     pub propensity: f64,
+    /// Fingerprint of the feature schema `features` follows.
+    #[serde(default)]
+    pub schema_fingerprint: String,
     /// Request knobs.
     pub knobs: KnobsRecord,
     /// Caller's tenant.
@@ -286,6 +289,7 @@ mod tests {
             tier: "a".into(),
             p_sufficient: vec![0.7, 1.0],
             propensity: 1.0,
+            schema_fingerprint: "fp".into(),
             knobs: KnobsRecord::default(),
             tenant: None,
             labels: BTreeMap::new(),

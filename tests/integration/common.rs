@@ -144,6 +144,7 @@ pub fn config() -> Config {
     c.model.classifier = model_path();
     c.server.max_prompt_bytes = 4096;
     c.server.max_messages = 8;
+    c.exploration_rate = 0.0;
     c
 }
 

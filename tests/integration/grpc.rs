@@ -450,3 +450,47 @@ async fn reflection_lists_the_router_and_describes_it() {
     };
     assert!(!fd.file_descriptor_proto.is_empty());
 }
+
+#[tokio::test]
+async fn exploration_stays_within_the_knobs_and_reports_propensities() {
+    let mut cfg = config();
+    cfg.exploration_rate = 1.0;
+    let server = Server::start(cfg).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let d = route(&server, req(EASY)).await.unwrap();
+        // Rate 1: always a uniform draw over the three tiers.
+        assert!((d.propensity - 1.0 / 3.0).abs() < 1e-9, "{}", d.propensity);
+        if d.explored {
+            assert!(d.reason.contains("exploring"), "{}", d.reason);
+        }
+        seen.insert(d.tier);
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for _ in 0..20 {
+        let d = route(
+            &server,
+            RouteRequest {
+                max_tier: Some("standard".into()),
+                ..req(HARD)
+            },
+        )
+        .await
+        .unwrap();
+        assert!(d.tier != "frontier");
+        assert!((d.propensity - 0.5).abs() < 1e-9);
+        let d = route(
+            &server,
+            RouteRequest {
+                max_tier: Some("fast".into()),
+                ..req(HARD)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (d.tier.as_str(), d.propensity, d.explored),
+            ("fast", 1.0, false)
+        );
+    }
+}
