@@ -106,11 +106,12 @@ struct RouteArgs {
 #[derive(Debug, Args)]
 struct DataArgs {
     /// Labelled JSON Lines file (repeatable).
-    #[arg(long = "dataset", required = true)]
+    #[arg(long = "dataset")]
     datasets: Vec<PathBuf>,
     /// Tiers, cheapest first: NAME=MODEL[|MODEL…],… (MODEL = a key of the rows' outcomes).
+    /// Needed with --dataset.
     #[arg(long)]
-    tiers: TierMap,
+    tiers: Option<TierMap>,
     /// Model2vec directory for the featurizer.
     #[arg(long, default_value = "models/embeddings", env = "TRIAGE_EMBEDDINGS")]
     embeddings: PathBuf,
@@ -162,6 +163,20 @@ struct DataArgs {
 struct TrainArgs {
     #[command(flatten)]
     data: DataArgs,
+    /// A feedback store directory or a `triage logs export` file to learn from (repeatable;
+    /// outcomes in one are joined with decisions in another).
+    #[arg(long = "log")]
+    logs: Vec<PathBuf>,
+    /// The model now serving, to compare against on the logs' time split; its tiers and
+    /// thresholds carry over.
+    #[arg(long, default_value = "models/classifier.json")]
+    current: PathBuf,
+    /// With --log: an outcome is a success at or above this quality.
+    #[arg(long, default_value_t = 0.5)]
+    success_threshold: f64,
+    /// With --log: clip inverse-propensity weights here.
+    #[arg(long, default_value_t = 50.0)]
+    max_weight: f64,
     /// Where to write the model file.
     #[arg(long)]
     out: PathBuf,
@@ -460,6 +475,14 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
 fn prepare(
     d: &DataArgs,
 ) -> anyhow::Result<(Featurizer, train::Prepared, TrainOptions, serde_json::Value)> {
+    let Some(tiers) = &d.tiers else {
+        bail!(
+            "--tiers is required with --dataset (e.g. --tiers fast=small-model,frontier=big-model)"
+        );
+    };
+    if d.datasets.is_empty() {
+        bail!("give at least one --dataset (or --log for train)");
+    }
     let featurizer = Featurizer::load(&d.embeddings)?;
     let mut rows = Vec::new();
     let mut sources = Vec::new();
@@ -473,11 +496,11 @@ fn prepare(
         rows.extend(r);
     }
     if let Some(p) = &d.prices {
-        if p.len() != d.tiers.tiers.len() {
+        if p.len() != tiers.tiers.len() {
             bail!(
                 "--prices lists {} prices for {} tiers",
                 p.len(),
-                d.tiers.tiers.len()
+                tiers.tiers.len()
             );
         }
         if p.iter().any(|v| !v.is_finite() || *v < 0.0) {
@@ -493,7 +516,7 @@ fn prepare(
     let data = train::prepare(
         &featurizer,
         rows,
-        &d.tiers,
+        tiers,
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;
     let opts = TrainOptions {
@@ -606,27 +629,41 @@ fn write_report(path: Option<&Path>, rep: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
-    let (featurizer, data, opts, sources) = prepare(&a.data)?;
-    let (file, rep) = train::train(&featurizer, &data, &a.data.tiers, &opts, sources)?;
-    print_report(&rep);
-    write_report(a.data.report.as_deref(), &rep)?;
-    let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)
+fn write_model(out: &Path, file: &triage::classifier::ModelFile) -> anyhow::Result<()> {
+    // Write then rename, so a watching server never reads half a file.
+    let tmp = out.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(file)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
     println!(
         "\nwrote {} (version {}, thresholds {:?})",
-        a.out.display(),
+        out.display(),
         file.version,
         file.thresholds
     );
     Ok(())
 }
 
+fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
+    if !a.logs.is_empty() {
+        return train_logs(a);
+    }
+    let (featurizer, data, opts, sources) = prepare(&a.data)?;
+    let tiers = a.data.tiers.as_ref().context("--tiers is required")?;
+    let (file, rep) = train::train(&featurizer, &data, tiers, &opts, sources)?;
+    print_report(&rep);
+    write_report(a.data.report.as_deref(), &rep)?;
+    write_model(&a.out, &file)
+}
+
 fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
     let (featurizer, data, opts, _) = prepare(&a.data)?;
-    let names = a.data.tiers.names();
+    let names = a
+        .data
+        .tiers
+        .as_ref()
+        .context("--tiers is required")?
+        .names();
     let rep = match &a.model {
         Some(m) => {
             let c = triage::classifier::Classifier::load(m, featurizer.schema())?;
@@ -652,4 +689,105 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
     };
     print_report(&rep);
     write_report(a.data.report.as_deref(), &rep)
+}
+
+fn train_logs(a: TrainArgs) -> anyhow::Result<()> {
+    let (featurizer, extra, opts) = if a.data.datasets.is_empty() {
+        let f = Featurizer::load(&a.data.embeddings)?;
+        let opts = TrainOptions {
+            fit: FitOptions {
+                alpha: a.data.alpha,
+                ..FitOptions::default()
+            },
+            folds: a.data.folds,
+            seed: a.data.seed,
+            prices: None,
+            target_quality: a.data.target_quality,
+            prototypes: a.data.prototypes,
+            category_prototypes: a.data.category_prototypes,
+            interact: a.data.interact.clone(),
+            temperature: a.data.temperature,
+            embedding_weight: a.data.embedding_weight,
+            topic_classifier: a.data.topic_classifier,
+            topic_alpha: a.data.topic_alpha,
+        };
+        (f, None, opts)
+    } else {
+        let (f, data, opts, _) = prepare(&a.data)?;
+        (f, Some(data), opts)
+    };
+    let current = if a.current.exists() {
+        Some(triage::classifier::Classifier::load(
+            &a.current,
+            featurizer.schema(),
+        )?)
+    } else {
+        None
+    };
+    let tiers: Vec<String> = match (&a.data.tiers, &current) {
+        (Some(t), _) => t.names(),
+        (None, Some(c)) => c.tiers().to_vec(),
+        (None, None) => bail!(
+            "--tiers is required when {} does not exist",
+            a.current.display()
+        ),
+    };
+    let log_opts = train::logs::LogOptions {
+        success_threshold: a.success_threshold,
+        max_weight: a.max_weight.max(1.0),
+    };
+    let (rows, stats) = train::logs::read_logs(&a.logs, &featurizer, &tiers, log_opts)?;
+    let (file, rep) = train::train_from_logs(
+        &featurizer,
+        &rows,
+        stats,
+        extra.as_ref(),
+        &tiers,
+        &opts,
+        current.as_ref(),
+    )?;
+    let s = &rep.logs;
+    println!(
+        "logs: {} decisions, {} outcomes ({} orphans joined across stores, {} unmatched); {} rows used ({} without outcome, {} other schema, {} re-featurized, {} other tiers)",
+        s.decisions,
+        s.outcomes,
+        s.orphans_joined,
+        s.orphans_unmatched,
+        s.rows,
+        s.without_outcome,
+        s.other_schema,
+        s.refeaturized,
+        s.other_tiers
+    );
+    for (t, pos, n) in &rep.labels {
+        println!("  label {t:<10} good enough on {pos}/{n} logged rows");
+    }
+    match &rep.holdout {
+        Some(h) => {
+            println!(
+                "time split: fitted on the oldest {} rows, measured on the newest {}",
+                h.train_rows, h.test_rows
+            );
+            for (i, m) in h.new_model.iter().enumerate() {
+                let cur = h.current_model.as_ref().map(|c| &c[i]);
+                println!(
+                    "  {:<10} new: log-loss {:.3} accuracy {:.3} ({} rows)   current: {}",
+                    m.tier,
+                    m.log_loss,
+                    m.accuracy,
+                    m.rows,
+                    cur.map_or("-".into(), |c| format!(
+                        "log-loss {:.3} accuracy {:.3}",
+                        c.log_loss, c.accuracy
+                    ))
+                );
+            }
+        }
+        None => println!("time split: too few rows to hold any out"),
+    }
+    if let Some(p) = &a.data.report {
+        std::fs::write(p, serde_json::to_vec_pretty(&rep)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    write_model(&a.out, &file)
 }

@@ -211,6 +211,20 @@ impl Store {
         (self.decisions.len(), self.outcomes.len())
     }
 
+    /// Every decision, in time order.
+    pub fn decisions(&self) -> impl Iterator<Item = Result<DecisionRecord, StoreError>> + '_ {
+        self.decisions
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+    }
+
+    /// Every outcome, grouped by decision.
+    pub fn outcomes(&self) -> impl Iterator<Item = Result<OutcomeRecord, StoreError>> + '_ {
+        self.outcomes
+            .iter()
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+    }
+
     /// Drops stored prompt texts older than `retention_ms` (their hashes stay).
     pub fn expire_prompts(&self, now_ms: u64, retention_ms: u64) -> Result<usize, StoreError> {
         let mut n = 0;

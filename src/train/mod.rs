@@ -4,6 +4,7 @@
 pub mod dataset;
 pub mod eval;
 pub mod fit;
+pub mod logs;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -638,5 +639,179 @@ pub fn train(
     Ok((
         model_file(featurizer.schema(), &names, fitted, thresholds, training),
         rep,
+    ))
+}
+
+/// Log-loss and accuracy of one head on held-out logged rows, weighted by inverse propensity.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadMetrics {
+    /// The head's tier.
+    pub tier: String,
+    /// Labelled held-out rows.
+    pub rows: usize,
+    /// Weighted mean log-loss (lower is better).
+    pub log_loss: f64,
+    /// Weighted accuracy at p = 0.5.
+    pub accuracy: f64,
+}
+
+/// A time split of the logs: fit on the older rows, measure on the newest ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holdout {
+    /// Logged rows fitted on.
+    pub train_rows: usize,
+    /// Logged rows held out (the newest).
+    pub test_rows: usize,
+    /// The new recipe fitted on the older rows.
+    pub new_model: Vec<HeadMetrics>,
+    /// The current model on the same rows.
+    pub current_model: Option<Vec<HeadMetrics>>,
+}
+
+/// What `triage train --log` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogReport {
+    /// Reading and joining.
+    pub logs: logs::LogStats,
+    /// Per head: (tier, rows labelled good enough, rows labelled) over logged rows.
+    pub labels: Vec<(String, usize, usize)>,
+    /// Time-split comparison, when there are enough rows.
+    pub holdout: Option<Holdout>,
+}
+
+fn head_metrics(c: &Classifier, rows: &[&logs::LoggedRow], tiers: &[String]) -> Vec<HeadMetrics> {
+    (0..tiers.len() - 1)
+        .map(|k| {
+            let (mut w, mut ll, mut acc, mut n) = (0.0, 0.0, 0.0, 0);
+            for r in rows {
+                let Some(y) = r.labels[k] else { continue };
+                let p = c.score(&r.features)[k].clamp(1e-6, 1.0 - 1e-6);
+                ll += r.weight * if y { -p.ln() } else { -(1.0 - p).ln() };
+                acc += r.weight * f64::from(u8::from((p >= 0.5) == y));
+                w += r.weight;
+                n += 1;
+            }
+            HeadMetrics {
+                tier: tiers[k].clone(),
+                rows: n,
+                log_loss: ll / w.max(1e-12),
+                accuracy: acc / w.max(1e-12),
+            }
+        })
+        .collect()
+}
+
+/// Appends logged rows to `data`, each repeated round(weight) times (at least once): linfa's
+/// logistic regression takes no sample weights, and repetition is the same objective.
+fn append_logged(data: &mut Prepared, rows: &[&logs::LoggedRow], tiers: usize) {
+    for r in rows {
+        let copies = r.weight.round().max(1.0) as usize;
+        for _ in 0..copies {
+            data.rows.push(Row {
+                id: r.decision_id.clone(),
+                source: Some("log".into()),
+                category: None,
+                prompt: String::new(),
+                outcomes: Default::default(),
+            });
+            data.x.push(r.features.clone());
+            data.tokens.push(r.prompt_tokens);
+            data.scores.push(vec![None; tiers]);
+            data.labels.push(r.labels.clone());
+        }
+    }
+}
+
+/// Fits a model on logged traffic (plus optional labelled data), after measuring the recipe on
+/// a time split against the current model. Thresholds are kept from `current` when its tiers
+/// match (tune them with `triage tune`), else 0.5.
+pub fn train_from_logs(
+    featurizer: &Featurizer,
+    logged: &[logs::LoggedRow],
+    stats: logs::LogStats,
+    extra: Option<&Prepared>,
+    tiers: &[String],
+    opts: &TrainOptions,
+    current: Option<&Classifier>,
+) -> Result<(ModelFile, LogReport), TrainError> {
+    let heads = tiers.len() - 1;
+    let labels = (0..heads)
+        .map(|k| {
+            let ys: Vec<bool> = logged.iter().filter_map(|r| r.labels[k]).collect();
+            (
+                tiers[k].clone(),
+                ys.iter().filter(|y| **y).count(),
+                ys.len(),
+            )
+        })
+        .collect();
+    let empty = || Prepared {
+        rows: Vec::new(),
+        x: Vec::new(),
+        tokens: Vec::new(),
+        scores: Vec::new(),
+        labels: Vec::new(),
+    };
+    let base = extra.cloned().unwrap_or_else(empty);
+    let cut = logged.len() * 4 / 5;
+    let holdout = if cut >= 10 && logged.len() - cut >= 5 {
+        let mut data = base.clone();
+        let older: Vec<&logs::LoggedRow> = logged[..cut].iter().collect();
+        append_logged(&mut data, &older, tiers.len());
+        let all: Vec<usize> = (0..data.rows.len()).collect();
+        match fit_on(featurizer, &data, &all, tiers, opts) {
+            Ok(fitted) => {
+                let file = model_file(
+                    featurizer.schema(),
+                    tiers,
+                    fitted,
+                    vec![0.5; tiers.len()],
+                    serde_json::Value::Null,
+                );
+                let c = Classifier::new(file, featurizer.schema()).map_err(TrainError::Data)?;
+                let newest: Vec<&logs::LoggedRow> = logged[cut..].iter().collect();
+                Some(Holdout {
+                    train_rows: cut,
+                    test_rows: newest.len(),
+                    new_model: head_metrics(&c, &newest, tiers),
+                    current_model: current
+                        .filter(|c| c.tiers() == tiers)
+                        .map(|c| head_metrics(c, &newest, tiers)),
+                })
+            }
+            // Too few labels of one kind in the older rows: report no split rather than fail.
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let mut data = base;
+    let all_logged: Vec<&logs::LoggedRow> = logged.iter().collect();
+    append_logged(&mut data, &all_logged, tiers.len());
+    if data.rows.is_empty() {
+        return Err(TrainError::Data(
+            "no usable rows: no logged decision has an outcome, and no --dataset was given".into(),
+        ));
+    }
+    let all: Vec<usize> = (0..data.rows.len()).collect();
+    let fitted = fit_on(featurizer, &data, &all, tiers, opts)?;
+    let thresholds = current
+        .filter(|c| c.tiers() == tiers)
+        .map_or_else(|| vec![0.5; tiers.len()], |c| c.file().thresholds.clone());
+    let report = LogReport {
+        logs: stats,
+        labels,
+        holdout,
+    };
+    let training = serde_json::json!({
+        "logs": report,
+        "dataset_rows": extra.map_or(0, |e| e.rows.len()),
+        "alpha": opts.fit.alpha,
+        "embedding_weight": opts.embedding_weight,
+        "seed": opts.seed,
+    });
+    Ok((
+        model_file(featurizer.schema(), tiers, fitted, thresholds, training),
+        report,
     ))
 }

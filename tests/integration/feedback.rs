@@ -361,3 +361,137 @@ async fn acknowledged_outcomes_survive_kill_9() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Cheapest cost per request at >= 95 % of always-frontier quality on the fixture, for a model.
+fn cost_at_quality(model: &triage::classifier::Classifier) -> f64 {
+    use triage::train::eval;
+    let f = crate::common::featurizer();
+    let rows = fixture_rows();
+    let p: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            model.score(
+                &f.featurize(triage::features::Conversation::single(&r.prompt))
+                    .unwrap()
+                    .vector,
+            )
+        })
+        .collect();
+    let scores: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.outcomes["small"],
+                r.outcomes["medium"],
+                r.outcomes["large"],
+            ]
+        })
+        .collect();
+    let idx: Vec<usize> = (0..rows.len()).collect();
+    eval::cheapest_thresholds(&p, &scores, &[1.0, 3.0, 10.0], &idx, 0.95)
+        .expect("always-frontier reaches it")
+        .1
+        .cost
+}
+
+#[tokio::test]
+async fn retraining_on_explored_traffic_cuts_cost_at_equal_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    // A deliberately weak start: heads that know nothing (p = 0.5 everywhere) and thresholds
+    // that send everything to the frontier tier.
+    let mut weak: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_path()).unwrap()).unwrap();
+    for h in weak["heads"].as_array_mut().unwrap() {
+        for w in h["weights"].as_array_mut().unwrap() {
+            *w = 0.0.into();
+        }
+        h["intercept"] = 0.0.into();
+    }
+    weak["thresholds"] = serde_json::json!([0.6, 0.6, 0.0]);
+    weak["version"] = "weak".into();
+    let weak_path = dir.path().join("weak.json");
+    std::fs::write(&weak_path, serde_json::to_vec(&weak).unwrap()).unwrap();
+
+    let mut cfg = config();
+    cfg.model.classifier = weak_path.clone();
+    cfg.exploration_rate = 0.5;
+    let fb = Feedback::start(&dir.path().join("store"), limits(), false).unwrap();
+    let server = Server::start_with(cfg, Some(fb.clone())).await;
+    let mut c = server.client().await;
+    let rows = fixture_rows();
+    let mut explored = 0;
+    for _round in 0..5 {
+        for r in &rows {
+            let d = c.route(req(&r.prompt)).await.unwrap().into_inner();
+            explored += usize::from(d.explored);
+            let model = match d.tier.as_str() {
+                "fast" => "small",
+                "standard" => "medium",
+                _ => "large",
+            };
+            let q = r.outcomes[model];
+            let o = OutcomeRequest {
+                quality: Some(q),
+                success: Some(q >= 0.5),
+                ..outcome(&d.decision_id, q)
+            };
+            c.record_outcome(o).await.unwrap();
+        }
+    }
+    assert!(explored > 50, "exploration happened ({explored} of 300)");
+    // Export (the live store is locked by the server) and retrain from the export.
+    let export = dir.path().join("export.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fb.store().counts().0 < 300 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut out = Vec::new();
+    fb.store().export(None, &mut out).unwrap();
+    std::fs::write(&export, out).unwrap();
+
+    let f = crate::common::featurizer();
+    let tiers: Vec<String> = ["fast", "standard", "frontier"].map(String::from).to_vec();
+    let opts = triage::train::logs::LogOptions {
+        success_threshold: 0.5,
+        max_weight: 50.0,
+    };
+    let (logged, stats) = triage::train::logs::read_logs(&[export], &f, &tiers, opts).unwrap();
+    assert_eq!(stats.rows, 300, "{stats:?}");
+    assert!(
+        logged.iter().any(|r| r.weight > 1.5),
+        "explored rows carry inverse-propensity weights"
+    );
+    let weak_model = triage::classifier::Classifier::load(&weak_path, f.schema()).unwrap();
+    let mut train_opts = crate::common::options();
+    train_opts.prototypes = 0;
+    train_opts.category_prototypes = false;
+    train_opts.interact.clear();
+    let (file, report) = triage::train::train_from_logs(
+        &f,
+        &logged,
+        stats,
+        None,
+        &tiers,
+        &train_opts,
+        Some(&weak_model),
+    )
+    .unwrap();
+    let h = report.holdout.expect("300 rows allow a time split");
+    let cur = h.current_model.expect("the weak model is compared");
+    assert!(
+        h.new_model[0].log_loss < cur[0].log_loss,
+        "{:?} vs {:?}",
+        h.new_model,
+        cur
+    );
+    let retrained = triage::classifier::Classifier::new(file, f.schema()).unwrap();
+    let (before, after) = (cost_at_quality(&weak_model), cost_at_quality(&retrained));
+    assert!(
+        (before - 10.0).abs() < 1e-9,
+        "the weak model needs the frontier for everything: {before}"
+    );
+    assert!(
+        after < 0.8 * before,
+        "retrained cost {after} vs weak {before}"
+    );
+}

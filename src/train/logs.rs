@@ -1,0 +1,228 @@
+//! Training rows from logged traffic: decisions joined with outcomes across stores, monotone
+//! ordinal labels, and inverse-propensity weights.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{LoadError, TrainError};
+use crate::features::{Conversation, Featurizer};
+use crate::feedback::{DecisionRecord, OutcomeRecord, Store};
+
+/// Settings for turning logs into rows.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions {
+    /// An outcome counts as a success at or above this quality.
+    pub success_threshold: f64,
+    /// Inverse-propensity weights are clipped here, so one lucky exploration cannot dominate.
+    pub max_weight: f64,
+}
+
+/// One joined, labelled decision.
+#[derive(Debug, Clone)]
+pub struct LoggedRow {
+    /// Decision id.
+    pub decision_id: String,
+    /// When it was decided.
+    pub time_unix_ms: u64,
+    /// Feature vector (current schema).
+    pub features: Vec<f32>,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Per-head labels: success at tier k says tiers >= k are good enough; failure says
+    /// tiers <= k are not.
+    pub labels: Vec<Option<bool>>,
+    /// Clipped 1 / propensity.
+    pub weight: f64,
+    /// Index of the tier that served it.
+    pub tier: usize,
+    /// Whether it succeeded.
+    pub success: bool,
+}
+
+/// What reading the logs found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LogStats {
+    /// Decisions read (all sources, deduplicated).
+    pub decisions: usize,
+    /// Outcomes read.
+    pub outcomes: usize,
+    /// Outcomes whose decision was found only in another store.
+    pub orphans_joined: usize,
+    /// Outcomes whose decision was found nowhere.
+    pub orphans_unmatched: usize,
+    /// Decisions without a usable outcome (no quality and no success).
+    pub without_outcome: usize,
+    /// Decisions whose features follow another schema and carry no prompt to recompute them.
+    pub other_schema: usize,
+    /// Decisions re-featurized from their stored prompt.
+    pub refeaturized: usize,
+    /// Decisions whose tiers differ from the training tiers.
+    pub other_tiers: usize,
+    /// Rows produced.
+    pub rows: usize,
+}
+
+/// Labels for `heads` heads from one outcome at `tier`: a success there means that tier and
+/// every dearer one are good enough; a failure means that tier and every cheaper one are not.
+pub fn monotone_labels(success: bool, tier: usize, heads: usize) -> Vec<Option<bool>> {
+    (0..heads)
+        .map(|j| match success {
+            true if j >= tier => Some(true),
+            false if j <= tier => Some(false),
+            _ => None,
+        })
+        .collect()
+}
+
+fn read_export(
+    path: &Path,
+    decisions: &mut Vec<DecisionRecord>,
+    outcomes: &mut Vec<OutcomeRecord>,
+) -> Result<(), LoadError> {
+    let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| LoadError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| LoadError::invalid(path, format!("line {}: {e}", i + 1)))?;
+        if !v["decision"].is_null() {
+            decisions.push(
+                serde_json::from_value(v["decision"].clone()).map_err(|e| {
+                    LoadError::invalid(path, format!("line {}: decision: {e}", i + 1))
+                })?,
+            );
+        }
+        let outs: Vec<OutcomeRecord> = serde_json::from_value(v["outcomes"].clone())
+            .map_err(|e| LoadError::invalid(path, format!("line {}: outcomes: {e}", i + 1)))?;
+        outcomes.extend(outs);
+    }
+    Ok(())
+}
+
+/// Reads stores (directories) and exports (`triage logs export` files) and joins them.
+pub fn read_logs(
+    paths: &[PathBuf],
+    featurizer: &Featurizer,
+    tiers: &[String],
+    opts: LogOptions,
+) -> Result<(Vec<LoggedRow>, LogStats), TrainError> {
+    let mut decisions: Vec<DecisionRecord> = Vec::new();
+    let mut outcomes: Vec<OutcomeRecord> = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let store = Store::open(p)?;
+            let err =
+                |e: crate::feedback::StoreError| TrainError::Data(format!("{}: {e}", p.display()));
+            for d in store.decisions() {
+                decisions.push(d.map_err(err)?);
+            }
+            for o in store.outcomes() {
+                outcomes.push(o.map_err(err)?);
+            }
+        } else {
+            read_export(p, &mut decisions, &mut outcomes)?;
+        }
+    }
+    let mut stats = LogStats {
+        outcomes: outcomes.len(),
+        ..LogStats::default()
+    };
+    let mut by_id: HashMap<String, DecisionRecord> = HashMap::new();
+    for d in decisions {
+        by_id.entry(d.decision_id.clone()).or_insert(d);
+    }
+    stats.decisions = by_id.len();
+    // Scores per decision: the mean over its outcomes (one per source).
+    let mut scores: HashMap<String, (f64, usize)> = HashMap::new();
+    for o in &outcomes {
+        if !by_id.contains_key(&o.decision_id) {
+            stats.orphans_unmatched += 1;
+            continue;
+        }
+        if o.orphan {
+            stats.orphans_joined += 1;
+        }
+        let q = o.quality.or(o.success.map(|s| if s { 1.0 } else { 0.0 }));
+        if let Some(q) = q {
+            let e = scores.entry(o.decision_id.clone()).or_insert((0.0, 0));
+            e.0 += q;
+            e.1 += 1;
+        }
+    }
+    let fingerprint = &featurizer.schema().fingerprint;
+    let top = tiers.len() - 1;
+    let mut rows = Vec::new();
+    let mut ids: Vec<&String> = by_id.keys().collect();
+    ids.sort();
+    for id in ids {
+        let d = &by_id[id];
+        let Some(&(sum, n)) = scores.get(id) else {
+            stats.without_outcome += 1;
+            continue;
+        };
+        if d.tiers != tiers {
+            stats.other_tiers += 1;
+            continue;
+        }
+        let Some(tier) = tiers.iter().position(|t| *t == d.tier) else {
+            stats.other_tiers += 1;
+            continue;
+        };
+        let (features, prompt_tokens) = if &d.schema_fingerprint == fingerprint {
+            (d.features.clone(), d.prompt_tokens)
+        } else if let Some(p) = &d.prompt {
+            let f = featurizer
+                .featurize(Conversation::single(p))
+                .map_err(|e| TrainError::Data(format!("decision {id}: {e}")))?;
+            stats.refeaturized += 1;
+            (f.vector, f.prompt_tokens)
+        } else {
+            stats.other_schema += 1;
+            continue;
+        };
+        let success = sum / n as f64 >= opts.success_threshold;
+        let labels = monotone_labels(success, tier, top);
+        let propensity = if d.propensity > 0.0 {
+            d.propensity
+        } else {
+            1.0
+        };
+        rows.push(LoggedRow {
+            decision_id: id.clone(),
+            time_unix_ms: d.time_unix_ms,
+            features,
+            prompt_tokens,
+            labels,
+            weight: (1.0 / propensity).min(opts.max_weight),
+            tier,
+            success,
+        });
+    }
+    rows.sort_by(|a, b| {
+        a.time_unix_ms
+            .cmp(&b.time_unix_ms)
+            .then_with(|| a.decision_id.cmp(&b.decision_id))
+    });
+    stats.rows = rows.len();
+    Ok((rows, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::monotone_labels;
+
+    #[test]
+    fn labels_are_monotone_in_both_directions() {
+        assert_eq!(monotone_labels(true, 0, 2), vec![Some(true), Some(true)]);
+        assert_eq!(monotone_labels(true, 1, 2), vec![None, Some(true)]);
+        assert_eq!(monotone_labels(true, 2, 2), vec![None, None]);
+        assert_eq!(monotone_labels(false, 0, 2), vec![Some(false), None]);
+        assert_eq!(monotone_labels(false, 1, 2), vec![Some(false), Some(false)]);
+        assert_eq!(monotone_labels(false, 2, 2), vec![Some(false), Some(false)]);
+    }
+}
