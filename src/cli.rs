@@ -39,6 +39,52 @@ enum Command {
     /// Work with the decision log.
     #[command(subcommand)]
     Logs(LogsCommand),
+    /// Choose tier thresholds that meet a cost, share or quality target on labelled data.
+    Tune(TuneArgs),
+}
+
+#[derive(Debug, Args)]
+struct TuneArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The model whose thresholds to tune.
+    #[arg(long, default_value = "models/classifier.json", env = "TRIAGE_MODEL")]
+    model: PathBuf,
+    /// Labelled JSON Lines file (repeatable).
+    #[arg(long = "dataset", required = true)]
+    datasets: Vec<PathBuf>,
+    /// Which dataset model stands for each of the model's tiers: NAME=MODEL[|MODEL…],…
+    #[arg(long)]
+    tiers: TierMap,
+    /// Spend at most this many USD per 1,000 requests (prices and expected output tokens from
+    /// the config, input tokens from each prompt); best quality within it.
+    #[arg(long)]
+    max_cost_per_1k_requests: Option<f64>,
+    /// At most this share of requests on a tier, e.g. frontier=0.2 (repeatable).
+    #[arg(long = "max-share", value_parser = parse_share)]
+    max_share: Vec<(String, f64)>,
+    /// At least this mean quality; least cost that reaches it.
+    #[arg(long)]
+    min_quality: Option<f64>,
+    /// Where to write the tuned model (default: overwrite --model).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where to draw the cost–quality curve (SVG).
+    #[arg(long, default_value = "tune.svg")]
+    plot: PathBuf,
+}
+
+fn parse_share(s: &str) -> Result<(String, f64), String> {
+    let (t, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not TIER=SHARE"))?;
+    let v: f64 = v
+        .parse()
+        .map_err(|_| format!("{s:?}: share must be a number in [0, 1]"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("{s:?}: share must be in [0, 1]"));
+    }
+    Ok((t.to_string(), v))
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +261,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train_cmd(a),
         Command::Eval(a) => eval_cmd(a),
         Command::Logs(LogsCommand::Export(a)) => export(a),
+        Command::Tune(a) => tune(a),
         Command::CheckConfig(a) => {
             let c = load_config(&a)?;
             println!(
@@ -790,4 +837,148 @@ fn train_logs(a: TrainArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", p.display()))?;
     }
     write_model(&a.out, &file)
+}
+
+fn tune(a: TuneArgs) -> anyhow::Result<()> {
+    use triage::train::tune;
+    if a.max_cost_per_1k_requests.is_none() && a.max_share.is_empty() && a.min_quality.is_none() {
+        bail!("give a target: --max-cost-per-1k-requests, --max-share TIER=x or --min-quality");
+    }
+    let config = load_config(&a.config)?;
+    let featurizer = Featurizer::load(&config.model.embeddings)?;
+    let model = triage::classifier::Classifier::load(&a.model, featurizer.schema())?;
+    let names = model.tiers().to_vec();
+    if a.tiers.names() != names {
+        bail!(
+            "--tiers names [{}] must be the model's tiers [{}]",
+            a.tiers.names().join(", "),
+            names.join(", ")
+        );
+    }
+    if config.tier_names() != names {
+        bail!(
+            "the config's tiers [{}] differ from the model's [{}]",
+            config.tier_names().join(", "),
+            names.join(", ")
+        );
+    }
+    let mut targets = tune::Targets {
+        max_cost_per_1k: a.max_cost_per_1k_requests,
+        min_quality: a.min_quality,
+        ..Default::default()
+    };
+    for (t, v) in &a.max_share {
+        let k = names
+            .iter()
+            .position(|n| n == t)
+            .with_context(|| format!("--max-share: unknown tier {t:?}"))?;
+        targets.max_share.push((k, *v));
+    }
+    let mut rows = Vec::new();
+    for d in &a.datasets {
+        rows.extend(read_jsonl(d)?);
+    }
+    let data = train::prepare(
+        &featurizer,
+        rows,
+        &a.tiers,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )?;
+    let complete: Vec<usize> = (0..data.rows.len())
+        .filter(|&r| data.scores[r].iter().all(Option::is_some))
+        .collect();
+    if complete.is_empty() {
+        bail!("no row has an outcome for every tier; tuning needs each tier's result per prompt");
+    }
+    let scores: Vec<Vec<f64>> = data
+        .scores
+        .iter()
+        .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
+        .collect();
+    let out_tokens = u64::from(config.expected_output_tokens);
+    let costs: Vec<Vec<f64>> = data
+        .tokens
+        .iter()
+        .map(|&t| {
+            config
+                .tiers
+                .iter()
+                .map(|tier| tier.cost_usd(u64::from(t), out_tokens))
+                .collect()
+        })
+        .collect();
+    let p: Vec<Vec<f64>> = data.x.iter().map(|x| model.score(x)).collect();
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(0).with_message("sweeping thresholds")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let points = tune::sweep(&p, &scores, &costs, &complete, names.len(), &bar);
+    bar.finish_and_clear();
+    let front = tune::pareto(&points);
+    println!(
+        "{} rows with every tier's outcome; Pareto front of {} threshold settings:",
+        complete.len(),
+        points.len()
+    );
+    println!(
+        "  {:>14}  {:>8}  {:<24}  thresholds",
+        "USD per 1k", "quality", "shares"
+    );
+    let step = (front.len() / 25).max(1);
+    for (i, pt) in front.iter().enumerate() {
+        if i % step == 0 || i + 1 == front.len() {
+            let shares: Vec<String> = pt
+                .shares
+                .iter()
+                .map(|s| format!("{:.0}%", s * 100.0))
+                .collect();
+            let th: Vec<String> = pt.thresholds[..names.len() - 1]
+                .iter()
+                .map(|t| format!("{t:.3}"))
+                .collect();
+            println!(
+                "  {:>14.4}  {:>8.4}  {:<24}  {}",
+                pt.cost_per_1k,
+                pt.quality,
+                shares.join(" / "),
+                th.join(", ")
+            );
+        }
+    }
+    let chosen = match tune::choose(&points, &targets, &names) {
+        Ok(c) => c,
+        Err(why) => bail!("{why}"),
+    };
+    tune::plot(&a.plot, &points, &front, &chosen).map_err(|e| anyhow::anyhow!(e))?;
+    let shares: Vec<String> = names
+        .iter()
+        .zip(&chosen.shares)
+        .map(|(n, s)| format!("{n} {:.1}%", s * 100.0))
+        .collect();
+    println!(
+        "\nchosen: thresholds {:?}: {:.4} USD per 1k requests, quality {:.4}, shares {}",
+        &chosen.thresholds[..names.len() - 1],
+        chosen.cost_per_1k,
+        chosen.quality,
+        shares.join(", ")
+    );
+    if let Some(m) = a.max_cost_per_1k_requests
+        && chosen.cost_per_1k < 0.95 * m
+    {
+        println!(
+            "note: the budget is not binding: the best quality reachable within it ({:.4}) already costs only {:.4} per 1k",
+            chosen.quality, chosen.cost_per_1k
+        );
+    }
+    println!("curve drawn to {}", a.plot.display());
+    let note = serde_json::json!({
+        "datasets": a.datasets.iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
+        "max_cost_per_1k_requests": a.max_cost_per_1k_requests,
+        "min_quality": a.min_quality,
+        "max_share": a.max_share,
+        "realized": chosen,
+    });
+    let file = train::with_thresholds(model.file(), chosen.thresholds.clone(), note);
+    write_model(a.out.as_ref().unwrap_or(&a.model), &file)
 }

@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod eval;
 pub mod fit;
 pub mod logs;
+pub mod tune;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -345,6 +346,30 @@ fn model_file(
             .collect::<String>()
     );
     file
+}
+
+/// A copy of `file` with new thresholds and a version that identifies the new content.
+pub fn with_thresholds(
+    file: &ModelFile,
+    thresholds: Vec<f64>,
+    note: serde_json::Value,
+) -> ModelFile {
+    let mut f = file.clone();
+    f.thresholds = thresholds;
+    if let serde_json::Value::Object(m) = &mut f.training {
+        m.insert("tuned".into(), note);
+    }
+    f.version = String::new();
+    let digest = Sha256::digest(serde_json::to_vec(&f).unwrap_or_default());
+    f.version = format!(
+        "{}-{}",
+        f.tiers.join("-"),
+        digest[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    f
 }
 
 /// Out-of-fold probabilities for every row (rows without labels get the dearest tier only).

@@ -137,3 +137,180 @@ fn serve_refuses_a_model_for_another_featurizer() {
         "{err}"
     );
 }
+
+fn write_fixture(dir: &std::path::Path) -> std::path::PathBuf {
+    let p = dir.join("fixture.jsonl");
+    let text: String = crate::common::fixture_rows()
+        .iter()
+        .map(|r| serde_json::json!({"id": r.id, "source": r.source, "prompt": r.prompt, "outcomes": r.outcomes}).to_string() + "\n")
+        .collect();
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn realized(stdout: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("chosen:"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let before = line.split(" USD per 1k").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn tune_meets_a_cost_target_within_5_percent_or_says_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_fixture(dir.path());
+    let out = dir.path().join("tuned.json");
+    let plot = dir.path().join("curve.svg");
+    let run = |target: &str| {
+        triage()
+            .args(["tune", "--model"])
+            .arg(model_path())
+            .arg("--dataset")
+            .arg(&data)
+            .args([
+                "--tiers",
+                crate::common::TIERS,
+                "--max-cost-per-1k-requests",
+                target,
+                "--out",
+            ])
+            .arg(&out)
+            .arg("--plot")
+            .arg(&plot)
+            .output()
+            .unwrap()
+    };
+    // Below the cost at which the fixture's quality saturates, the budget binds.
+    let ok = run("1.0");
+    let stdout = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let cost = realized(&stdout);
+    assert!(
+        (cost - 1.0).abs() <= 0.05,
+        "realized {cost} for target 1.0\n{stdout}"
+    );
+    // Above it, tune spends less than the budget and says why.
+    let loose = run("3.5");
+    let text = String::from_utf8_lossy(&loose.stdout).to_string();
+    assert!(
+        realized(&text) < 3.0 && text.contains("budget is not binding"),
+        "{text}"
+    );
+    assert!(stdout.contains("Pareto front"));
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+    let tuned: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_path()).unwrap()).unwrap();
+    assert_ne!(tuned["version"], original["version"]);
+    assert_eq!(
+        tuned["heads"], original["heads"],
+        "tuning changes thresholds only"
+    );
+    let bad = run("0.001");
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("target unreachable") && err.contains("everything on fast"),
+        "{err}"
+    );
+}
+
+#[test]
+fn train_from_an_exported_log_writes_a_model_and_reports_labels() {
+    use triage::feedback::{DecisionRecord, KnobsRecord, OutcomeRecord, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let f = crate::common::featurizer();
+    {
+        let store = Store::open(&store_dir).unwrap();
+        let tiers: Vec<String> = ["fast", "standard", "frontier"].map(String::from).to_vec();
+        for (i, row) in crate::common::fixture_rows().iter().enumerate() {
+            let tier = i % 3;
+            let id = uuid::Uuid::now_v7().to_string();
+            let feats = f
+                .featurize(triage::features::Conversation::single(&row.prompt))
+                .unwrap();
+            store
+                .put_decisions(&[DecisionRecord {
+                    decision_id: id.clone(),
+                    time_unix_ms: i as u64,
+                    model_version: "m".into(),
+                    tiers: tiers.clone(),
+                    tier: tiers[tier].clone(),
+                    p_sufficient: vec![0.5, 0.5, 1.0],
+                    propensity: 1.0 / 3.0,
+                    schema_fingerprint: f.schema().fingerprint.clone(),
+                    knobs: KnobsRecord::default(),
+                    tenant: None,
+                    labels: Default::default(),
+                    features: feats.vector,
+                    prompt_tokens: feats.prompt_tokens,
+                    context_tokens: 0,
+                    estimated_cost_usd: 0.0,
+                    prompt_sha256: String::new(),
+                    prompt: None,
+                }])
+                .unwrap();
+            let q = row.outcomes[["small", "medium", "large"][tier]];
+            store
+                .put_outcome(OutcomeRecord {
+                    decision_id: id,
+                    source: "judge".into(),
+                    success: None,
+                    quality: Some(q),
+                    latency_ms: None,
+                    input_tokens: None,
+                    output_tokens: None,
+                    cost_usd: None,
+                    error_class: None,
+                    labels: Default::default(),
+                    observed_at_unix_ms: 0,
+                    recorded_at_unix_ms: 0,
+                    orphan: false,
+                })
+                .unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let export = triage()
+        .args(["logs", "export", "--data-dir"])
+        .arg(&store_dir)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let file = dir.path().join("export.jsonl");
+    std::fs::write(&file, &export.stdout).unwrap();
+    let out = dir.path().join("from-logs.json");
+    let run = triage()
+        .args(["train", "--alpha", "1", "--log"])
+        .arg(&file)
+        .arg("--current")
+        .arg(model_path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("60 rows used"), "{stdout}");
+    assert!(
+        stdout.contains("time split: fitted on the oldest 48 rows"),
+        "{stdout}"
+    );
+    let model = triage::classifier::Classifier::load(&out, f.schema()).unwrap();
+    assert_eq!(model.tiers(), ["fast", "standard", "frontier"]);
+}
