@@ -666,6 +666,34 @@ fn print_report(rep: &Report) {
             }
         }
     }
+    if !rep.calibration.is_empty() {
+        let c: Vec<String> = rep
+            .calibration
+            .iter()
+            .map(|(t, e)| format!("{t} {e:.3}"))
+            .collect();
+        println!("\ncalibration (ECE, 10 bins): {}", c.join(", "));
+    }
+    if !rep.pareto.is_empty() {
+        println!("\ncost–quality Pareto front of the thresholds (cost = mean price per request):");
+        println!("  {:>10}  {:>8}  shares", "cost", "quality");
+        let step = (rep.pareto.len() / 15).max(1);
+        for (i, p) in rep.pareto.iter().enumerate() {
+            if i % step == 0 || i + 1 == rep.pareto.len() {
+                let shares: Vec<String> = p
+                    .shares
+                    .iter()
+                    .map(|s| format!("{:.0}%", s * 100.0))
+                    .collect();
+                println!(
+                    "  {:>10.4}  {:>8.4}  {}",
+                    p.cost_per_1k / 1000.0,
+                    p.quality,
+                    shares.join(" / ")
+                );
+            }
+        }
+    }
 }
 
 fn write_report(path: Option<&Path>, rep: &Report) -> anyhow::Result<()> {

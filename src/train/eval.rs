@@ -246,6 +246,17 @@ mod tests {
     }
 
     #[test]
+    fn ece_is_zero_when_calibrated_and_large_when_not() {
+        use crate::train::ece;
+        let calibrated: Vec<(f64, bool)> = (0..10).map(|i| (0.75, i < 8)).collect();
+        // 8 of 10 true at p = 0.75 gives a gap of 0.05.
+        assert!((ece(&calibrated, 10) - 0.05).abs() < 1e-12);
+        let wrong: Vec<(f64, bool)> = (0..10).map(|_| (0.95, false)).collect();
+        assert!((ece(&wrong, 10) - 0.95).abs() < 1e-12);
+        assert_eq!(ece(&[], 10), 0.0);
+    }
+
+    #[test]
     fn random_mix_is_linear_in_shares() {
         let scores = vec![vec![0.0, 1.0], vec![1.0, 1.0]];
         let op = random_mix(&scores, &[1.0, 3.0], &[0, 1], 0.75).unwrap();

@@ -299,6 +299,30 @@ pub struct Report {
     pub two_tier: Vec<TwoTier>,
     /// N-tier cost figures (needs prices).
     pub cost: Option<CostAtQuality>,
+    /// Per head: (tier, expected calibration error over 10 equal-width bins).
+    pub calibration: Vec<(String, f64)>,
+    /// Cost–quality Pareto front of the policy's thresholds (needs prices; cost is the mean
+    /// price per request).
+    pub pareto: Vec<tune::Point>,
+}
+
+/// Expected calibration error: the row-weighted mean gap between predicted probability and
+/// observed frequency over `bins` equal-width bins.
+pub fn ece(pairs: &[(f64, bool)], bins: usize) -> f64 {
+    let mut sum_p = vec![0.0; bins];
+    let mut sum_y = vec![0.0; bins];
+    let mut n = vec![0usize; bins];
+    for &(p, y) in pairs {
+        let b = ((p * bins as f64) as usize).min(bins - 1);
+        sum_p[b] += p;
+        sum_y[b] += f64::from(u8::from(y));
+        n[b] += 1;
+    }
+    let total = pairs.len().max(1) as f64;
+    (0..bins)
+        .filter(|&b| n[b] > 0)
+        .map(|b| n[b] as f64 / total * ((sum_p[b] - sum_y[b]) / n[b] as f64).abs())
+        .sum()
 }
 
 /// Assigns each usable row to one of `k` folds, reproducibly.
@@ -584,12 +608,48 @@ pub fn report(
             random_baseline: eval::random_mix(&scores, prices, &complete, min_quality),
         }
     });
+    let calibration = (0..top)
+        .map(|k| {
+            let pairs: Vec<(f64, bool)> = (0..data.rows.len())
+                .filter_map(|r| data.labels[r][k].map(|y| (p[r][k], y)))
+                .collect();
+            (tiers[k].clone(), ece(&pairs, 10))
+        })
+        .collect();
+    let pareto = match &opts.prices {
+        Some(prices) => {
+            let complete: Vec<usize> = usable
+                .iter()
+                .copied()
+                .filter(|&r| data.scores[r].iter().all(Option::is_some))
+                .collect();
+            let scores: Vec<Vec<f64>> = data
+                .scores
+                .iter()
+                .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
+                .collect();
+            // Per-request prices; the sweep reports cost per 1,000 requests.
+            let costs: Vec<Vec<f64>> = vec![prices.clone(); data.rows.len()];
+            let pts = tune::sweep(
+                p,
+                &scores,
+                &costs,
+                &complete,
+                tiers.len(),
+                &indicatif::ProgressBar::hidden(),
+            );
+            tune::pareto(&pts)
+        }
+        None => Vec::new(),
+    };
     Report {
         rows: usable.len(),
         folds: if fold.is_some() { opts.folds } else { 0 },
         labels,
         two_tier,
         cost,
+        calibration,
+        pareto,
     }
 }
 
