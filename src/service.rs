@@ -433,6 +433,34 @@ impl Router for RouterService {
         }))
     }
 
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut r = pb::StatsResponse {
+            model_version: self
+                .engine
+                .store()
+                .current()
+                .classifier
+                .version()
+                .to_string(),
+            ..Default::default()
+        };
+        if let Some(fb) = &self.feedback {
+            let c = fb.counters();
+            r.feedback_enabled = true;
+            r.decisions_written = c.decisions_written.load(Relaxed);
+            r.decisions_dropped = c.decisions_dropped.load(Relaxed);
+            r.outcomes_stored = c.outcomes_stored.load(Relaxed);
+            r.outcomes_duplicate = c.outcomes_duplicate.load(Relaxed);
+            r.outcomes_orphan = c.outcomes_orphan.load(Relaxed);
+            r.write_errors = c.write_errors.load(Relaxed);
+        }
+        Ok(Response::new(r))
+    }
+
     async fn reload_model(
         &self,
         request: Request<pb::ReloadModelRequest>,

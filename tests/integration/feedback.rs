@@ -161,6 +161,100 @@ async fn outcomes_are_validated_idempotent_and_orphans_are_kept() {
 }
 
 #[tokio::test]
+async fn a_full_decision_queue_drops_and_counts_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-slot queue and a burst of decisions: some must be dropped, none may block Route.
+    let tiny = FeedbackLimits {
+        decision_queue: 1,
+        outcome_queue: 16,
+        batch: 1,
+    };
+    let fb = Feedback::start(dir.path(), tiny, false).unwrap();
+    let server = Server::start_with(config(), Some(fb.clone())).await;
+    let c = server.client().await;
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.route(req("hello there")).await.map(|_| ()) })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut c = c;
+    loop {
+        let s = c
+            .stats(triage::proto::v1::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.decisions_written + s.decisions_dropped == 200 {
+            assert_eq!(fb.store().counts().0 as u64, s.decisions_written);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_burst_beyond_the_queue_is_dropped_and_counted() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let fb = Feedback::start(
+        dir.path(),
+        FeedbackLimits {
+            decision_queue: 1,
+            outcome_queue: 1,
+            batch: 1,
+        },
+        false,
+    )
+    .unwrap();
+    let f = crate::common::featurizer();
+    let rec = |i: u64| triage::feedback::DecisionRecord {
+        decision_id: uuid::Uuid::now_v7().to_string(),
+        time_unix_ms: i,
+        model_version: "m".into(),
+        tiers: vec!["fast".into(), "frontier".into()],
+        tier: "fast".into(),
+        p_sufficient: vec![0.5, 1.0],
+        propensity: 1.0,
+        schema_fingerprint: f.schema().fingerprint.clone(),
+        knobs: Default::default(),
+        tenant: None,
+        labels: Default::default(),
+        features: vec![0.0; 4],
+        prompt_tokens: 1,
+        context_tokens: 0,
+        estimated_cost_usd: 0.0,
+        prompt_sha256: String::new(),
+        prompt: None,
+    };
+    // 5,000 non-blocking sends in a tight loop against a one-slot queue.
+    let start = Instant::now();
+    for i in 0..5_000 {
+        fb.log_decision(rec(i));
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "logging must not block"
+    );
+    let c = fb.counters();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.decisions_written.load(Relaxed) + c.decisions_dropped.load(Relaxed) < 5_000 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(c.decisions_dropped.load(Relaxed) > 0);
+    assert_eq!(
+        fb.store().counts().0 as u64,
+        c.decisions_written.load(Relaxed)
+    );
+}
+
+#[tokio::test]
 async fn record_outcome_without_feedback_is_a_failed_precondition() {
     let server = Server::start(config()).await;
     let err = server
