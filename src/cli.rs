@@ -327,10 +327,35 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let retention = (
+        fb.store_prompts,
+        fb.prompt_retention_hours.saturating_mul(3_600_000),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if let (Some(f), (true, keep_ms)) = (feedback.clone(), retention) {
+            // Stored prompts expire while the server runs, not only at start.
+            tokio::spawn(async move {
+                let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
+                hourly.tick().await;
+                loop {
+                    hourly.tick().await;
+                    let f = f.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        match f.store().expire_prompts(now_ms(), keep_ms) {
+                            Ok(n) if n > 0 => {
+                                tracing::info!(expired = n, "stored prompts past retention removed")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, "expiring stored prompts failed"),
+                        }
+                    })
+                    .await;
+                }
+            });
+        }
         #[cfg(unix)]
         {
             let e = engine.clone();

@@ -396,6 +396,19 @@ pub fn with_thresholds(
     f
 }
 
+/// A progress bar on stderr when it is a terminal (hidden otherwise, e.g. in CI and tests).
+pub fn progress_bar(len: u64, msg: &'static str) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len).with_message(msg);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// Out-of-fold probabilities for every row (rows without labels get the dearest tier only).
 pub fn cross_validate(
     featurizer: &Featurizer,
@@ -405,9 +418,11 @@ pub fn cross_validate(
     fold: &[usize],
 ) -> Result<Vec<Vec<f64>>, TrainError> {
     let mut p = vec![Vec::new(); data.rows.len()];
+    let bar = progress_bar(opts.folds as u64, "cross-validating (folds)");
     for f in 0..opts.folds {
         let train_rows: Vec<usize> = (0..data.rows.len()).filter(|&r| fold[r] != f).collect();
         let fitted = fit_on(featurizer, data, &train_rows, tiers, opts)?;
+        bar.inc(1);
         let file = model_file(
             featurizer.schema(),
             tiers,

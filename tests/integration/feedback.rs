@@ -589,3 +589,89 @@ async fn retraining_on_explored_traffic_cuts_cost_at_equal_quality() {
         "retrained cost {after} vs weak {before}"
     );
 }
+
+#[test]
+fn orphan_outcomes_join_decisions_from_another_store() {
+    use triage::feedback::{DecisionRecord, OutcomeRecord, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("replica-a"), dir.path().join("replica-b"));
+    let f = crate::common::featurizer();
+    let tiers: Vec<String> = ["fast", "standard", "frontier"].map(String::from).to_vec();
+    let ids: Vec<String> = (0..4).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    {
+        // Replica A made the decisions; the callers reported outcomes to replica B.
+        let sa = Store::open(&a).unwrap();
+        let sb = Store::open(&b).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            sa.put_decisions(&[DecisionRecord {
+                decision_id: id.clone(),
+                time_unix_ms: i as u64,
+                model_version: "m".into(),
+                tiers: tiers.clone(),
+                tier: "fast".into(),
+                p_sufficient: vec![0.5, 0.6, 1.0],
+                propensity: 0.25,
+                schema_fingerprint: f.schema().fingerprint.clone(),
+                knobs: Default::default(),
+                tenant: None,
+                labels: Default::default(),
+                features: f
+                    .featurize(triage::features::Conversation::single("hello"))
+                    .unwrap()
+                    .vector,
+                prompt_tokens: 1,
+                context_tokens: 0,
+                estimated_cost_usd: 0.0,
+                prompt_sha256: String::new(),
+                prompt: None,
+            }])
+            .unwrap();
+            let stored = sb
+                .put_outcome(OutcomeRecord {
+                    decision_id: id.clone(),
+                    source: "user".into(),
+                    success: Some(i % 2 == 0),
+                    quality: None,
+                    latency_ms: None,
+                    input_tokens: None,
+                    output_tokens: None,
+                    cost_usd: None,
+                    error_class: None,
+                    labels: Default::default(),
+                    observed_at_unix_ms: 0,
+                    recorded_at_unix_ms: 0,
+                    orphan: false,
+                })
+                .unwrap();
+            assert!(stored.orphan);
+        }
+        sa.flush().unwrap();
+        sb.flush().unwrap();
+    }
+    let opts = triage::train::logs::LogOptions {
+        success_threshold: 0.5,
+        max_weight: 50.0,
+    };
+    let (rows, stats) =
+        triage::train::logs::read_logs(&[a.clone(), b.clone()], &f, &tiers, opts).unwrap();
+    assert_eq!(
+        (stats.rows, stats.orphans_joined, stats.orphans_unmatched),
+        (4, 4, 0),
+        "{stats:?}"
+    );
+    assert!(
+        rows.iter().all(|r| (r.weight - 4.0).abs() < 1e-9),
+        "1 / propensity 0.25"
+    );
+    assert_eq!(rows.iter().filter(|r| r.success).count(), 2);
+    // Either store alone cannot make rows: A has no outcomes, B has no decisions.
+    assert_eq!(
+        triage::train::logs::read_logs(&[a], &f, &tiers, opts)
+            .unwrap()
+            .1
+            .rows,
+        0
+    );
+    let (_, only_b) = triage::train::logs::read_logs(&[b], &f, &tiers, opts).unwrap();
+    assert_eq!((only_b.rows, only_b.orphans_unmatched), (0, 4));
+}
