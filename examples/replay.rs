@@ -13,7 +13,7 @@ use triage::classifier::Classifier;
 use triage::config::Config;
 use triage::engine::{Engine, RouteInput};
 use triage::features::Conversation;
-use triage::feedback::{DecisionRecord, KnobsRecord, OutcomeRecord, Store};
+use triage::feedback::{DecisionRecord, OutcomeRecord, Store};
 use triage::model_store::ModelStore;
 use triage::train::dataset::{TierMap, read_jsonl};
 use triage::train::{self, eval, logs};
@@ -145,15 +145,10 @@ fn main() {
                     p_sufficient: d.tiers.iter().map(|(_, v)| v.p_sufficient).collect(),
                     propensity: d.propensity,
                     schema_fingerprint: featurizer.schema().fingerprint.clone(),
-                    knobs: KnobsRecord::default(),
-                    tenant: None,
-                    labels: Default::default(),
                     features: feats.vector,
                     prompt_tokens: feats.prompt_tokens,
-                    context_tokens: 0,
                     estimated_cost_usd: d.estimated_cost_usd,
-                    prompt_sha256: String::new(),
-                    prompt: None,
+                    ..Default::default()
                 }])
                 .unwrap();
             let score = tiers.scores(row)[d.tier].unwrap();
@@ -163,15 +158,7 @@ fn main() {
                     source: "validator".into(),
                     success: Some(score >= 0.5),
                     quality: Some(score),
-                    latency_ms: None,
-                    input_tokens: None,
-                    output_tokens: None,
-                    cost_usd: None,
-                    error_class: None,
-                    labels: Default::default(),
-                    observed_at_unix_ms: 0,
-                    recorded_at_unix_ms: 0,
-                    orphan: false,
+                    ..Default::default()
                 })
                 .unwrap();
             logged += 1;

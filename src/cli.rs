@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use triage::config::Config;
 use triage::engine::{Engine, RouteInput};
 use triage::features::Featurizer;
+use triage::feedback::now_ms;
 use triage::model_store::ModelStore;
 use triage::policy::Knobs;
 use triage::train::dataset::{TierMap, read_jsonl};
@@ -391,12 +392,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `--since`: Unix milliseconds, or an age with a unit (s, m, h, d).
@@ -937,17 +932,10 @@ fn tune(a: TuneArgs) -> anyhow::Result<()> {
         &a.tiers,
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;
-    let complete: Vec<usize> = (0..data.rows.len())
-        .filter(|&r| data.scores[r].iter().all(Option::is_some))
-        .collect();
+    let (complete, scores) = data.complete();
     if complete.is_empty() {
         bail!("no row has an outcome for every tier; tuning needs each tier's result per prompt");
     }
-    let scores: Vec<Vec<f64>> = data
-        .scores
-        .iter()
-        .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
-        .collect();
     let out_tokens = u64::from(config.expected_output_tokens);
     let costs: Vec<Vec<f64>> = data
         .tokens

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::engine::{Decision, Engine, RouteInput};
 use crate::error::{Error, RequestError};
-use crate::feedback::{DecisionRecord, Feedback, KnobsRecord, OutcomeRecord};
+use crate::feedback::{DecisionRecord, Feedback, KnobsRecord, OutcomeRecord, now_ms};
 use crate::policy::Knobs;
 use crate::proto::v1 as pb;
 use crate::proto::v1::router_server::Router;
@@ -29,12 +29,6 @@ impl RouterService {
     pub fn new(engine: Arc<Engine>, feedback: Option<Arc<Feedback>>) -> Self {
         Self { engine, feedback }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Checks labels (and any extra named strings) against the feedback limits.

@@ -13,6 +13,13 @@ pub use store::{DecisionRecord, KnobsRecord, OutcomeRecord, Store, StoreError, S
 
 use crate::error::LoadError;
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Queue sizes and batch limits.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedbackLimits {

@@ -25,7 +25,7 @@ pub struct KnobsRecord {
 }
 
 /// One logged routing decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     /// UUIDv7 (its text sorts by time).
     pub decision_id: String,
@@ -67,7 +67,7 @@ pub struct DecisionRecord {
 }
 
 /// One reported outcome.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeRecord {
     /// The decision it is about.
     pub decision_id: String,

@@ -102,6 +102,22 @@ pub fn prepare(
     })
 }
 
+impl Prepared {
+    /// Rows with a score for every tier, and the score matrix (missing scores as 0, which
+    /// only rows outside the first list have).
+    pub fn complete(&self) -> (Vec<usize>, Vec<Vec<f64>>) {
+        let rows = (0..self.rows.len())
+            .filter(|&r| self.scores[r].iter().all(Option::is_some))
+            .collect();
+        let scores = self
+            .scores
+            .iter()
+            .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
+            .collect();
+        (rows, scores)
+    }
+}
+
 /// Settings for `triage train` / `triage eval`.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -568,16 +584,8 @@ pub fn report(
         .collect();
 
     let cost = opts.prices.as_ref().map(|prices| {
-        let complete: Vec<usize> = usable
-            .iter()
-            .copied()
-            .filter(|&r| data.scores[r].iter().all(Option::is_some))
-            .collect();
-        let scores: Vec<Vec<f64>> = data
-            .scores
-            .iter()
-            .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
-            .collect();
+        // Every complete row has the dearest score, so it is also usable.
+        let (complete, scores) = data.complete();
         let n = complete.len().max(1) as f64;
         let tier_quality: Vec<f64> = (0..tiers.len())
             .map(|k| complete.iter().map(|&r| scores[r][k]).sum::<f64>() / n)
@@ -633,16 +641,7 @@ pub fn report(
         .collect();
     let pareto = match &opts.prices {
         Some(prices) => {
-            let complete: Vec<usize> = usable
-                .iter()
-                .copied()
-                .filter(|&r| data.scores[r].iter().all(Option::is_some))
-                .collect();
-            let scores: Vec<Vec<f64>> = data
-                .scores
-                .iter()
-                .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
-                .collect();
+            let (complete, scores) = data.complete();
             // Per-request prices; the sweep reports cost per 1,000 requests.
             let costs: Vec<Vec<f64>> = vec![prices.clone(); data.rows.len()];
             let pts = tune::sweep(
@@ -701,14 +700,7 @@ pub fn train(
     let rep = report(data, &names, &p, Some(&fold), opts);
     let thresholds = match &opts.prices {
         Some(prices) => {
-            let complete: Vec<usize> = (0..data.rows.len())
-                .filter(|&r| data.scores[r].iter().all(Option::is_some))
-                .collect();
-            let scores: Vec<Vec<f64>> = data
-                .scores
-                .iter()
-                .map(|s| s.iter().map(|v| v.unwrap_or(0.0)).collect())
-                .collect();
+            let (complete, scores) = data.complete();
             let q_top = complete.iter().map(|&r| scores[r][top]).sum::<f64>()
                 / complete.len().max(1) as f64;
             eval::cheapest_thresholds(&p, &scores, prices, &complete, opts.target_quality * q_top)

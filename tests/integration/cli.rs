@@ -223,7 +223,7 @@ fn tune_meets_a_cost_target_within_5_percent_or_says_why_not() {
 
 #[test]
 fn train_from_an_exported_log_writes_a_model_and_reports_labels() {
-    use triage::feedback::{DecisionRecord, KnobsRecord, OutcomeRecord, Store};
+    use triage::feedback::{DecisionRecord, OutcomeRecord, Store};
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     let f = crate::common::featurizer();
@@ -246,15 +246,10 @@ fn train_from_an_exported_log_writes_a_model_and_reports_labels() {
                     p_sufficient: vec![0.5, 0.5, 1.0],
                     propensity: 1.0 / 3.0,
                     schema_fingerprint: f.schema().fingerprint.clone(),
-                    knobs: KnobsRecord::default(),
-                    tenant: None,
-                    labels: Default::default(),
                     features: feats.vector,
                     prompt_tokens: feats.prompt_tokens,
-                    context_tokens: 0,
                     estimated_cost_usd: 0.0,
-                    prompt_sha256: String::new(),
-                    prompt: None,
+                    ..Default::default()
                 }])
                 .unwrap();
             let q = row.outcomes[["small", "medium", "large"][tier]];
@@ -264,15 +259,7 @@ fn train_from_an_exported_log_writes_a_model_and_reports_labels() {
                     source: "judge".into(),
                     success: None,
                     quality: Some(q),
-                    latency_ms: None,
-                    input_tokens: None,
-                    output_tokens: None,
-                    cost_usd: None,
-                    error_class: None,
-                    labels: Default::default(),
-                    observed_at_unix_ms: 0,
-                    recorded_at_unix_ms: 0,
-                    orphan: false,
+                    ..Default::default()
                 })
                 .unwrap();
         }

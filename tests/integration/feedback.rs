@@ -222,15 +222,10 @@ fn a_burst_beyond_the_queue_is_dropped_and_counted() {
         p_sufficient: vec![0.5, 1.0],
         propensity: 1.0,
         schema_fingerprint: f.schema().fingerprint.clone(),
-        knobs: Default::default(),
-        tenant: None,
-        labels: Default::default(),
         features: vec![0.0; 4],
         prompt_tokens: 1,
-        context_tokens: 0,
         estimated_cost_usd: 0.0,
-        prompt_sha256: String::new(),
-        prompt: None,
+        ..Default::default()
     };
     // 5,000 non-blocking sends in a tight loop against a one-slot queue.
     let start = Instant::now();
@@ -612,18 +607,13 @@ fn orphan_outcomes_join_decisions_from_another_store() {
                 p_sufficient: vec![0.5, 0.6, 1.0],
                 propensity: 0.25,
                 schema_fingerprint: f.schema().fingerprint.clone(),
-                knobs: Default::default(),
-                tenant: None,
-                labels: Default::default(),
                 features: f
                     .featurize(triage::features::Conversation::single("hello"))
                     .unwrap()
                     .vector,
                 prompt_tokens: 1,
-                context_tokens: 0,
                 estimated_cost_usd: 0.0,
-                prompt_sha256: String::new(),
-                prompt: None,
+                ..Default::default()
             }])
             .unwrap();
             let stored = sb
@@ -632,15 +622,7 @@ fn orphan_outcomes_join_decisions_from_another_store() {
                     source: "user".into(),
                     success: Some(i % 2 == 0),
                     quality: None,
-                    latency_ms: None,
-                    input_tokens: None,
-                    output_tokens: None,
-                    cost_usd: None,
-                    error_class: None,
-                    labels: Default::default(),
-                    observed_at_unix_ms: 0,
-                    recorded_at_unix_ms: 0,
-                    orphan: false,
+                    ..Default::default()
                 })
                 .unwrap();
             assert!(stored.orphan);
