@@ -356,16 +356,23 @@ async fn a_changed_model_file_is_picked_up_by_the_watch() {
 
 /// Starts the real binary on 127.0.0.1:0 and returns it with the address it printed.
 fn spawn_server(data_dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_triage"))
-        .current_dir(repo())
+    spawn_server_with(data_dir, &[])
+}
+
+fn spawn_server_with(
+    data_dir: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> (std::process::Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_triage"));
+    cmd.current_dir(repo())
         .env("TRIAGE_LOG", "warn")
-        .args(["serve", "--addr", "127.0.0.1:0", "--model"])
-        .arg(model_path())
-        .arg("--data-dir")
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .args(extra);
+    if !extra.iter().any(|a| *a == "--model") {
+        cmd.arg("--model").arg(model_path());
+    }
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let addr = loop {
@@ -656,4 +663,63 @@ fn orphan_outcomes_join_decisions_from_another_store() {
     );
     let (_, only_b) = triage::train::logs::read_logs(&[b], &f, &tiers, opts).unwrap();
     assert_eq!((only_b.rows, only_b.orphans_unmatched), (0, 4));
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_reloads_the_configured_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = altered_model(dir.path(), "before-hup", 0.5);
+    // A config with the file watch off, so only the signal can trigger the reload.
+    let config = dir.path().join("triage.toml");
+    let text = triage::config::DEFAULT_CONFIG_TOML
+        .replace("watch_interval_ms = 2000", "watch_interval_ms = 0")
+        .replace(
+            "\"models/embeddings\"",
+            &format!(
+                "{:?}",
+                repo().join("models/embeddings").display().to_string()
+            ),
+        );
+    std::fs::write(&config, text).unwrap();
+    let (mut child, addr) = spawn_server_with(
+        &dir.path().join("store"),
+        &[
+            "--config".as_ref(),
+            config.as_os_str(),
+            "--model".as_ref(),
+            model.as_os_str(),
+        ],
+    );
+    let mut c = RouterClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.route(req("hi")).await.unwrap().into_inner().model_version,
+        "before-hup-test"
+    );
+    let next = altered_model(dir.path(), "after-hup", 0.5);
+    std::fs::rename(&next, &model).unwrap();
+    // Without the signal nothing changes (the watch is off).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        c.route(req("hi")).await.unwrap().into_inner().model_version,
+        "before-hup-test"
+    );
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = c.route(req("hi")).await.unwrap().into_inner().model_version;
+        if v == "after-hup-test" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still serving {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
