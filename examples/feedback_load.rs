@@ -45,6 +45,7 @@ async fn main() {
     let server = tokio::spawn(triage::server::serve(
         engine,
         Some(fb.clone()),
+        None,
         listener,
         async {
             let _ = stop_rx.await;

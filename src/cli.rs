@@ -386,7 +386,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             "triage listening on {local} (model {})",
             snap.classifier.version()
         );
-        triage::server::serve(engine, feedback.clone(), listener, shutdown_signal()).await?;
+        let gateway = triage::chain::Gateway::from_config(engine.config())
+            .map_err(|e| anyhow::anyhow!(e))?
+            .map(Arc::new);
+        triage::server::serve(
+            engine,
+            feedback.clone(),
+            gateway,
+            listener,
+            shutdown_signal(),
+        )
+        .await?;
         if let Some(f) = feedback {
             f.store().flush().context("flushing the feedback store")?;
         }

@@ -29,6 +29,79 @@ pub struct RawConfig {
     /// `[[tiers]]`, cheapest first.
     #[serde(default)]
     pub tiers: Vec<RawTier>,
+    /// `[providers.NAME]`: where chain members are called (needed only for `Complete`).
+    #[serde(default)]
+    pub providers: std::collections::BTreeMap<String, RawProvider>,
+    /// `[gateway]`: timeouts and retries for provider calls.
+    #[serde(default)]
+    pub gateway: RawGateway,
+}
+
+/// `[providers.NAME]`: one provider endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Wire format: `openai` (any OpenAI-compatible API) or `anthropic`.
+    pub kind: crate::providers::Kind,
+    /// Base URL; `${VAR}` and `${VAR:-default}` are replaced from the environment.
+    pub base_url: String,
+    /// Name of the environment variable that holds the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+/// `[gateway]`: how chains are run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGateway {
+    /// Deadline of one provider attempt, in milliseconds.
+    pub attempt_timeout_ms: u64,
+    /// Retries of the same member after a retryable failure (timeout, connection, 429, 5xx).
+    pub max_retries: u32,
+    /// First backoff before a retry, in milliseconds; doubles each retry, with jitter.
+    pub backoff_initial_ms: u64,
+    /// Longest backoff, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// A 429's Retry-After is honoured up to this many milliseconds; longer means move on.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        Self {
+            attempt_timeout_ms: 30_000,
+            max_retries: 1,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 2_000,
+            max_retry_after_ms: 5_000,
+        }
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in `s` from the environment.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        match (std::env::var(name), default) {
+            (Ok(v), _) if !v.is_empty() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            _ => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// `[server]`: the listener and the request limits.
@@ -196,6 +269,10 @@ pub struct Config {
     pub expected_output_tokens: u32,
     /// Decision log and outcomes.
     pub feedback: RawFeedback,
+    /// Providers by name, with environment references expanded.
+    pub providers: Vec<crate::providers::Provider>,
+    /// Chain settings.
+    pub gateway: RawGateway,
     /// Index of the tier that caps `latency_sensitive` requests.
     pub latency_sensitive_max_tier: Option<usize>,
     /// Share of requests routed to a random eligible tier, in [0, 1].
@@ -429,6 +506,50 @@ impl RawConfig {
                 }
             },
         };
+        let mut providers = Vec::new();
+        for (name, p) in &self.providers {
+            match expand_env(&p.base_url) {
+                Ok(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    providers.push(crate::providers::Provider {
+                        name: name.clone(),
+                        kind: p.kind,
+                        base_url: url,
+                        api_key_env: p.api_key_env.clone(),
+                    });
+                }
+                Ok(url) => errors.push(format!(
+                    "providers.{name}.base_url: must start with http:// or https://, got {url:?}"
+                )),
+                Err(e) => errors.push(format!("providers.{name}.base_url: {e}")),
+            }
+        }
+        if !self.providers.is_empty() {
+            for (i, t) in self.tiers.iter().enumerate() {
+                for (k, m) in t.chain.iter().enumerate() {
+                    if !m.provider.trim().is_empty() && !self.providers.contains_key(&m.provider) {
+                        errors.push(format!(
+                            "tiers[{i}].chain[{k}].provider: unknown provider {:?} (providers: {})",
+                            m.provider,
+                            self.providers
+                                .keys()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        let g = &self.gateway;
+        if g.attempt_timeout_ms == 0 {
+            errors.push("gateway.attempt_timeout_ms: must be at least 1".into());
+        }
+        if g.backoff_initial_ms > g.backoff_max_ms {
+            errors.push(format!(
+                "gateway.backoff_initial_ms: must not exceed gateway.backoff_max_ms ({}), got {}",
+                g.backoff_max_ms, g.backoff_initial_ms
+            ));
+        }
         let (Some(addr), true) = (addr, errors.is_empty()) else {
             return Err(errors);
         };
@@ -445,6 +566,8 @@ impl RawConfig {
             },
             model: self.model,
             feedback: self.feedback,
+            providers,
+            gateway: self.gateway,
             expected_output_tokens: self.policy.expected_output_tokens,
             latency_sensitive_max_tier: latency_cap,
             exploration_rate: self.policy.exploration_rate,
@@ -550,6 +673,38 @@ chain = [{ provider = "", model = "m" }]
         ] {
             assert!(err.contains(needle), "missing {needle:?} in {err}");
         }
+    }
+
+    #[test]
+    fn providers_expand_the_environment_and_chains_must_name_them() {
+        let text = format!(
+            "{TWO_TIERS}\n[providers.openai]\nkind = \"openai\"\nbase_url = \"${{TRIAGE_TEST_UNSET_BASE:-http://127.0.0.1:9/v1}}\"\napi_key_env = \"OPENAI_API_KEY\"\n"
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.providers[0].base_url, "http://127.0.0.1:9/v1");
+        let bad = text.replace(
+            "{ provider = \"openai\", model = \"big\" }",
+            "{ provider = \"groq\", model = \"big\" }",
+        );
+        let err = parse(&bad).unwrap_err();
+        assert!(
+            err.contains(
+                "tiers[1].chain[0].provider: unknown provider \"groq\" (providers: openai)"
+            ),
+            "{err}"
+        );
+        let err = parse(&format!("{TWO_TIERS}\n[providers.openai]\nkind = \"openai\"\nbase_url = \"${{TRIAGE_TEST_UNSET_BASE}}\"\n")).unwrap_err();
+        assert!(
+            err.contains(
+                "providers.openai.base_url: environment variable TRIAGE_TEST_UNSET_BASE is not set"
+            ),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{TWO_TIERS}\n[providers.openai]\nkind = \"grpc\"\nbase_url = \"http://x\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("grpc"), "{err}");
     }
 
     #[test]

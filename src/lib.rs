@@ -5,6 +5,7 @@
 //! [`features`] → [`classifier`] → [`policy`] on the [`model_store`]'s current snapshot;
 //! [`train`] fits and evaluates classifiers offline with the same featurizer.
 
+pub mod chain;
 pub mod classifier;
 pub mod config;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod feedback;
 pub mod model_store;
 pub mod policy;
 pub mod prototypes;
+pub mod providers;
 pub mod server;
 pub mod service;
 pub mod train;

@@ -26,6 +26,7 @@ pub enum ServeError {
 pub async fn serve(
     engine: Arc<Engine>,
     feedback: Option<Arc<crate::feedback::Feedback>>,
+    gateway: Option<Arc<crate::chain::Gateway>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -39,7 +40,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let watcher = spawn_model_watch(engine.clone());
-    let router = RouterServer::new(RouterService::new(engine, feedback))
+    let router = RouterServer::new(RouterService::new(engine, feedback, gateway))
         .max_decoding_message_size(limits.max_request_bytes);
     tonic::transport::Server::builder()
         .timeout(limits.request_timeout)

@@ -22,13 +22,94 @@ pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 pub struct RouterService {
     engine: Arc<Engine>,
     feedback: Option<Arc<Feedback>>,
+    gateway: Option<Arc<crate::chain::Gateway>>,
 }
 
 impl RouterService {
-    /// A service over an engine; with `feedback`, decisions are logged and outcomes accepted.
-    pub fn new(engine: Arc<Engine>, feedback: Option<Arc<Feedback>>) -> Self {
-        Self { engine, feedback }
+    /// A service over an engine; with `feedback`, decisions are logged and outcomes accepted;
+    /// with `gateway`, `Complete` calls providers.
+    pub fn new(
+        engine: Arc<Engine>,
+        feedback: Option<Arc<Feedback>>,
+        gateway: Option<Arc<crate::chain::Gateway>>,
+    ) -> Self {
+        Self {
+            engine,
+            feedback,
+            gateway,
+        }
     }
+
+    /// Validates, routes (off the async workers for large requests) and logs one request.
+    async fn decide(&self, req: pb::RouteRequest) -> Result<(Decision, RouteInput), Error> {
+        let input = validate_route(req, self.engine.config())?;
+        let bytes = input.prompt.len() + input.context.iter().map(String::len).sum::<usize>();
+        // Featurizing is CPU work proportional to the text: large requests go to the blocking
+        // pool so they cannot stall the async workers that serve everyone else.
+        let (decision, input) = if bytes >= self.engine.config().server.blocking_threshold_bytes {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || (engine.route(&input), input))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+        } else {
+            (self.engine.route(&input), input)
+        };
+        let decision = decision?;
+        if let Some(fb) = &self.feedback {
+            fb.log_decision(decision_record(
+                &decision,
+                &input,
+                self.engine.config(),
+                fb.store_prompts,
+            ));
+        }
+        tracing::debug!(
+            decision_id = %decision.decision_id,
+            tier = %decision.tier_name,
+            prompt_tokens = decision.prompt_tokens,
+            "routed"
+        );
+        Ok((decision, input))
+    }
+}
+
+/// Checks the sampling parameters of a `CompleteRequest`.
+fn chat_request(
+    req: &pb::CompleteRequest,
+    messages: &[pb::Message],
+) -> Result<crate::providers::ChatRequest, RequestError> {
+    if let Some(t) = req.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(RequestError::invalid(
+            "temperature",
+            format!("must be in [0, 2], got {t}"),
+        ));
+    }
+    if let Some(p) = req.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err(RequestError::invalid(
+            "top_p",
+            format!("must be in (0, 1], got {p}"),
+        ));
+    }
+    if req.max_tokens == Some(0) {
+        return Err(RequestError::invalid("max_tokens", "must be at least 1"));
+    }
+    Ok(crate::providers::ChatRequest {
+        messages: messages
+            .iter()
+            .map(|m| crate::providers::ChatMessage {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect(),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_tokens: req.max_tokens,
+        stop: req.stop.clone(),
+    })
 }
 
 /// Checks labels (and any extra named strings) against the feedback limits.
@@ -375,33 +456,7 @@ impl Router for RouterService {
     ) -> Result<Response<pb::RouteDecision>, Status> {
         let req = request.into_inner();
         let request_id = req.request_id.clone();
-        let input = validate_route(req, self.engine.config()).map_err(Error::from)?;
-        let bytes = input.prompt.len() + input.context.iter().map(String::len).sum::<usize>();
-        // Featurizing is CPU work proportional to the text: large requests go to the blocking
-        // pool so they cannot stall the async workers that serve everyone else.
-        let (decision, input) = if bytes >= self.engine.config().server.blocking_threshold_bytes {
-            let engine = self.engine.clone();
-            tokio::task::spawn_blocking(move || (engine.route(&input), input))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-        } else {
-            (self.engine.route(&input), input)
-        };
-        let decision = decision?;
-        if let Some(fb) = &self.feedback {
-            fb.log_decision(decision_record(
-                &decision,
-                &input,
-                self.engine.config(),
-                fb.store_prompts,
-            ));
-        }
-        tracing::debug!(
-            decision_id = %decision.decision_id,
-            tier = %decision.tier_name,
-            prompt_tokens = decision.prompt_tokens,
-            "routed"
-        );
+        let (decision, _) = self.decide(req).await?;
         Ok(Response::new(decision_to_proto(decision, request_id)))
     }
 
@@ -424,6 +479,89 @@ impl Router for RouterService {
         Ok(Response::new(pb::OutcomeAck {
             duplicate: stored.duplicate,
             orphan: stored.orphan,
+        }))
+    }
+
+    async fn complete(
+        &self,
+        request: Request<pb::CompleteRequest>,
+    ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let Some(gateway) = &self.gateway else {
+            return Err(Error::FailedPrecondition(
+                "no providers are configured on this server ([providers.NAME] in the config)"
+                    .into(),
+            )
+            .into());
+        };
+        let req = request.into_inner();
+        let route = req.route.clone().unwrap_or_default();
+        let chat = chat_request(&req, &route.messages).map_err(Error::from)?;
+        let request_id = route.request_id.clone();
+        let (decision, _) = self.decide(route).await?;
+        let tier = &self.engine.config().tiers[decision.tier];
+        let result = gateway.run(&decision.chain, &chat).await;
+        let attempts = match &result {
+            Ok(a) => &a.attempts,
+            Err(
+                crate::chain::ChainError::Exhausted(a)
+                | crate::chain::ChainError::Invalid { attempts: a, .. },
+            ) => a,
+        };
+        let latency_ms: u64 = attempts.iter().map(|x| x.latency_ms).sum();
+        let cost = result
+            .as_ref()
+            .map(|a| tier.cost_usd(a.response.input_tokens, a.response.output_tokens))
+            .unwrap_or(0.0);
+        if let Some(fb) = &self.feedback {
+            // The call's facts, not a quality judgement: success and quality stay unset so that
+            // training does not mistake "answered" for "good enough".
+            let record = OutcomeRecord {
+                decision_id: decision.decision_id.to_string(),
+                source: "gateway".into(),
+                latency_ms: Some(latency_ms),
+                input_tokens: result.as_ref().ok().map(|a| a.response.input_tokens),
+                output_tokens: result.as_ref().ok().map(|a| a.response.output_tokens),
+                cost_usd: Some(cost),
+                error_class: result.as_ref().err().map(|e| match e {
+                    crate::chain::ChainError::Invalid { .. } => "invalid_request".to_string(),
+                    crate::chain::ChainError::Exhausted(_) => "all_providers_failed".to_string(),
+                }),
+                observed_at_unix_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
+                recorded_at_unix_ms: now_ms(),
+                ..OutcomeRecord::default()
+            };
+            let fb = fb.clone();
+            tokio::spawn(async move {
+                if let Err(e) = fb.record_outcome(record).await {
+                    tracing::warn!(error = %e, "automatic outcome not recorded");
+                }
+            });
+        }
+        let answered = result.map_err(|e| match e {
+            crate::chain::ChainError::Invalid { .. } => Status::invalid_argument(e.to_string()),
+            crate::chain::ChainError::Exhausted(_) => Status::unavailable(e.to_string()),
+        })?;
+        let member = &decision.chain[answered.member];
+        let attempts = answered
+            .attempts
+            .iter()
+            .map(|a| pb::Attempt {
+                provider: a.provider.clone(),
+                model: a.model.clone(),
+                outcome: a.outcome.clone(),
+                latency_ms: a.latency_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::CompleteResponse {
+            provider: member.provider.clone(),
+            model: member.model.clone(),
+            text: answered.response.text,
+            finish_reason: answered.response.finish_reason,
+            input_tokens: answered.response.input_tokens,
+            output_tokens: answered.response.output_tokens,
+            cost_usd: cost,
+            attempts,
+            decision: Some(decision_to_proto(decision, request_id)),
         }))
     }
 

@@ -169,12 +169,20 @@ impl Server {
         config: Config,
         feedback: Option<Arc<triage::feedback::Feedback>>,
     ) -> Self {
+        Self::start_full(config, feedback, None).await
+    }
+
+    pub async fn start_full(
+        config: Config,
+        feedback: Option<Arc<triage::feedback::Feedback>>,
+        gateway: Option<Arc<triage::chain::Gateway>>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let engine = engine(config);
         tokio::spawn(async move {
-            triage::server::serve(engine, feedback, listener, async {
+            triage::server::serve(engine, feedback, gateway, listener, async {
                 let _ = rx.await;
             })
             .await

@@ -4,5 +4,6 @@
 mod cli;
 mod common;
 mod feedback;
+mod gateway;
 mod grpc;
 mod training;

@@ -1,0 +1,265 @@
+//! Model providers: one file per wire format with private wire structs, behind a closed enum.
+
+mod anthropic;
+mod openai;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One message of a chat, provider-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// system, user, assistant or tool.
+    pub role: String,
+    /// Text.
+    pub content: String,
+}
+
+/// A provider-neutral chat request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChatRequest {
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    pub top_p: Option<f64>,
+    /// Most output tokens.
+    pub max_tokens: Option<u32>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+}
+
+/// A provider-neutral completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    /// The answer's text.
+    pub text: String,
+    /// Why generation stopped: stop, length, tool_calls, content_filter or other.
+    pub finish_reason: String,
+    /// Input tokens as the provider counted them.
+    pub input_tokens: u64,
+    /// Output tokens as the provider counted them.
+    pub output_tokens: u64,
+}
+
+/// Why a call failed. Never carries a key or a raw provider body.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// No answer within the attempt's deadline.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// The connection could not be made.
+    #[error("connection failed")]
+    Connect,
+    /// The provider is overloaded or rate limiting (429), with its Retry-After if any.
+    #[error("rate limited (HTTP 429){}", .0.map(|s| format!(", retry after {s} s")).unwrap_or_default())]
+    RateLimited(Option<u64>),
+    /// A server-side failure (5xx).
+    #[error("server error (HTTP {0})")]
+    Server(u16),
+    /// The request itself is invalid (400, 422): another provider would reject it too.
+    #[error("request rejected as invalid (HTTP {0})")]
+    InvalidRequest(u16),
+    /// Another client-side status (401, 403, 404...): specific to this provider or key.
+    #[error("refused (HTTP {0})")]
+    Refused(u16),
+    /// The body was not the expected shape.
+    #[error("malformed response body")]
+    Malformed,
+    /// The API key's environment variable is not set.
+    #[error("API key variable {0} is not set")]
+    MissingKey(String),
+    /// Anything else from the HTTP client.
+    #[error("transport error")]
+    Transport,
+}
+
+impl ProviderError {
+    /// A short class for logs and outcomes.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Connect => "connect",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Server(_) => "server_error",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Refused(_) => "refused",
+            Self::Malformed => "malformed",
+            Self::MissingKey(_) => "missing_key",
+            Self::Transport => "transport",
+        }
+    }
+
+    /// Whether the next member of the chain would fail the same way (so stop).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::InvalidRequest(_))
+    }
+
+    /// Whether retrying the same provider may help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Timeout(_)
+                | Self::Connect
+                | Self::RateLimited(_)
+                | Self::Server(_)
+                | Self::Transport
+        )
+    }
+}
+
+/// The wire formats triage speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// OpenAI-compatible chat completions (OpenAI, Groq, Together, Mistral, vLLM, Ollama, LiteLLM).
+    Openai,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// A configured provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Its name in the config.
+    pub name: String,
+    /// Wire format.
+    pub kind: Kind,
+    /// Base URL, e.g. `https://api.openai.com/v1` or `https://api.anthropic.com`.
+    pub base_url: String,
+    /// Name of the environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+}
+
+fn classify(e: &reqwest::Error, timeout: Duration) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+    } else if e.is_connect() {
+        ProviderError::Connect
+    } else if e.is_decode() || e.is_body() {
+        ProviderError::Malformed
+    } else {
+        ProviderError::Transport
+    }
+}
+
+fn status_error(
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> ProviderError {
+    let code = status.as_u16();
+    match code {
+        429 => ProviderError::RateLimited(
+            headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+        ),
+        400 | 422 => ProviderError::InvalidRequest(code),
+        500..=599 => ProviderError::Server(code),
+        _ => ProviderError::Refused(code),
+    }
+}
+
+/// Sends a JSON body and decodes a JSON answer, mapping every failure to a [`ProviderError`].
+async fn post_json<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, String)],
+    body: &B,
+    timeout: Duration,
+) -> Result<R, ProviderError> {
+    let mut req = http.post(url).timeout(timeout).json(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.send().await.map_err(|e| classify(&e, timeout))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(status_error(status, resp.headers()));
+    }
+    let bytes = resp.bytes().await.map_err(|e| classify(&e, timeout))?;
+    serde_json::from_slice(&bytes).map_err(|_| ProviderError::Malformed)
+}
+
+impl Provider {
+    fn key(&self) -> Result<Option<String>, ProviderError> {
+        match &self.api_key_env {
+            None => Ok(None),
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Ok(Some(k)),
+                _ => Err(ProviderError::MissingKey(var.clone())),
+            },
+        }
+    }
+
+    /// Calls `model` with `req`, giving up after `timeout`.
+    pub async fn complete(
+        &self,
+        http: &reqwest::Client,
+        model: &str,
+        req: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<ChatResponse, ProviderError> {
+        let key = self.key()?;
+        match self.kind {
+            Kind::Openai => {
+                openai::complete(http, &self.base_url, key.as_deref(), model, req, timeout).await
+            }
+            Kind::Anthropic => {
+                anthropic::complete(http, &self.base_url, key.as_deref(), model, req, timeout).await
+            }
+        }
+    }
+}
+
+/// Installs the TLS crypto provider once per process (reqwest is built without one).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_what_the_chain_does_next() {
+        let h = reqwest::header::HeaderMap::new();
+        let e = status_error(reqwest::StatusCode::BAD_REQUEST, &h);
+        assert!(e.is_final() && !e.is_retryable());
+        let e = status_error(reqwest::StatusCode::INTERNAL_SERVER_ERROR, &h);
+        assert!(!e.is_final() && e.is_retryable());
+        let e = status_error(reqwest::StatusCode::UNAUTHORIZED, &h);
+        assert!(
+            !e.is_final() && !e.is_retryable(),
+            "a bad key is this provider's problem"
+        );
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(
+            status_error(reqwest::StatusCode::TOO_MANY_REQUESTS, &h),
+            ProviderError::RateLimited(Some(7))
+        );
+        assert_eq!(
+            ProviderError::RateLimited(Some(7)).to_string(),
+            "rate limited (HTTP 429), retry after 7 s"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_names_the_variable_not_a_value() {
+        let p = Provider {
+            name: "x".into(),
+            kind: Kind::Openai,
+            base_url: "http://127.0.0.1:9".into(),
+            api_key_env: Some("TRIAGE_TEST_SURELY_UNSET_KEY".into()),
+        };
+        let e = p.key().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "API key variable TRIAGE_TEST_SURELY_UNSET_KEY is not set"
+        );
+    }
+}

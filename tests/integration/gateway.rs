@@ -1,0 +1,315 @@
+//! Complete against local mock providers (both wire formats): success, fallbacks, retries,
+//! timeouts, malformed bodies, refused connections, invalid requests.
+
+use std::sync::Arc;
+
+use tonic::Code;
+use triage::chain::Gateway;
+use triage::config::{Config, RawModelRef};
+use triage::proto::v1::{CompleteRequest, Message, RouteRequest};
+use triage::providers::{Kind, Provider};
+use wiremock::matchers::{body_partial_json, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::common::{Server, config};
+
+fn openai_ok(text: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5}
+    }))
+}
+
+fn anthropic_ok(text: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "max_tokens",
+        "usage": {"input_tokens": 20, "output_tokens": 7}
+    }))
+}
+
+/// Every tier's chain is [primary (OpenAI format), backup (Anthropic format)].
+fn gateway_config(primary: &str, backup: &str) -> Config {
+    let mut c = config();
+    c.providers = vec![
+        Provider {
+            name: "primary".into(),
+            kind: Kind::Openai,
+            base_url: primary.into(),
+            api_key_env: Some("HOME".into()),
+        },
+        Provider {
+            name: "backup".into(),
+            kind: Kind::Anthropic,
+            base_url: backup.into(),
+            api_key_env: None,
+        },
+    ];
+    for t in &mut c.tiers {
+        t.chain = vec![
+            RawModelRef {
+                provider: "primary".into(),
+                model: format!("{}-a", t.name),
+            },
+            RawModelRef {
+                provider: "backup".into(),
+                model: format!("{}-b", t.name),
+            },
+        ];
+    }
+    c.gateway.attempt_timeout_ms = 400;
+    c.gateway.max_retries = 1;
+    c.gateway.backoff_initial_ms = 5;
+    c.gateway.backoff_max_ms = 10;
+    c.gateway.max_retry_after_ms = 1_500;
+    c
+}
+
+async fn server(c: Config) -> Server {
+    let g = Gateway::from_config(&c).unwrap().map(Arc::new);
+    Server::start_full(c, None, g).await
+}
+
+fn req() -> CompleteRequest {
+    CompleteRequest {
+        route: Some(RouteRequest {
+            messages: vec![
+                Message {
+                    role: "system".into(),
+                    content: "Be brief.".into(),
+                },
+                Message {
+                    role: "user".into(),
+                    content: "Hello! How are you today?".into(),
+                },
+            ],
+            ..Default::default()
+        }),
+        max_tokens: Some(50),
+        temperature: Some(0.2),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_first_member_answers_with_the_key_from_the_environment() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    let home = std::env::var("HOME").unwrap();
+    Mock::given(method("POST"))
+        .and(path("/chat/completions"))
+        .and(header("authorization", format!("Bearer {home}").as_str()))
+        .and(body_partial_json(
+            serde_json::json!({"max_tokens": 50, "temperature": 0.2}),
+        ))
+        .respond_with(openai_ok("fine, thanks"))
+        .expect(1)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(anthropic_ok("never"))
+        .expect(0)
+        .mount(&b)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let r = s.client().await.complete(req()).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            r.text.as_str(),
+            r.provider.as_str(),
+            r.finish_reason.as_str()
+        ),
+        ("fine, thanks", "primary", "stop")
+    );
+    assert_eq!(
+        (r.input_tokens, r.output_tokens, r.attempts.len()),
+        (12, 5, 1)
+    );
+    let d = r.decision.unwrap();
+    assert_eq!(r.model, format!("{}-a", d.tier));
+    assert!(r.cost_usd > 0.0);
+}
+
+#[tokio::test]
+async fn a_500_retries_then_falls_back_to_the_other_wire_format() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(2)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/messages"))
+        .and(header("anthropic-version", "2023-06-01"))
+        .and(body_partial_json(serde_json::json!({"system": "Be brief.", "max_tokens": 50, "messages": [{"role": "user", "content": "Hello! How are you today?"}]})))
+        .respond_with(anthropic_ok("hi from backup"))
+        .expect(1)
+        .mount(&b)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let r = s.client().await.complete(req()).await.unwrap().into_inner();
+    assert_eq!(
+        (
+            r.text.as_str(),
+            r.provider.as_str(),
+            r.finish_reason.as_str()
+        ),
+        ("hi from backup", "backup", "length")
+    );
+    let outcomes: Vec<&str> = r.attempts.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["server error (HTTP 500)", "server error (HTTP 500)", "ok"]
+    );
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_honoured_on_the_same_member() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "1"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(openai_ok("after the wait"))
+        .expect(1)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(anthropic_ok("never"))
+        .expect(0)
+        .mount(&b)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let r = s.client().await.complete(req()).await.unwrap().into_inner();
+    assert_eq!(r.text, "after the wait");
+    assert_eq!(
+        r.attempts[0].outcome,
+        "rate limited (HTTP 429), retry after 1 s"
+    );
+}
+
+#[tokio::test]
+async fn timeouts_malformed_bodies_and_refused_connections_move_on() {
+    for case in ["timeout", "malformed", "refused"] {
+        let (a, b) = (MockServer::start().await, MockServer::start().await);
+        let primary = match case {
+            "timeout" => {
+                Mock::given(method("POST"))
+                    .respond_with(
+                        openai_ok("too late").set_delay(std::time::Duration::from_secs(3)),
+                    )
+                    .mount(&a)
+                    .await;
+                a.uri()
+            }
+            "malformed" => {
+                Mock::given(method("POST"))
+                    .respond_with(ResponseTemplate::new(200).set_body_string("{\"choices\": [oops"))
+                    .expect(1)
+                    .mount(&a)
+                    .await;
+                a.uri()
+            }
+            // Port 1 on loopback: nothing listens there.
+            _ => "http://127.0.0.1:1".to_string(),
+        };
+        Mock::given(method("POST"))
+            .respond_with(anthropic_ok("backup answered"))
+            .expect(1)
+            .mount(&b)
+            .await;
+        let s = server(gateway_config(&primary, &b.uri())).await;
+        let r = s.client().await.complete(req()).await.unwrap().into_inner();
+        assert_eq!(r.text, "backup answered", "{case}");
+        let first = &r.attempts[0].outcome;
+        let want = match case {
+            "timeout" => "timed out after 400 ms",
+            "malformed" => "malformed response body",
+            _ => "connection failed",
+        };
+        assert_eq!(first, want, "{case}: {:?}", r.attempts);
+        b.verify().await;
+    }
+}
+
+#[tokio::test]
+async fn all_members_down_is_unavailable_listing_every_attempt() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(2)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(502))
+        .expect(2)
+        .mount(&b)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let err = s.client().await.complete(req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let m = err.message();
+    assert!(m.starts_with("all 4 attempts failed"), "{m}");
+    for needle in ["primary/", "HTTP 503", "backup/", "HTTP 502"] {
+        assert!(m.contains(needle), "{m}");
+    }
+}
+
+#[tokio::test]
+async fn a_400_is_not_retried_elsewhere() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_string("{\"error\": {\"message\": \"secret internals\"}}"),
+        )
+        .expect(1)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(anthropic_ok("never"))
+        .expect(0)
+        .mount(&b)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let err = s.client().await.complete(req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("HTTP 400") && err.message().contains("not retried elsewhere"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains("secret internals"),
+        "provider bodies never reach the caller"
+    );
+}
+
+#[tokio::test]
+async fn bad_sampling_parameters_and_a_missing_gateway_are_refused() {
+    let s = server(gateway_config("http://127.0.0.1:1", "http://127.0.0.1:1")).await;
+    let mut c = s.client().await;
+    let err = c
+        .complete(CompleteRequest {
+            temperature: Some(3.0),
+            ..req()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("temperature"));
+    let err = c
+        .complete(CompleteRequest {
+            route: None,
+            ..req()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let plain = Server::start(config()).await;
+    let err = plain.client().await.complete(req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("[providers.NAME]"));
+}
