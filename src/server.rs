@@ -4,7 +4,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::engine::Engine;
 use crate::proto::v1::router_server::RouterServer;
@@ -48,7 +47,11 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(router)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Without TCP_NODELAY, small gRPC replies wait on delayed ACKs (~40 ms each).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     if let Some(w) = watcher {
         w.abort();
