@@ -2,7 +2,10 @@
 //! backoff and jitter, Retry-After, and every attempt's outcome collected.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::health::{Breaker, BreakerState, Ewma};
 
 use crate::config::{Config, RawGateway, RawModelRef};
 use crate::providers::{ChatRequest, ChatResponse, Provider, ProviderError};
@@ -53,12 +56,31 @@ pub struct Answered {
     pub attempts: Vec<Attempt>,
 }
 
-/// Calls providers for chains.
-#[derive(Debug, Clone)]
+/// What `Stats` shows for one provider/model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberHealth {
+    /// Provider name.
+    pub provider: String,
+    /// Model (empty when no call has been timed yet).
+    pub model: String,
+    /// Moving average latency of successful calls, ms.
+    pub latency_ms: Option<f64>,
+    /// Calls timed.
+    pub samples: u64,
+    /// The provider's breaker.
+    pub breaker: BreakerState,
+    /// Failures among the breaker's recent calls.
+    pub recent_failures: usize,
+}
+
+/// Calls providers for chains, with a breaker per provider and a latency estimate per model.
+#[derive(Debug)]
 pub struct Gateway {
     http: reqwest::Client,
     providers: HashMap<String, Provider>,
     settings: RawGateway,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    latency: Mutex<HashMap<(String, String), Ewma>>,
 }
 
 impl Gateway {
@@ -72,6 +94,20 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
+        let g = &config.gateway;
+        let breakers = config
+            .providers
+            .iter()
+            .map(|p| {
+                let b = Breaker::new(
+                    g.breaker_window,
+                    g.breaker_min_calls,
+                    g.breaker_failure_rate,
+                    Duration::from_millis(g.breaker_cooldown_ms),
+                );
+                (p.name.clone(), b)
+            })
+            .collect();
         Ok(Some(Self {
             http,
             providers: config
@@ -80,7 +116,83 @@ impl Gateway {
                 .map(|p| (p.name.clone(), p.clone()))
                 .collect(),
             settings: config.gateway.clone(),
+            breakers: Mutex::new(breakers),
+            latency: Mutex::new(HashMap::new()),
         }))
+    }
+
+    fn breakers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Breaker>> {
+        // A panic while holding the lock cannot leave a breaker half-updated in a harmful way.
+        self.breakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn latencies(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Ewma>> {
+        self.latency
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the provider's breaker is open now (then retrying it would only add load).
+    fn is_open(&self, provider: &str) -> bool {
+        self.breakers()
+            .get(provider)
+            .is_some_and(|b| b.state(Instant::now()) == BreakerState::Open)
+    }
+
+    /// Breaker states and latency estimates, for `Stats`.
+    pub fn health(&self) -> Vec<MemberHealth> {
+        let now = Instant::now();
+        let breakers = self.breakers();
+        let lat = self.latencies();
+        let mut out: Vec<MemberHealth> = lat
+            .iter()
+            .map(|((p, m), e)| MemberHealth {
+                provider: p.clone(),
+                model: m.clone(),
+                latency_ms: e.value,
+                samples: e.samples,
+                breaker: breakers
+                    .get(p)
+                    .map_or(BreakerState::Closed, |b| b.state(now)),
+                recent_failures: breakers.get(p).map_or(0, Breaker::failures),
+            })
+            .collect();
+        for (p, b) in breakers.iter() {
+            if !lat.keys().any(|(lp, _)| lp == p) {
+                out.push(MemberHealth {
+                    provider: p.clone(),
+                    model: String::new(),
+                    latency_ms: None,
+                    samples: 0,
+                    breaker: b.state(now),
+                    recent_failures: b.failures(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+        out
+    }
+
+    /// The order to try `chain` in: the configured order, or for latency-sensitive requests
+    /// the members with the lowest latency estimate first (untimed ones after, in order).
+    fn order(&self, chain: &[RawModelRef], latency_sensitive: bool) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..chain.len()).collect();
+        if latency_sensitive {
+            let lat = self.latencies();
+            let est = |i: usize| {
+                lat.get(&(chain[i].provider.clone(), chain[i].model.clone()))
+                    .and_then(|e| e.value)
+            };
+            idx.sort_by(|&a, &b| match (est(a), est(b)) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => a.cmp(&b),
+            });
+        }
+        idx
     }
 
     fn backoff(&self, retry: u32, error: &ProviderError) -> Option<Duration> {
@@ -99,15 +211,44 @@ impl Gateway {
         Some(Duration::from_millis(jittered))
     }
 
-    /// Tries `chain` in order until a member answers.
+    /// Tries `chain` until a member answers, skipping providers whose breaker is open; when
+    /// every member is cooling down, the least recently failed one is tried anyway.
     pub async fn run(
         &self,
         chain: &[RawModelRef],
         req: &ChatRequest,
+        latency_sensitive: bool,
     ) -> Result<Answered, ChainError> {
         let timeout = Duration::from_millis(self.settings.attempt_timeout_ms);
         let mut attempts = Vec::new();
-        for (member, m) in chain.iter().enumerate() {
+        let order = self.order(chain, latency_sensitive);
+        let now = Instant::now();
+        let mut allowed: Vec<usize> = {
+            let mut b = self.breakers();
+            order
+                .iter()
+                .copied()
+                .filter(|&i| b.get_mut(&chain[i].provider).is_none_or(|br| br.allow(now)))
+                .collect()
+        };
+        for &i in order.iter().filter(|i| !allowed.contains(i)) {
+            attempts.push(Attempt {
+                provider: chain[i].provider.clone(),
+                model: chain[i].model.clone(),
+                outcome: "skipped: circuit open".into(),
+                latency_ms: 0,
+            });
+        }
+        if allowed.is_empty() && !order.is_empty() {
+            let b = self.breakers();
+            let least_recent = order
+                .iter()
+                .copied()
+                .min_by_key(|&i| b.get(&chain[i].provider).and_then(|br| br.last_failure));
+            allowed.extend(least_recent);
+        }
+        for member in allowed {
+            let m = &chain[member];
             let Some(provider) = self.providers.get(&m.provider) else {
                 attempts.push(Attempt {
                     provider: m.provider.clone(),
@@ -121,7 +262,8 @@ impl Gateway {
             loop {
                 let start = Instant::now();
                 let result = provider.complete(&self.http, &m.model, req, timeout).await;
-                let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let elapsed = start.elapsed();
+                let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
                 let outcome = match &result {
                     Ok(_) => "ok".to_string(),
                     Err(e) => e.to_string(),
@@ -132,8 +274,21 @@ impl Gateway {
                     outcome,
                     latency_ms,
                 });
+                // The caller's own bad request says nothing about the provider's health.
+                if !matches!(&result, Err(e) if e.is_final())
+                    && let Some(b) = self.breakers().get_mut(&m.provider)
+                {
+                    b.record(result.is_ok(), Instant::now());
+                }
                 match result {
                     Ok(response) => {
+                        self.latencies()
+                            .entry((m.provider.clone(), m.model.clone()))
+                            .or_default()
+                            .add(
+                                elapsed.as_secs_f64() * 1e3,
+                                self.settings.latency_ewma_alpha,
+                            );
                         return Ok(Answered {
                             response,
                             member,
@@ -148,7 +303,11 @@ impl Gateway {
                             attempts,
                         });
                     }
-                    Err(e) if e.is_retryable() && retry < self.settings.max_retries => {
+                    Err(e)
+                        if e.is_retryable()
+                            && retry < self.settings.max_retries
+                            && !self.is_open(&m.provider) =>
+                    {
                         let Some(wait) = self.backoff(retry, &e) else {
                             break;
                         };

@@ -64,6 +64,16 @@ pub struct RawGateway {
     pub backoff_max_ms: u64,
     /// A 429's Retry-After is honoured up to this many milliseconds; longer means move on.
     pub max_retry_after_ms: u64,
+    /// A provider's breaker opens when at least this share of its recent calls failed...
+    pub breaker_failure_rate: f64,
+    /// ...among its last this many calls...
+    pub breaker_window: usize,
+    /// ...once it has seen at least this many.
+    pub breaker_min_calls: usize,
+    /// How long an open breaker keeps the provider out before one probe call, in milliseconds.
+    pub breaker_cooldown_ms: u64,
+    /// Weight of the newest latency in the per-model moving average, in (0, 1].
+    pub latency_ewma_alpha: f64,
 }
 
 impl Default for RawGateway {
@@ -74,6 +84,11 @@ impl Default for RawGateway {
             backoff_initial_ms: 100,
             backoff_max_ms: 2_000,
             max_retry_after_ms: 5_000,
+            breaker_failure_rate: 0.5,
+            breaker_window: 20,
+            breaker_min_calls: 5,
+            breaker_cooldown_ms: 30_000,
+            latency_ewma_alpha: 0.2,
         }
     }
 }
@@ -548,6 +563,27 @@ impl RawConfig {
             errors.push(format!(
                 "gateway.backoff_initial_ms: must not exceed gateway.backoff_max_ms ({}), got {}",
                 g.backoff_max_ms, g.backoff_initial_ms
+            ));
+        }
+        if !(g.breaker_failure_rate > 0.0 && g.breaker_failure_rate <= 1.0) {
+            errors.push(format!(
+                "gateway.breaker_failure_rate: must be in (0, 1], got {}",
+                g.breaker_failure_rate
+            ));
+        }
+        if g.breaker_window == 0
+            || g.breaker_min_calls == 0
+            || g.breaker_min_calls > g.breaker_window
+        {
+            errors.push(format!(
+                "gateway.breaker_min_calls: must be between 1 and gateway.breaker_window ({}), got {}",
+                g.breaker_window, g.breaker_min_calls
+            ));
+        }
+        if !(g.latency_ewma_alpha > 0.0 && g.latency_ewma_alpha <= 1.0) {
+            errors.push(format!(
+                "gateway.latency_ewma_alpha: must be in (0, 1], got {}",
+                g.latency_ewma_alpha
             ));
         }
         let (Some(addr), true) = (addr, errors.is_empty()) else {

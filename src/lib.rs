@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod features;
 pub mod feedback;
+pub mod health;
 pub mod model_store;
 pub mod policy;
 pub mod prototypes;

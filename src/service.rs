@@ -497,9 +497,11 @@ impl Router for RouterService {
         let route = req.route.clone().unwrap_or_default();
         let chat = chat_request(&req, &route.messages).map_err(Error::from)?;
         let request_id = route.request_id.clone();
-        let (decision, _) = self.decide(route).await?;
+        let (decision, input) = self.decide(route).await?;
         let tier = &self.engine.config().tiers[decision.tier];
-        let result = gateway.run(&decision.chain, &chat).await;
+        let result = gateway
+            .run(&decision.chain, &chat, input.knobs.latency_sensitive)
+            .await;
         let attempts = match &result {
             Ok(a) => &a.attempts,
             Err(
@@ -580,6 +582,20 @@ impl Router for RouterService {
                 .to_string(),
             ..Default::default()
         };
+        if let Some(g) = &self.gateway {
+            r.providers = g
+                .health()
+                .into_iter()
+                .map(|h| pb::ProviderHealth {
+                    provider: h.provider,
+                    model: h.model,
+                    latency_ms: h.latency_ms.unwrap_or(0.0),
+                    samples: h.samples,
+                    breaker: h.breaker.name().into(),
+                    recent_failures: u64::try_from(h.recent_failures).unwrap_or(u64::MAX),
+                })
+                .collect();
+        }
         if let Some(fb) = &self.feedback {
             let c = fb.counters();
             r.feedback_enabled = true;

@@ -313,3 +313,130 @@ async fn bad_sampling_parameters_and_a_missing_gateway_are_refused() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("[providers.NAME]"));
 }
+
+async fn stats(s: &Server) -> triage::proto::v1::StatsResponse {
+    s.client()
+        .await
+        .stats(triage::proto::v1::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_failing_provider_trips_its_breaker_and_is_skipped() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    // Exactly the two calls of the first request (one retry); none after the breaker opens.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(2)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(anthropic_ok("backup"))
+        .expect(2)
+        .mount(&b)
+        .await;
+    let mut c = gateway_config(&a.uri(), &b.uri());
+    c.gateway.breaker_window = 4;
+    c.gateway.breaker_min_calls = 2;
+    c.gateway.breaker_cooldown_ms = 60_000;
+    let s = server(c).await;
+    let first = s.client().await.complete(req()).await.unwrap().into_inner();
+    assert_eq!(first.attempts.len(), 3);
+    let second = s.client().await.complete(req()).await.unwrap().into_inner();
+    assert_eq!(second.attempts[0].outcome, "skipped: circuit open");
+    assert_eq!(second.provider, "backup");
+    let st = stats(&s).await;
+    let primary = st
+        .providers
+        .iter()
+        .find(|p| p.provider == "primary")
+        .unwrap();
+    assert_eq!(primary.breaker, "open");
+    let backup = st
+        .providers
+        .iter()
+        .find(|p| p.provider == "backup")
+        .unwrap();
+    assert_eq!((backup.breaker.as_str(), backup.samples), ("closed", 2));
+    assert!(backup.latency_ms > 0.0);
+}
+
+#[tokio::test]
+async fn when_every_breaker_is_open_the_least_recently_failed_is_tried() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    // Round 1: primary fails twice, then backup twice: both breakers open. Round 2: both are
+    // cooling down, so triage still tries the one that failed first (primary) instead of
+    // failing outright.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(3)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(2)
+        .mount(&b)
+        .await;
+    let mut c = gateway_config(&a.uri(), &b.uri());
+    c.gateway.breaker_window = 2;
+    c.gateway.breaker_min_calls = 2;
+    c.gateway.breaker_cooldown_ms = 60_000;
+    let s = server(c).await;
+    let err = s.client().await.complete(req()).await.unwrap_err();
+    assert!(
+        err.message().starts_with("all 4 attempts failed"),
+        "{}",
+        err.message()
+    );
+    let err = s.client().await.complete(req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let m = err.message();
+    assert!(m.contains("skipped: circuit open"), "{m}");
+    // One real call to primary: its breaker reopens on the failure, so it is not retried.
+    assert!(m.contains("HTTP 500"), "{m}");
+}
+
+#[tokio::test]
+async fn latency_sensitive_requests_take_the_fastest_healthy_member() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    // Primary fails the first request (so backup gets timed), then answers slowly.
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(openai_ok("slow primary").set_delay(std::time::Duration::from_millis(150)))
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(anthropic_ok("fast backup"))
+        .mount(&b)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let mut c = s.client().await;
+    assert_eq!(
+        c.complete(req()).await.unwrap().into_inner().provider,
+        "backup"
+    );
+    assert_eq!(
+        c.complete(req()).await.unwrap().into_inner().provider,
+        "primary",
+        "configured order"
+    );
+    let mut sensitive = req();
+    sensitive.route.as_mut().unwrap().latency_sensitive = true;
+    let r = c.complete(sensitive).await.unwrap().into_inner();
+    assert_eq!(r.provider, "backup", "lowest latency estimate first");
+    let st = stats(&s).await;
+    let lat = |p: &str| {
+        st.providers
+            .iter()
+            .find(|h| h.provider == p && !h.model.is_empty())
+            .unwrap()
+            .latency_ms
+    };
+    assert!(lat("primary") > lat("backup"), "{:?}", st.providers);
+}
