@@ -45,6 +45,46 @@ pub enum ChainError {
     Exhausted(Vec<Attempt>),
 }
 
+/// How a streamed chain run ended badly.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StreamError {
+    /// No member produced a first token (or the request was invalid).
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// A member failed after tokens had been sent; they are not resumed elsewhere, because
+    /// another model would not continue the same text seamlessly.
+    #[error(
+        "stream interrupted after {delivered} tokens from {provider}/{model} ({error}); not resumed elsewhere"
+    )]
+    Interrupted {
+        /// Stream chunks already sent to the caller.
+        delivered: u64,
+        /// Who was streaming.
+        provider: String,
+        /// Which model.
+        model: String,
+        /// What went wrong.
+        error: ProviderError,
+        /// Attempts made.
+        attempts: Vec<Attempt>,
+    },
+}
+
+/// A streamed chain run that finished.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    /// Index of the member that answered.
+    pub member: usize,
+    /// stop, length, ...
+    pub finish_reason: String,
+    /// Input tokens as reported.
+    pub input_tokens: u64,
+    /// Output tokens as reported.
+    pub output_tokens: u64,
+    /// Every attempt.
+    pub attempts: Vec<Attempt>,
+}
+
 /// A successful chain run.
 #[derive(Debug, Clone)]
 pub struct Answered {
@@ -211,16 +251,14 @@ impl Gateway {
         Some(Duration::from_millis(jittered))
     }
 
-    /// Tries `chain` until a member answers, skipping providers whose breaker is open; when
-    /// every member is cooling down, the least recently failed one is tried anyway.
-    pub async fn run(
+    /// The members to try, in order: breaker-admitted ones (skipped ones are recorded as
+    /// attempts), or the least recently failed one when every breaker is open.
+    fn admit(
         &self,
         chain: &[RawModelRef],
-        req: &ChatRequest,
         latency_sensitive: bool,
-    ) -> Result<Answered, ChainError> {
-        let timeout = Duration::from_millis(self.settings.attempt_timeout_ms);
-        let mut attempts = Vec::new();
+        attempts: &mut Vec<Attempt>,
+    ) -> Vec<usize> {
         let order = self.order(chain, latency_sensitive);
         let now = Instant::now();
         let mut allowed: Vec<usize> = {
@@ -247,6 +285,147 @@ impl Gateway {
                 .min_by_key(|&i| b.get(&chain[i].provider).and_then(|br| br.last_failure));
             allowed.extend(least_recent);
         }
+        allowed
+    }
+
+    fn record(&self, provider: &str, model: &str, ok: bool, invalid: bool, elapsed: Duration) {
+        // The caller's own bad request says nothing about the provider's health.
+        if !invalid && let Some(b) = self.breakers().get_mut(provider) {
+            b.record(ok, Instant::now());
+        }
+        if ok {
+            self.latencies()
+                .entry((provider.to_string(), model.to_string()))
+                .or_default()
+                .add(
+                    elapsed.as_secs_f64() * 1e3,
+                    self.settings.latency_ewma_alpha,
+                );
+        }
+    }
+
+    /// Streams `chain` into `out` (text pieces). Falls back to the next member while nothing
+    /// has been sent; after the first piece, a failure ends the run with `Interrupted`.
+    pub async fn run_stream(
+        &self,
+        chain: &[RawModelRef],
+        req: &ChatRequest,
+        latency_sensitive: bool,
+        out: &tokio::sync::mpsc::Sender<String>,
+    ) -> Result<Streamed, StreamError> {
+        use crate::providers::StreamEvent;
+        let timeout = Duration::from_millis(self.settings.attempt_timeout_ms);
+        let mut attempts = Vec::new();
+        for member in self.admit(chain, latency_sensitive, &mut attempts) {
+            let m = &chain[member];
+            let Some(provider) = self.providers.get(&m.provider) else {
+                attempts.push(Attempt {
+                    provider: m.provider.clone(),
+                    model: m.model.clone(),
+                    outcome: "provider not configured".into(),
+                    latency_ms: 0,
+                });
+                continue;
+            };
+            let mut retry = 0;
+            loop {
+                let start = Instant::now();
+                let mut delivered = 0u64;
+                let result: Result<Streamed, ProviderError> = async {
+                    let mut events = provider.stream(&self.http, &m.model, req, timeout).await?;
+                    while let Some(ev) = events.recv().await {
+                        match ev? {
+                            StreamEvent::Delta(t) => {
+                                delivered += 1;
+                                if out.send(t).await.is_err() {
+                                    // The caller went away: stop reading, nothing more to deliver.
+                                    return Err(ProviderError::Interrupted);
+                                }
+                            }
+                            StreamEvent::Done {
+                                finish_reason,
+                                input_tokens,
+                                output_tokens,
+                            } => {
+                                return Ok(Streamed {
+                                    member,
+                                    finish_reason,
+                                    input_tokens,
+                                    output_tokens,
+                                    attempts: Vec::new(),
+                                });
+                            }
+                        }
+                    }
+                    Err(ProviderError::Interrupted)
+                }
+                .await;
+                let elapsed = start.elapsed();
+                let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                let outcome = match &result {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                attempts.push(Attempt {
+                    provider: m.provider.clone(),
+                    model: m.model.clone(),
+                    outcome,
+                    latency_ms,
+                });
+                let invalid = matches!(&result, Err(e) if e.is_final());
+                self.record(&m.provider, &m.model, result.is_ok(), invalid, elapsed);
+                match result {
+                    Ok(mut s) => {
+                        s.attempts = attempts;
+                        return Ok(s);
+                    }
+                    Err(error) if delivered > 0 => {
+                        return Err(StreamError::Interrupted {
+                            delivered,
+                            provider: m.provider.clone(),
+                            model: m.model.clone(),
+                            error,
+                            attempts,
+                        });
+                    }
+                    Err(error) if error.is_final() => {
+                        return Err(ChainError::Invalid {
+                            provider: m.provider.clone(),
+                            model: m.model.clone(),
+                            error,
+                            attempts,
+                        }
+                        .into());
+                    }
+                    Err(e)
+                        if e.is_retryable()
+                            && retry < self.settings.max_retries
+                            && !self.is_open(&m.provider) =>
+                    {
+                        let Some(wait) = self.backoff(retry, &e) else {
+                            break;
+                        };
+                        tokio::time::sleep(wait).await;
+                        retry += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        Err(ChainError::Exhausted(attempts).into())
+    }
+
+    /// Tries `chain` until a member answers, skipping providers whose breaker is open; when
+    /// every member is cooling down, the least recently failed one is tried anyway.
+    pub async fn run(
+        &self,
+        chain: &[RawModelRef],
+        req: &ChatRequest,
+        latency_sensitive: bool,
+    ) -> Result<Answered, ChainError> {
+        let timeout = Duration::from_millis(self.settings.attempt_timeout_ms);
+        let mut attempts = Vec::new();
+        let allowed = self.admit(chain, latency_sensitive, &mut attempts);
         for member in allowed {
             let m = &chain[member];
             let Some(provider) = self.providers.get(&m.provider) else {
@@ -274,21 +453,15 @@ impl Gateway {
                     outcome,
                     latency_ms,
                 });
-                // The caller's own bad request says nothing about the provider's health.
-                if !matches!(&result, Err(e) if e.is_final())
-                    && let Some(b) = self.breakers().get_mut(&m.provider)
-                {
-                    b.record(result.is_ok(), Instant::now());
-                }
+                self.record(
+                    &m.provider,
+                    &m.model,
+                    result.is_ok(),
+                    matches!(&result, Err(e) if e.is_final()),
+                    elapsed,
+                );
                 match result {
                     Ok(response) => {
-                        self.latencies()
-                            .entry((m.provider.clone(), m.model.clone()))
-                            .or_default()
-                            .add(
-                                elapsed.as_secs_f64() * 1e3,
-                                self.settings.latency_ewma_alpha,
-                            );
                         return Ok(Answered {
                             response,
                             member,

@@ -448,8 +448,156 @@ pub fn decision_to_proto(d: Decision, request_id: Option<String>) -> pb::RouteDe
     }
 }
 
+fn attempts_to_proto(a: &[crate::chain::Attempt]) -> Vec<pb::Attempt> {
+    a.iter()
+        .map(|a| pb::Attempt {
+            provider: a.provider.clone(),
+            model: a.model.clone(),
+            outcome: a.outcome.clone(),
+            latency_ms: a.latency_ms,
+        })
+        .collect()
+}
+
+impl RouterService {
+    /// Records a gateway call's facts as an outcome, off the caller's path.
+    fn record_call(
+        &self,
+        decision_id: String,
+        latency_ms: u64,
+        tokens: Option<(u64, u64)>,
+        cost: f64,
+        error_class: Option<&str>,
+    ) {
+        let Some(fb) = &self.feedback else { return };
+        // The call's facts, not a quality judgement: success and quality stay unset so that
+        // training does not mistake "answered" for "good enough".
+        let record = OutcomeRecord {
+            decision_id,
+            source: "gateway".into(),
+            latency_ms: Some(latency_ms),
+            input_tokens: tokens.map(|t| t.0),
+            output_tokens: tokens.map(|t| t.1),
+            cost_usd: Some(cost),
+            error_class: error_class.map(String::from),
+            observed_at_unix_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
+            recorded_at_unix_ms: now_ms(),
+            ..OutcomeRecord::default()
+        };
+        let fb = fb.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fb.record_outcome(record).await {
+                tracing::warn!(error = %e, "automatic outcome not recorded");
+            }
+        });
+    }
+}
+
 #[tonic::async_trait]
 impl Router for RouterService {
+    type CompleteStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::CompleteChunk, Status>>;
+
+    async fn complete_stream(
+        &self,
+        request: Request<pb::CompleteRequest>,
+    ) -> Result<Response<Self::CompleteStreamStream>, Status> {
+        let Some(gateway) = self.gateway.clone() else {
+            return Err(Error::FailedPrecondition(
+                "no providers are configured on this server ([providers.NAME] in the config)"
+                    .into(),
+            )
+            .into());
+        };
+        let req = request.into_inner();
+        let route = req.route.clone().unwrap_or_default();
+        let chat = chat_request(&req, &route.messages).map_err(Error::from)?;
+        let request_id = route.request_id.clone();
+        let (decision, input) = self.decide(route).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::CompleteChunk, Status>>(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            use pb::complete_chunk::Kind;
+            let tier = this.engine.config().tiers[decision.tier].clone();
+            let chain = decision.chain.clone();
+            let decision_id = decision.decision_id.to_string();
+            let first = pb::CompleteChunk {
+                kind: Some(Kind::Decision(decision_to_proto(decision, request_id))),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let (text_tx, mut text_rx) = tokio::sync::mpsc::channel::<String>(64);
+            let forward = {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while let Some(t) = text_rx.recv().await {
+                        if tx
+                            .send(Ok(pb::CompleteChunk {
+                                kind: Some(Kind::Delta(t)),
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+            };
+            let result = gateway
+                .run_stream(&chain, &chat, input.knobs.latency_sensitive, &text_tx)
+                .await;
+            drop(text_tx);
+            let _ = forward.await;
+            match result {
+                Ok(s) => {
+                    let cost = tier.cost_usd(s.input_tokens, s.output_tokens);
+                    let latency: u64 = s.attempts.iter().map(|a| a.latency_ms).sum();
+                    this.record_call(
+                        decision_id,
+                        latency,
+                        Some((s.input_tokens, s.output_tokens)),
+                        cost,
+                        None,
+                    );
+                    let member = &chain[s.member];
+                    let done = pb::CompleteDone {
+                        provider: member.provider.clone(),
+                        model: member.model.clone(),
+                        finish_reason: s.finish_reason,
+                        input_tokens: s.input_tokens,
+                        output_tokens: s.output_tokens,
+                        cost_usd: cost,
+                        attempts: attempts_to_proto(&s.attempts),
+                    };
+                    let _ = tx
+                        .send(Ok(pb::CompleteChunk {
+                            kind: Some(Kind::Done(done)),
+                        }))
+                        .await;
+                }
+                Err(e) => {
+                    let (class, status) = match &e {
+                        crate::chain::StreamError::Chain(crate::chain::ChainError::Invalid {
+                            ..
+                        }) => ("invalid_request", Status::invalid_argument(e.to_string())),
+                        crate::chain::StreamError::Chain(crate::chain::ChainError::Exhausted(
+                            _,
+                        )) => ("all_providers_failed", Status::unavailable(e.to_string())),
+                        crate::chain::StreamError::Interrupted { .. } => {
+                            ("interrupted", Status::unavailable(e.to_string()))
+                        }
+                    };
+                    this.record_call(decision_id, 0, None, 0.0, Some(class));
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn route(
         &self,
         request: Request<pb::RouteRequest>,
@@ -514,46 +662,25 @@ impl Router for RouterService {
             .as_ref()
             .map(|a| tier.cost_usd(a.response.input_tokens, a.response.output_tokens))
             .unwrap_or(0.0);
-        if let Some(fb) = &self.feedback {
-            // The call's facts, not a quality judgement: success and quality stay unset so that
-            // training does not mistake "answered" for "good enough".
-            let record = OutcomeRecord {
-                decision_id: decision.decision_id.to_string(),
-                source: "gateway".into(),
-                latency_ms: Some(latency_ms),
-                input_tokens: result.as_ref().ok().map(|a| a.response.input_tokens),
-                output_tokens: result.as_ref().ok().map(|a| a.response.output_tokens),
-                cost_usd: Some(cost),
-                error_class: result.as_ref().err().map(|e| match e {
-                    crate::chain::ChainError::Invalid { .. } => "invalid_request".to_string(),
-                    crate::chain::ChainError::Exhausted(_) => "all_providers_failed".to_string(),
-                }),
-                observed_at_unix_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
-                recorded_at_unix_ms: now_ms(),
-                ..OutcomeRecord::default()
-            };
-            let fb = fb.clone();
-            tokio::spawn(async move {
-                if let Err(e) = fb.record_outcome(record).await {
-                    tracing::warn!(error = %e, "automatic outcome not recorded");
-                }
-            });
-        }
+        self.record_call(
+            decision.decision_id.to_string(),
+            latency_ms,
+            result
+                .as_ref()
+                .ok()
+                .map(|a| (a.response.input_tokens, a.response.output_tokens)),
+            cost,
+            result.as_ref().err().map(|e| match e {
+                crate::chain::ChainError::Invalid { .. } => "invalid_request",
+                crate::chain::ChainError::Exhausted(_) => "all_providers_failed",
+            }),
+        );
         let answered = result.map_err(|e| match e {
             crate::chain::ChainError::Invalid { .. } => Status::invalid_argument(e.to_string()),
             crate::chain::ChainError::Exhausted(_) => Status::unavailable(e.to_string()),
         })?;
         let member = &decision.chain[answered.member];
-        let attempts = answered
-            .attempts
-            .iter()
-            .map(|a| pb::Attempt {
-                provider: a.provider.clone(),
-                model: a.model.clone(),
-                outcome: a.outcome.clone(),
-                latency_ms: a.latency_ms,
-            })
-            .collect();
+        let attempts = attempts_to_proto(&answered.attempts);
         Ok(Response::new(pb::CompleteResponse {
             provider: member.provider.clone(),
             model: member.model.clone(),

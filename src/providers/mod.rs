@@ -44,6 +44,123 @@ pub struct ChatResponse {
     pub output_tokens: u64,
 }
 
+/// One event of a streamed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// The next piece of text.
+    Delta(String),
+    /// The provider finished; usage as it reported it (0 when it did not).
+    Done {
+        /// stop, length, tool_calls, content_filter or other.
+        finish_reason: String,
+        /// Input tokens.
+        input_tokens: u64,
+        /// Output tokens.
+        output_tokens: u64,
+    },
+}
+
+/// Events of one streamed answer; ends after `Done` or an error.
+pub type EventStream = tokio::sync::mpsc::Receiver<Result<StreamEvent, ProviderError>>;
+
+/// What a format's parser makes of one SSE `data:` payload.
+enum Parsed {
+    /// Nothing to forward (keep-alives, bookkeeping events).
+    Skip,
+    /// Text to forward.
+    Delta(String),
+    /// The terminal event.
+    Done,
+    /// The provider reported an error inside the stream.
+    Error,
+}
+
+/// Running usage and finish reason while a stream is read.
+#[derive(Default)]
+struct Tally {
+    finish_reason: Option<String>,
+    input_tokens: u64,
+    output_tokens: u64,
+}
+
+/// Posts a streaming request and, once the status is good, reads its SSE body on a task,
+/// handing each `data:` payload to `parse`. A body that ends without the terminal event is
+/// `Interrupted`; a pause longer than `timeout` between chunks is a `Timeout`.
+async fn post_sse<B: serde::Serialize>(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, String)],
+    body: &B,
+    timeout: Duration,
+    parse: fn(&str, &mut Tally) -> Parsed,
+) -> Result<EventStream, ProviderError> {
+    let mut req = http.post(url).json(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = tokio::time::timeout(timeout, req.send())
+        .await
+        .map_err(|_| {
+            ProviderError::Timeout(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+        })?
+        .map_err(|e| classify(&e, timeout))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(status_error(status, resp.headers()));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        use tokio_stream::StreamExt;
+        let mut bytes = resp.bytes_stream();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut tally = Tally::default();
+        loop {
+            let chunk = match tokio::time::timeout(timeout, bytes.next()).await {
+                Err(_) => {
+                    let _ = tx
+                        .send(Err(ProviderError::Timeout(
+                            u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                        )))
+                        .await;
+                    return;
+                }
+                Ok(None) => {
+                    let _ = tx.send(Err(ProviderError::Interrupted)).await;
+                    return;
+                }
+                Ok(Some(Err(_))) => {
+                    let _ = tx.send(Err(ProviderError::Interrupted)).await;
+                    return;
+                }
+                Ok(Some(Ok(c))) => c,
+            };
+            buf.extend_from_slice(&chunk);
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                let Some(data) = line.trim_end().strip_prefix("data:") else {
+                    continue;
+                };
+                let event = match parse(data.trim(), &mut tally) {
+                    Parsed::Skip => continue,
+                    Parsed::Delta(t) => Ok(StreamEvent::Delta(t)),
+                    Parsed::Error => Err(ProviderError::Server(200)),
+                    Parsed::Done => Ok(StreamEvent::Done {
+                        finish_reason: tally.finish_reason.take().unwrap_or_else(|| "other".into()),
+                        input_tokens: tally.input_tokens,
+                        output_tokens: tally.output_tokens,
+                    }),
+                };
+                let end = !matches!(event, Ok(StreamEvent::Delta(_)));
+                if tx.send(event).await.is_err() || end {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
 /// Why a call failed. Never carries a key or a raw provider body.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProviderError {
@@ -74,6 +191,9 @@ pub enum ProviderError {
     /// Anything else from the HTTP client.
     #[error("transport error")]
     Transport,
+    /// A stream ended before the provider said it was complete.
+    #[error("stream ended before completion")]
+    Interrupted,
 }
 
 impl ProviderError {
@@ -89,6 +209,7 @@ impl ProviderError {
             Self::Malformed => "malformed",
             Self::MissingKey(_) => "missing_key",
             Self::Transport => "transport",
+            Self::Interrupted => "interrupted",
         }
     }
 
@@ -210,6 +331,27 @@ impl Provider {
             }
             Kind::Anthropic => {
                 anthropic::complete(http, &self.base_url, key.as_deref(), model, req, timeout).await
+            }
+        }
+    }
+}
+
+impl Provider {
+    /// Starts a streamed call; the returned events end with `Done` or an error.
+    pub async fn stream(
+        &self,
+        http: &reqwest::Client,
+        model: &str,
+        req: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<EventStream, ProviderError> {
+        let key = self.key()?;
+        match self.kind {
+            Kind::Openai => {
+                openai::stream(http, &self.base_url, key.as_deref(), model, req, timeout).await
+            }
+            Kind::Anthropic => {
+                anthropic::stream(http, &self.base_url, key.as_deref(), model, req, timeout).await
             }
         }
     }

@@ -440,3 +440,161 @@ async fn latency_sensitive_requests_take_the_fastest_healthy_member() {
     };
     assert!(lat("primary") > lat("backup"), "{:?}", st.providers);
 }
+
+fn openai_sse(pieces: &[&str], finish: bool) -> ResponseTemplate {
+    let mut body = String::new();
+    for p in pieces {
+        body.push_str(&format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"delta": {"content": p}}]})
+        ));
+    }
+    if finish {
+        body.push_str("data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+        body.push_str(
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2}}\n\n",
+        );
+        body.push_str("data: [DONE]\n\n");
+    }
+    ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
+}
+
+fn anthropic_sse(pieces: &[&str]) -> ResponseTemplate {
+    let mut body = String::from(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":11,\"output_tokens\":1}}}\n\n",
+    );
+    for p in pieces {
+        let ev = serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}});
+        body.push_str(&format!("event: content_block_delta\ndata: {ev}\n\n"));
+    }
+    body.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":3}}\n\n");
+    body.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
+}
+
+/// Collects a stream: (decision seen first, text pieces, done, final error).
+async fn collect(
+    s: &Server,
+) -> (
+    bool,
+    Vec<String>,
+    Option<triage::proto::v1::CompleteDone>,
+    Option<tonic::Status>,
+) {
+    use triage::proto::v1::complete_chunk::Kind;
+    let mut stream = s
+        .client()
+        .await
+        .complete_stream(req())
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut first_is_decision, mut pieces, mut done, mut err) = (false, Vec::new(), None, None);
+    let mut n = 0;
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                match chunk.kind.unwrap() {
+                    Kind::Decision(_) => first_is_decision = n == 0,
+                    Kind::Delta(t) => pieces.push(t),
+                    Kind::Done(d) => done = Some(d),
+                }
+                n += 1;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    (first_is_decision, pieces, done, err)
+}
+
+#[tokio::test]
+async fn complete_stream_sends_the_decision_then_pieces_then_a_summary() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .and(body_partial_json(
+            serde_json::json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ))
+        .respond_with(openai_sse(&["Hel", "lo"], true))
+        .expect(1)
+        .mount(&a)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let (first, pieces, done, err) = collect(&s).await;
+    assert!(first && err.is_none(), "{err:?}");
+    assert_eq!(pieces, ["Hel", "lo"]);
+    let d = done.unwrap();
+    assert_eq!(
+        (
+            d.provider.as_str(),
+            d.finish_reason.as_str(),
+            d.input_tokens,
+            d.output_tokens
+        ),
+        ("primary", "stop", 9, 2)
+    );
+}
+
+#[tokio::test]
+async fn complete_stream_falls_back_transparently_before_the_first_piece() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .expect(2)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_partial_json(serde_json::json!({"stream": true})))
+        .respond_with(anthropic_sse(&["Bon", "jour"]))
+        .expect(1)
+        .mount(&b)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let (first, pieces, done, err) = collect(&s).await;
+    assert!(first && err.is_none(), "{err:?}");
+    assert_eq!(pieces, ["Bon", "jour"]);
+    let d = done.unwrap();
+    assert_eq!(
+        (
+            d.provider.as_str(),
+            d.finish_reason.as_str(),
+            d.input_tokens,
+            d.output_tokens
+        ),
+        ("backup", "stop", 11, 3)
+    );
+    assert_eq!(d.attempts.len(), 3);
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_answer_ends_with_an_error_saying_what_was_delivered() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    // Two pieces, then the body ends with no finish and no [DONE]: a dropped connection.
+    Mock::given(method("POST"))
+        .respond_with(openai_sse(&["Hel", "lo"], false))
+        .expect(1)
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(anthropic_sse(&["never"]))
+        .expect(0)
+        .mount(&b)
+        .await;
+    let s = server(gateway_config(&a.uri(), &b.uri())).await;
+    let (first, pieces, done, err) = collect(&s).await;
+    assert!(first);
+    assert_eq!(pieces, ["Hel", "lo"], "what was delivered stays delivered");
+    assert!(done.is_none(), "no summary after an interruption");
+    let err = err.expect("never a silent truncation");
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message()
+            .contains("interrupted after 2 tokens from primary/")
+            && err.message().contains("not resumed"),
+        "{}",
+        err.message()
+    );
+}
