@@ -47,6 +47,7 @@ async fn main() {
         Some(fb.clone()),
         None,
         listener,
+        None,
         async {
             let _ = stop_rx.await;
         },

@@ -130,6 +130,7 @@ async fn main() {
         Some(fb),
         gateway,
         listener,
+        None,
         async {
             let _ = stop_rx.await;
         },

@@ -124,6 +124,9 @@ struct ServeArgs {
     /// Feedback store directory; overrides feedback.data_dir.
     #[arg(long, env = "TRIAGE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Also serve the OpenAI-compatible HTTP front door here (e.g. 127.0.0.1:8080).
+    #[arg(long, env = "TRIAGE_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -389,11 +392,25 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let gateway = triage::chain::Gateway::from_config(engine.config())
             .map_err(|e| anyhow::anyhow!(e))?
             .map(Arc::new);
+        let http = match a.http_addr {
+            Some(h) => {
+                let l = tokio::net::TcpListener::bind(h)
+                    .await
+                    .with_context(|| format!("cannot listen on {h}"))?;
+                eprintln!(
+                    "triage HTTP front door on {} (OpenAI-compatible, /v1)",
+                    l.local_addr()?
+                );
+                Some(l)
+            }
+            None => None,
+        };
         triage::server::serve(
             engine,
             feedback.clone(),
             gateway,
             listener,
+            http,
             shutdown_signal(),
         )
         .await?;

@@ -13,6 +13,7 @@ pub mod error;
 pub mod features;
 pub mod feedback;
 pub mod health;
+pub mod http;
 pub mod model_store;
 pub mod policy;
 pub mod prototypes;

@@ -27,6 +27,7 @@ pub async fn serve(
     feedback: Option<Arc<crate::feedback::Feedback>>,
     gateway: Option<Arc<crate::chain::Gateway>>,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let limits = engine.config().server.clone();
@@ -39,8 +40,25 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let watcher = spawn_model_watch(engine.clone());
-    let router = RouterServer::new(RouterService::new(engine, feedback, gateway))
-        .max_decoding_message_size(limits.max_request_bytes);
+    let service = RouterService::new(engine, feedback, gateway);
+    // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let http_task = http.map(|l| {
+        let app = crate::http::router(service.clone(), limits.max_request_bytes);
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stop_rx.changed().await;
+            };
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                tracing::error!(error = %e, "HTTP front door failed");
+            }
+        })
+    });
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let router = RouterServer::new(service).max_decoding_message_size(limits.max_request_bytes);
     tonic::transport::Server::builder()
         .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
@@ -55,6 +73,9 @@ pub async fn serve(
         .await?;
     if let Some(w) = watcher {
         w.abort();
+    }
+    if let Some(h) = http_task {
+        let _ = h.await;
     }
     Ok(())
 }

@@ -26,6 +26,11 @@ pub struct RouterService {
 }
 
 impl RouterService {
+    /// Tier names, cheapest first.
+    pub fn tier_names(&self) -> Vec<String> {
+        self.engine.config().tier_names()
+    }
+
     /// A service over an engine; with `feedback`, decisions are logged and outcomes accepted;
     /// with `gateway`, `Complete` calls providers.
     pub fn new(

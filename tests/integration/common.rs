@@ -182,7 +182,7 @@ impl Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let engine = engine(config);
         tokio::spawn(async move {
-            triage::server::serve(engine, feedback, gateway, listener, async {
+            triage::server::serve(engine, feedback, gateway, listener, None, async {
                 let _ = rx.await;
             })
             .await

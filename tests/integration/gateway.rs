@@ -598,3 +598,158 @@ async fn a_stream_cut_mid_answer_ends_with_an_error_saying_what_was_delivered() 
         err.message()
     );
 }
+
+/// triage with its HTTP front door on 127.0.0.1:0; returns the HTTP base URL.
+async fn http_server(
+    c: Config,
+    fb: Option<Arc<triage::feedback::Feedback>>,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let g = Gateway::from_config(&c).unwrap().map(Arc::new);
+    let engine = crate::common::engine(c);
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", http.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(triage::server::serve(
+        engine,
+        fb,
+        g,
+        grpc,
+        Some(http),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    (base, tx)
+}
+
+#[tokio::test]
+async fn the_http_front_door_speaks_openai_chat_completions() {
+    triage::providers::install_tls_provider();
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    Mock::given(method("POST"))
+        .and(body_partial_json(serde_json::json!({"stream": true})))
+        .respond_with(openai_sse(&["str", "eam"], true))
+        .mount(&a)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(openai_ok("plain answer"))
+        .mount(&a)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = triage::feedback::FeedbackLimits {
+        decision_queue: 64,
+        outcome_queue: 64,
+        batch: 8,
+    };
+    let fb = triage::feedback::Feedback::start(dir.path(), limits, false).unwrap();
+    let (base, _stop) = http_server(gateway_config(&a.uri(), &b.uri()), Some(fb)).await;
+    let http = reqwest::Client::new();
+    let msgs = serde_json::json!([{"role": "user", "content": "Hello there"}]);
+
+    let r = http
+        .post(format!("{base}/chat/completions"))
+        .json(&serde_json::json!({"model": "triage", "messages": msgs}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let header = r.headers()["x-triage-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "plain answer");
+    assert_eq!(v["triage"]["decision_id"], header.as_str());
+    assert_eq!(v["usage"]["total_tokens"], 17);
+
+    let pinned: serde_json::Value = http
+        .post(format!("{base}/chat/completions"))
+        .json(&serde_json::json!({"model": "triage:frontier", "messages": msgs}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pinned["triage"]["tier"], "frontier");
+
+    let sse = http
+        .post(format!("{base}/chat/completions"))
+        .json(&serde_json::json!({"model": "triage", "messages": msgs, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        sse.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = sse.text().await.unwrap();
+    assert!(
+        text.contains("\"content\":\"str\"")
+            && text.contains("\"content\":\"eam\"")
+            && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
+
+    let bad = http
+        .post(format!("{base}/chat/completions"))
+        .json(&serde_json::json!({"model": "gpt-4", "messages": msgs}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let e: serde_json::Value = bad.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("triage:<tier>"),
+        "{e}"
+    );
+
+    let models: serde_json::Value = http
+        .get(format!("{base}/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "triage",
+            "triage:fast",
+            "triage:standard",
+            "triage:frontier"
+        ]
+    );
+
+    let fbr: serde_json::Value = http
+        .post(format!("{base}/feedback"))
+        .json(&serde_json::json!({"decision_id": header, "quality": 0.9}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The decision is logged asynchronously, so it may or may not be in the store yet (orphan).
+    assert_eq!(fbr["duplicate"], false, "{fbr}");
+    let bad_q = http
+        .post(format!("{base}/feedback"))
+        .json(&serde_json::json!({"decision_id": header, "quality": 2.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_q.status(), 400);
+}
