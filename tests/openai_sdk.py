@@ -1,0 +1,145 @@
+"""The HTTP front door driven by the official `openai` Python package (run by .ci/run).
+
+usage: python tests/openai_sdk.py PATH/TO/triage
+
+Starts a mock OpenAI-compatible provider on 127.0.0.1, then `triage serve` on 127.0.0.1:0 with
+its HTTP front door pointed at the mock, and calls it through the SDK: unary, streaming,
+models, a pinned tier, an invalid model, and feedback. Loopback only; stops by itself.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import openai
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+class Provider(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if body.get("stream"):
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            for piece in ["Bon", "jour"]:
+                self.wfile.write(f"data: {json.dumps({'choices': [{'delta': {'content': piece}}]})}\n\n".encode())
+            self.wfile.write(b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n')
+            self.wfile.write(b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n')
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        answer = {
+            "choices": [{"message": {"role": "assistant", "content": f"echo from {body['model']}"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+        }
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def main():
+    binary = sys.argv[1]
+    provider = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    tmp = pathlib.Path(tempfile.mkdtemp())
+    tiers = ""
+    for name, i, o in [("fast", 0.1, 0.4), ("standard", 0.4, 1.6), ("frontier", 3.0, 15.0)]:
+        tiers += (
+            f'\n[[tiers]]\nname = "{name}"\ninput_usd_per_mtok = {i}\noutput_usd_per_mtok = {o}\n'
+            f'chain = [{{ provider = "mock", model = "mock-{name}" }}]\n'
+        )
+    (tmp / "triage.toml").write_text(
+        f'[model]\nclassifier = "{REPO / "models/classifier.json"}"\nembeddings = "{REPO / "models/embeddings"}"\n'
+        f"watch_interval_ms = 0\n[feedback]\ndata_dir = \"{tmp / 'data'}\"\n[policy]\nexploration_rate = 0.0\n"
+        f'[providers.mock]\nkind = "openai"\nbase_url = "http://127.0.0.1:{provider.server_port}"\n' + tiers
+    )
+    server = subprocess.Popen(
+        [binary, "serve", "--config", str(tmp / "triage.toml"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TRIAGE_LOG": "warn"},
+    )
+    passed, failed = 0, 0
+    try:
+        base = None
+        for line in server.stderr:
+            if line.startswith("triage HTTP front door on "):
+                base = f"http://{line.split()[5]}/v1"
+                break
+        assert base, "the server did not start its HTTP front door"
+        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+        client = openai.OpenAI(base_url=base, api_key="not-needed", max_retries=0, timeout=20)
+        msgs = [{"role": "user", "content": "Translate 'good morning' into French."}]
+
+        def check(name, fn):
+            nonlocal passed, failed
+            try:
+                fn()
+                passed += 1
+                print(f"ok   {name}")
+            except Exception as e:  # report every check, then fail the run
+                failed += 1
+                print(f"FAIL {name}: {e!r}")
+
+        def unary():
+            raw = client.chat.completions.with_raw_response.create(model="triage", messages=msgs)
+            r = raw.parse()
+            assert r.choices[0].message.content.startswith("echo from mock-"), r
+            assert r.usage.total_tokens == 8, r.usage
+            extra = r.model_extra["triage"]
+            assert raw.headers["x-triage-decision-id"] == extra["decision_id"], (raw.headers, extra)
+
+        def streaming():
+            stream = client.chat.completions.create(model="triage", messages=msgs, stream=True)
+            text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            assert text == "Bonjour", text
+
+        def pinned():
+            r = client.chat.completions.create(model="triage:frontier", messages=msgs)
+            assert r.model_extra["triage"]["tier"] == "frontier"
+            assert r.choices[0].message.content == "echo from mock-frontier"
+
+        def models():
+            ids = [m.id for m in client.models.list()]
+            assert ids == ["triage", "triage:fast", "triage:standard", "triage:frontier"], ids
+
+        def invalid_model():
+            try:
+                client.chat.completions.create(model="gpt-4", messages=msgs)
+            except openai.BadRequestError as e:
+                assert "triage:<tier>" in str(e), e
+                return
+            raise AssertionError("an unknown model must be a 400")
+
+        def feedback():
+            r = client.chat.completions.create(model="triage", messages=msgs)
+            req = urllib.request.Request(
+                f"{base}/feedback", method="POST", headers={"content-type": "application/json"},
+                data=json.dumps({"decision_id": r.model_extra["triage"]["decision_id"], "quality": 1.0}).encode(),
+            )
+            ack = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            assert ack["duplicate"] is False, ack
+
+        for name, fn in [("unary", unary), ("streaming", streaming), ("pinned tier", pinned),
+                         ("models", models), ("invalid model", invalid_model), ("feedback", feedback)]:
+            check(name, fn)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        provider.shutdown()
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
