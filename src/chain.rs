@@ -331,12 +331,14 @@ impl Gateway {
             loop {
                 let start = Instant::now();
                 let mut delivered = 0u64;
+                let mut first_piece: Option<Duration> = None;
                 let result: Result<Streamed, ProviderError> = async {
                     let mut events = provider.stream(&self.http, &m.model, req, timeout).await?;
                     while let Some(ev) = events.recv().await {
                         match ev? {
                             StreamEvent::Delta(t) => {
                                 delivered += 1;
+                                first_piece.get_or_insert_with(|| start.elapsed());
                                 if out.send(t).await.is_err() {
                                     // The caller went away: stop reading, nothing more to deliver.
                                     return Err(ProviderError::Interrupted);
@@ -373,7 +375,14 @@ impl Gateway {
                     latency_ms,
                 });
                 let invalid = matches!(&result, Err(e) if e.is_final());
-                self.record(&m.provider, &m.model, result.is_ok(), invalid, elapsed);
+                // For streams the latency that matters is time to the first piece.
+                self.record(
+                    &m.provider,
+                    &m.model,
+                    result.is_ok(),
+                    invalid,
+                    first_piece.unwrap_or(elapsed),
+                );
                 match result {
                     Ok(mut s) => {
                         s.attempts = attempts;
