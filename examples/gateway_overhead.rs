@@ -142,6 +142,8 @@ async fn main() {
     let req = CompleteRequest {
         route: Some(RouteRequest {
             messages: vec![Message {
+                tool_call_id: String::new(),
+                tool_calls: vec![],
                 role: "user".into(),
                 content: PROMPT.into(),
             }],

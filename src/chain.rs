@@ -81,6 +81,8 @@ pub struct Streamed {
     pub input_tokens: u64,
     /// Output tokens as reported.
     pub output_tokens: u64,
+    /// Tool calls the model made, whole.
+    pub tool_calls: Vec<crate::providers::ToolCall>,
     /// Every attempt.
     pub attempts: Vec<Attempt>,
 }
@@ -348,12 +350,14 @@ impl Gateway {
                                 finish_reason,
                                 input_tokens,
                                 output_tokens,
+                                tool_calls,
                             } => {
                                 return Ok(Streamed {
                                     member,
                                     finish_reason,
                                     input_tokens,
                                     output_tokens,
+                                    tool_calls,
                                     attempts: Vec::new(),
                                 });
                             }

@@ -129,6 +129,8 @@ pub struct RawServer {
     pub max_prompt_bytes: usize,
     /// Largest conversation, in messages.
     pub max_messages: usize,
+    /// Most tool definitions in one `Complete` request.
+    pub max_tools: usize,
     /// Largest encoded gRPC request, in bytes.
     pub max_request_bytes: usize,
     /// Largest `request_id`, in bytes.
@@ -148,6 +150,7 @@ impl Default for RawServer {
             addr: "127.0.0.1:50051".into(),
             max_prompt_bytes: 1 << 20,
             max_messages: 1024,
+            max_tools: 128,
             max_request_bytes: 4 << 20,
             max_request_id_bytes: 256,
             request_timeout_ms: 5_000,
@@ -305,6 +308,8 @@ pub struct ServerConfig {
     pub max_prompt_bytes: usize,
     /// Largest conversation, in messages.
     pub max_messages: usize,
+    /// Most tool definitions in one request.
+    pub max_tools: usize,
     /// Largest encoded request, in bytes.
     pub max_request_bytes: usize,
     /// Largest `request_id`, in bytes.
@@ -594,6 +599,7 @@ impl RawConfig {
                 addr,
                 max_prompt_bytes: s.max_prompt_bytes,
                 max_messages: s.max_messages,
+                max_tools: s.max_tools,
                 max_request_bytes: s.max_request_bytes,
                 max_request_id_bytes: s.max_request_id_bytes,
                 request_timeout: std::time::Duration::from_millis(s.request_timeout_ms),

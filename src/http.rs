@@ -55,6 +55,47 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Value,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+}
+
+/// A tool call in OpenAI's shape, in an assistant message or an answer.
+#[derive(Deserialize)]
+struct WireToolCall {
+    id: String,
+    #[serde(rename = "type", default = "function_type")]
+    kind: String,
+    function: WireFunctionCall,
+}
+
+#[derive(Deserialize)]
+struct WireFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+/// A tool definition in OpenAI's shape.
+#[derive(Deserialize)]
+struct WireTool {
+    #[serde(rename = "type", default = "function_type")]
+    kind: String,
+    function: Option<WireFunction>,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+fn function_type() -> String {
+    "function".into()
 }
 
 /// The chat-completions body: OpenAI's fields plus triage's knobs as extra fields. Other
@@ -78,6 +119,61 @@ struct ChatBody {
     latency_sensitive: bool,
     request_id: Option<String>,
     tenant: Option<String>,
+    #[serde(default)]
+    tools: Vec<WireTool>,
+    tool_choice: Option<Value>,
+    /// OpenAI's deprecated function-calling fields: refused rather than silently dropped.
+    functions: Option<Value>,
+    function_call: Option<Value>,
+}
+
+/// OpenAI's `tool_choice`: a mode string or `{"type": "function", "function": {"name": ...}}`.
+fn tool_choice(v: &Value) -> Result<pb::ToolChoice, Status> {
+    match v {
+        Value::String(mode) if mode != "function" => Ok(pb::ToolChoice {
+            mode: mode.clone(),
+            function: String::new(),
+        }),
+        Value::Object(_) => match v["function"]["name"].as_str() {
+            Some(name) if v["type"] == "function" => Ok(pb::ToolChoice {
+                mode: "function".into(),
+                function: name.to_string(),
+            }),
+            _ => Err(Status::invalid_argument(
+                "tool_choice: expected {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            )),
+        },
+        _ => Err(Status::invalid_argument(
+            "tool_choice: expected \"auto\", \"none\", \"required\" or a function object",
+        )),
+    }
+}
+
+fn tools(wire: Vec<WireTool>) -> Result<Vec<pb::Tool>, Status> {
+    wire.into_iter()
+        .enumerate()
+        .map(|(i, t)| match (t.kind.as_str(), t.function) {
+            ("function", Some(f)) => Ok(pb::Tool {
+                name: f.name,
+                description: f.description,
+                parameters_json: f.parameters.map(|p| p.to_string()).unwrap_or_default(),
+            }),
+            ("function", None) => Err(Status::invalid_argument(format!(
+                "tools[{i}].function: missing"
+            ))),
+            (other, _) => Err(Status::invalid_argument(format!(
+                "tools[{i}].type: {other:?} is not supported (only \"function\")"
+            ))),
+        })
+        .collect()
+}
+
+fn tool_calls_to_wire(calls: &[pb::ToolCall]) -> Vec<Value> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}))
+        .collect()
 }
 
 /// Text of a message: a string, or the text parts of a content array.
@@ -110,16 +206,45 @@ fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Status> {
             }
         },
     }
+    if body.functions.is_some() || body.function_call.is_some() {
+        let field = if body.functions.is_some() {
+            "functions"
+        } else {
+            "function_call"
+        };
+        return Err(Status::invalid_argument(format!(
+            "{field}: the deprecated function-calling fields are not supported; use tools and tool_choice"
+        )));
+    }
+    let tool_choice = body.tool_choice.as_ref().map(tool_choice).transpose()?;
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for (i, m) in body.messages.into_iter().enumerate() {
+        let mut calls = Vec::with_capacity(m.tool_calls.len());
+        for (j, c) in m.tool_calls.into_iter().enumerate() {
+            if c.kind != "function" {
+                return Err(Status::invalid_argument(format!(
+                    "messages[{i}].tool_calls[{j}].type: {:?} is not supported (only \"function\")",
+                    c.kind
+                )));
+            }
+            calls.push(pb::ToolCall {
+                id: c.id,
+                name: c.function.name,
+                arguments_json: c.function.arguments,
+            });
+        }
+        messages.push(pb::Message {
+            content: text(&m.content),
+            role: m.role,
+            tool_call_id: m.tool_call_id.unwrap_or_default(),
+            tool_calls: calls,
+        });
+    }
     Ok(pb::CompleteRequest {
+        tools: tools(body.tools)?,
+        tool_choice,
         route: Some(pb::RouteRequest {
-            messages: body
-                .messages
-                .iter()
-                .map(|m| pb::Message {
-                    role: m.role.clone(),
-                    content: text(&m.content),
-                })
-                .collect(),
+            messages,
             request_id: body.request_id,
             min_tier,
             max_tier,
@@ -175,12 +300,19 @@ async fn chat(
         Err(s) => return error(&s),
     };
     let d = r.decision.clone().unwrap_or_default();
+    let mut message = json!({"role": "assistant", "content": r.text});
+    if !r.tool_calls.is_empty() {
+        message["tool_calls"] = json!(tool_calls_to_wire(&r.tool_calls));
+        if r.text.is_empty() {
+            message["content"] = Value::Null;
+        }
+    }
     let mut resp = Json(json!({
         "id": format!("chatcmpl-{}", d.decision_id),
         "object": "chat.completion",
         "created": now_s(),
         "model": r.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text}, "finish_reason": r.finish_reason}],
+        "choices": [{"index": 0, "message": message, "finish_reason": r.finish_reason}],
         "usage": {"prompt_tokens": r.input_tokens, "completion_tokens": r.output_tokens, "total_tokens": r.input_tokens + r.output_tokens},
         "triage": triage_extra(&d, &r.provider, r.cost_usd),
     }))
@@ -236,6 +368,14 @@ async fn chat_stream(svc: RouterService, req: pb::CompleteRequest) -> Response {
                     kind: Some(Kind::Done(d)),
                 }) => {
                     let extra = triage_extra(&decision, &d.provider, d.cost_usd);
+                    if !d.tool_calls.is_empty() {
+                        // Calls arrive whole, so they go out as one delta.
+                        let mut delta = json!({"tool_calls": tool_calls_to_wire(&d.tool_calls)});
+                        if first {
+                            delta["role"] = json!("assistant");
+                        }
+                        let _ = tx.send(Ok(chunk(delta, None, None))).await;
+                    }
                     let _ = tx
                         .send(Ok(chunk(json!({}), Some(&d.finish_reason), Some(extra))))
                         .await;

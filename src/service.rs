@@ -78,10 +78,167 @@ impl RouterService {
     }
 }
 
-/// Checks the sampling parameters of a `CompleteRequest`.
+/// Parses a JSON text that must be an object; empty means `{}`.
+fn json_object(field: &str, text: &str) -> Result<serde_json::Value, RequestError> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err(RequestError::invalid(field, "must be a JSON object")),
+        Err(e) => Err(RequestError::invalid(
+            field,
+            format!("is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// Both OpenAI and Anthropic accept function names of this shape and no others.
+fn check_tool_name(field: &str, name: &str) -> Result<(), RequestError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(RequestError::invalid(
+            field,
+            format!("{name:?} must be 1 to 64 characters of a-z, A-Z, 0-9, _ or -"),
+        ))
+    }
+}
+
+/// Checks the tool definitions and the tool choice of a `CompleteRequest`.
+fn tools(
+    req: &pb::CompleteRequest,
+    max_tools: usize,
+) -> Result<
+    (
+        Vec<crate::providers::ToolDef>,
+        Option<crate::providers::ToolChoice>,
+    ),
+    RequestError,
+> {
+    use crate::providers::{ToolChoice, ToolDef};
+    if req.tools.len() > max_tools {
+        return Err(RequestError::invalid(
+            "tools",
+            format!(
+                "{} tools exceed the limit of {max_tools} (server.max_tools)",
+                req.tools.len()
+            ),
+        ));
+    }
+    let mut defs = Vec::with_capacity(req.tools.len());
+    for (i, t) in req.tools.iter().enumerate() {
+        check_tool_name(&format!("tools[{i}].name"), &t.name)?;
+        if req.tools[..i].iter().any(|u| u.name == t.name) {
+            return Err(RequestError::invalid(
+                format!("tools[{i}].name"),
+                format!("{:?} is defined twice", t.name),
+            ));
+        }
+        let mut parameters =
+            json_object(&format!("tools[{i}].parameters_json"), &t.parameters_json)?;
+        // An empty schema still has to say it describes an object for both providers.
+        if parameters.get("type").is_none() {
+            parameters["type"] = serde_json::json!("object");
+        }
+        defs.push(ToolDef {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            parameters,
+        });
+    }
+    let choice = match &req.tool_choice {
+        None => None,
+        Some(c) => Some(match c.mode.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            "function" => {
+                if !req.tools.iter().any(|t| t.name == c.function) {
+                    return Err(RequestError::invalid(
+                        "tool_choice.function",
+                        format!("{:?} is not one of the request's tools", c.function),
+                    ));
+                }
+                ToolChoice::Function(c.function.clone())
+            }
+            other => {
+                return Err(RequestError::invalid(
+                    "tool_choice.mode",
+                    format!("unknown mode {other:?} (expected auto, none, required or function)"),
+                ));
+            }
+        }),
+    };
+    if matches!(choice, Some(ToolChoice::Required)) && defs.is_empty() {
+        return Err(RequestError::invalid(
+            "tool_choice.mode",
+            "\"required\" needs at least one tool in tools",
+        ));
+    }
+    Ok((defs, choice))
+}
+
+/// Checks a conversation's tool turns: results name their call, calls are well formed.
+fn chat_messages(
+    messages: &[pb::Message],
+) -> Result<Vec<crate::providers::ChatMessage>, RequestError> {
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        if m.role == "tool" && m.tool_call_id.is_empty() {
+            return Err(RequestError::invalid(
+                format!("messages[{i}].tool_call_id"),
+                "is required for role \"tool\" (the id of the call it answers)",
+            ));
+        }
+        if !m.tool_calls.is_empty() && m.role != "assistant" {
+            return Err(RequestError::invalid(
+                format!("messages[{i}].tool_calls"),
+                format!("only assistant messages carry tool calls, not {:?}", m.role),
+            ));
+        }
+        let mut calls = Vec::with_capacity(m.tool_calls.len());
+        for (j, c) in m.tool_calls.iter().enumerate() {
+            let field = format!("messages[{i}].tool_calls[{j}]");
+            if c.id.is_empty() {
+                return Err(RequestError::invalid(
+                    format!("{field}.id"),
+                    "must not be empty",
+                ));
+            }
+            check_tool_name(&format!("{field}.name"), &c.name)?;
+            json_object(&format!("{field}.arguments_json"), &c.arguments_json)?;
+            // Passed on as written (only checked), so nothing about the call changes.
+            let arguments = if c.arguments_json.trim().is_empty() {
+                "{}".to_string()
+            } else {
+                c.arguments_json.clone()
+            };
+            calls.push(crate::providers::ToolCall {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                arguments,
+            });
+        }
+        out.push(crate::providers::ChatMessage {
+            role: m.role.clone(),
+            content: m.content.clone(),
+            tool_call_id: (!m.tool_call_id.is_empty()).then(|| m.tool_call_id.clone()),
+            tool_calls: calls,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks the sampling parameters and tools of a `CompleteRequest`.
 fn chat_request(
     req: &pb::CompleteRequest,
     messages: &[pb::Message],
+    config: &Config,
 ) -> Result<crate::providers::ChatRequest, RequestError> {
     if let Some(t) = req.temperature
         && !(0.0..=2.0).contains(&t)
@@ -102,18 +259,15 @@ fn chat_request(
     if req.max_tokens == Some(0) {
         return Err(RequestError::invalid("max_tokens", "must be at least 1"));
     }
+    let (tools, tool_choice) = tools(req, config.server.max_tools)?;
     Ok(crate::providers::ChatRequest {
-        messages: messages
-            .iter()
-            .map(|m| crate::providers::ChatMessage {
-                role: m.role.clone(),
-                content: m.content.clone(),
-            })
-            .collect(),
+        messages: chat_messages(messages)?,
         temperature: req.temperature,
         top_p: req.top_p,
         max_tokens: req.max_tokens,
         stop: req.stop.clone(),
+        tools,
+        tool_choice,
     })
 }
 
@@ -453,6 +607,17 @@ pub fn decision_to_proto(d: Decision, request_id: Option<String>) -> pb::RouteDe
     }
 }
 
+fn tool_calls_to_proto(calls: Vec<crate::providers::ToolCall>) -> Vec<pb::ToolCall> {
+    calls
+        .into_iter()
+        .map(|c| pb::ToolCall {
+            id: c.id,
+            name: c.name,
+            arguments_json: c.arguments,
+        })
+        .collect()
+}
+
 fn attempts_to_proto(a: &[crate::chain::Attempt]) -> Vec<pb::Attempt> {
     a.iter()
         .map(|a| pb::Attempt {
@@ -516,7 +681,8 @@ impl Router for RouterService {
         };
         let req = request.into_inner();
         let route = req.route.clone().unwrap_or_default();
-        let chat = chat_request(&req, &route.messages).map_err(Error::from)?;
+        let chat =
+            chat_request(&req, &route.messages, self.engine.config()).map_err(Error::from)?;
         let request_id = route.request_id.clone();
         let (decision, input) = self.decide(route).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::CompleteChunk, Status>>(64);
@@ -574,6 +740,7 @@ impl Router for RouterService {
                         output_tokens: s.output_tokens,
                         cost_usd: cost,
                         attempts: attempts_to_proto(&s.attempts),
+                        tool_calls: tool_calls_to_proto(s.tool_calls),
                     };
                     let _ = tx
                         .send(Ok(pb::CompleteChunk {
@@ -648,7 +815,8 @@ impl Router for RouterService {
         };
         let req = request.into_inner();
         let route = req.route.clone().unwrap_or_default();
-        let chat = chat_request(&req, &route.messages).map_err(Error::from)?;
+        let chat =
+            chat_request(&req, &route.messages, self.engine.config()).map_err(Error::from)?;
         let request_id = route.request_id.clone();
         let (decision, input) = self.decide(route).await?;
         let tier = &self.engine.config().tiers[decision.tier];
@@ -695,6 +863,7 @@ impl Router for RouterService {
             output_tokens: answered.response.output_tokens,
             cost_usd: cost,
             attempts,
+            tool_calls: tool_calls_to_proto(answered.response.tool_calls),
             decision: Some(decision_to_proto(decision, request_id)),
         }))
     }

@@ -4,9 +4,11 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use super::{
-    ChatRequest, ChatResponse, EventStream, Parsed, ProviderError, Tally, post_json, post_sse,
+    ChatMessage, ChatRequest, ChatResponse, EventStream, Parsed, ProviderError, Tally, ToolCall,
+    ToolChoice, post_json, post_sse,
 };
 
 /// Anthropic requires `max_tokens`; used when the caller gives none.
@@ -19,7 +21,7 @@ struct Body<'a> {
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<String>,
-    messages: Vec<Msg<'a>>,
+    messages: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,12 +30,68 @@ struct Body<'a> {
     stop_sequences: &'a [String],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     stream: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
 }
 
-#[derive(Serialize)]
-struct Msg<'a> {
-    role: &'a str,
-    content: &'a str,
+/// A message's content blocks: tool results become `tool_result` blocks (in a user turn),
+/// assistant tool calls become `tool_use` blocks.
+fn blocks(m: &ChatMessage) -> Vec<Value> {
+    let mut out = Vec::new();
+    match (&m.tool_call_id, m.role.as_str()) {
+        (Some(id), "tool") => {
+            out.push(json!({"type": "tool_result", "tool_use_id": id, "content": m.content}));
+        }
+        _ => {
+            if !m.content.is_empty() {
+                out.push(json!({"type": "text", "text": m.content}));
+            }
+        }
+    }
+    for c in &m.tool_calls {
+        // Arguments were checked to be a JSON object when the request was validated.
+        let input: Value = serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
+        out.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": input}));
+    }
+    out
+}
+
+/// The conversation without system messages, as alternating turns: Anthropic has only
+/// user and assistant roles, so tool results join the user side and consecutive turns of
+/// one side are merged.
+fn messages(req: &ChatRequest) -> Vec<Value> {
+    let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
+    for m in req.messages.iter().filter(|m| m.role != "system") {
+        let role = if m.role == "assistant" {
+            "assistant"
+        } else {
+            "user"
+        };
+        let content = blocks(m);
+        match turns.last_mut() {
+            Some((r, c)) if *r == role => c.extend(content),
+            _ => turns.push((role, content)),
+        }
+    }
+    turns
+        .into_iter()
+        .map(|(role, content)| match content.as_slice() {
+            // A lone text block is sent as plain text, the form every Anthropic version takes.
+            [b] if b["type"] == "text" => json!({"role": role, "content": b["text"]}),
+            _ => json!({"role": role, "content": content}),
+        })
+        .collect()
+}
+
+fn tool_choice(c: &ToolChoice) -> Value {
+    match c {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    }
 }
 
 #[derive(Deserialize)]
@@ -51,6 +109,12 @@ struct Block {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +148,10 @@ struct Event {
     delta: Option<EventDelta>,
     #[serde(default)]
     usage: Option<Usage>,
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    content_block: Option<Block>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +164,8 @@ struct EventMessage {
 struct EventDelta {
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    partial_json: Option<String>,
     #[serde(default)]
     stop_reason: Option<String>,
 }
@@ -111,10 +181,32 @@ fn parse_event(data: &str, tally: &mut Tally) -> Parsed {
             }
             Parsed::Skip
         }
-        "content_block_delta" => match e.delta.and_then(|d| d.text) {
-            Some(t) if !t.is_empty() => Parsed::Delta(t),
-            _ => Parsed::Skip,
-        },
+        "content_block_start" => {
+            if let Some(b) = e.content_block.filter(|b| b.kind == "tool_use") {
+                tally.tool_blocks.push(e.index);
+                let n = tally.tool_calls.len();
+                let call = tally.call(n);
+                call.id = b.id.unwrap_or_default();
+                call.name = b.name.unwrap_or_default();
+            }
+            Parsed::Skip
+        }
+        "content_block_delta" => {
+            let Some(d) = e.delta else {
+                return Parsed::Skip;
+            };
+            if let Some(j) = d.partial_json {
+                // Content blocks are numbered across text and tool use alike.
+                if let Some(n) = tally.tool_blocks.iter().position(|b| *b == e.index) {
+                    tally.call(n).arguments.push_str(&j);
+                }
+                return Parsed::Skip;
+            }
+            match d.text {
+                Some(t) if !t.is_empty() => Parsed::Delta(t),
+                _ => Parsed::Skip,
+            }
+        }
         "message_delta" => {
             if let Some(r) = e.delta.and_then(|d| d.stop_reason) {
                 tally.finish_reason = Some(finish_reason(Some(&r)));
@@ -124,7 +216,15 @@ fn parse_event(data: &str, tally: &mut Tally) -> Parsed {
             }
             Parsed::Skip
         }
-        "message_stop" => Parsed::Done,
+        "message_stop" => {
+            for c in &mut tally.tool_calls {
+                // A call without arguments streams no JSON at all.
+                if c.arguments.is_empty() {
+                    c.arguments = "{}".into();
+                }
+            }
+            Parsed::Done
+        }
         "error" => Parsed::Error,
         _ => Parsed::Skip,
     }
@@ -141,24 +241,23 @@ fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
         model,
         max_tokens: req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         system: (!system.is_empty()).then(|| system.join("\n\n")),
-        // Tool messages have no plain-text equivalent here; they are sent as user turns.
-        messages: req
-            .messages
-            .iter()
-            .filter(|m| m.role != "system")
-            .map(|m| Msg {
-                role: if m.role == "assistant" {
-                    "assistant"
-                } else {
-                    "user"
-                },
-                content: &m.content,
-            })
-            .collect(),
+        messages: messages(req),
         temperature: req.temperature,
         top_p: req.top_p,
         stop_sequences: &req.stop,
         stream,
+        tools: req
+            .tools
+            .iter()
+            .map(|t| {
+                let mut v = json!({"name": t.name, "input_schema": t.parameters});
+                if !t.description.is_empty() {
+                    v["description"] = json!(t.description);
+                }
+                v
+            })
+            .collect(),
+        tool_choice: req.tool_choice.as_ref().map(tool_choice),
     }
 }
 
@@ -200,7 +299,18 @@ pub(super) async fn complete(
         input_tokens: 0,
         output_tokens: 0,
     });
+    let tool_calls = a
+        .content
+        .into_iter()
+        .filter(|b| b.kind == "tool_use")
+        .map(|b| ToolCall {
+            id: b.id.unwrap_or_default(),
+            name: b.name.unwrap_or_default(),
+            arguments: b.input.unwrap_or_else(|| json!({})).to_string(),
+        })
+        .collect();
     Ok(ChatResponse {
+        tool_calls,
         text,
         finish_reason: finish_reason(a.stop_reason.as_deref()),
         input_tokens: usage.input_tokens,

@@ -8,12 +8,38 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// One message of a chat, provider-neutral.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChatMessage {
     /// system, user, assistant or tool.
     pub role: String,
     /// Text.
     pub content: String,
+    /// For a tool result: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// For an assistant turn: the calls the model made.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolDef {
+    /// Name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// JSON Schema of the arguments (an object).
+    pub parameters: serde_json::Value,
+}
+
+/// A call the model asked for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ToolCall {
+    /// The provider's id for the call.
+    pub id: String,
+    /// Function name.
+    pub name: String,
+    /// Arguments as JSON text.
+    pub arguments: String,
 }
 
 /// A provider-neutral chat request.
@@ -29,6 +55,23 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Stop sequences.
     pub stop: Vec<String>,
+    /// Functions the model may call.
+    pub tools: Vec<ToolDef>,
+    /// Whether and which tool the model must call (the provider's default when unset).
+    pub tool_choice: Option<ToolChoice>,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// No tool calls.
+    None,
+    /// At least one tool call.
+    Required,
+    /// This function.
+    Function(String),
 }
 
 /// A provider-neutral completion.
@@ -42,6 +85,8 @@ pub struct ChatResponse {
     pub input_tokens: u64,
     /// Output tokens as the provider counted them.
     pub output_tokens: u64,
+    /// Tool calls the model made.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// One event of a streamed answer.
@@ -57,6 +102,8 @@ pub enum StreamEvent {
         input_tokens: u64,
         /// Output tokens.
         output_tokens: u64,
+        /// Tool calls, whole: streamed fragments are joined before they are handed on.
+        tool_calls: Vec<ToolCall>,
     },
 }
 
@@ -81,6 +128,22 @@ struct Tally {
     finish_reason: Option<String>,
     input_tokens: u64,
     output_tokens: u64,
+    /// Tool calls by the provider's index, their arguments joined as fragments arrive.
+    tool_calls: Vec<ToolCall>,
+    /// Anthropic numbers content blocks across text and tool use: the block of each call.
+    tool_blocks: Vec<usize>,
+}
+
+impl Tally {
+    /// The call at `index`, created empty when first seen. Indexes come from the provider;
+    /// one far beyond what was seen is treated as the next, so a bad index cannot allocate.
+    fn call(&mut self, index: usize) -> &mut ToolCall {
+        let i = index.min(self.tool_calls.len());
+        if i == self.tool_calls.len() {
+            self.tool_calls.push(ToolCall::default());
+        }
+        &mut self.tool_calls[i]
+    }
 }
 
 /// Posts a streaming request and, once the status is good, reads its SSE body on a task,
@@ -149,6 +212,7 @@ async fn post_sse<B: serde::Serialize>(
                         finish_reason: tally.finish_reason.take().unwrap_or_else(|| "other".into()),
                         input_tokens: tally.input_tokens,
                         output_tokens: tally.output_tokens,
+                        tool_calls: std::mem::take(&mut tally.tool_calls),
                     }),
                 };
                 let end = !matches!(event, Ok(StreamEvent::Delta(_)));

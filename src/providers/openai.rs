@@ -4,14 +4,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use serde_json::{Value, json};
+
 use super::{
-    ChatRequest, ChatResponse, EventStream, Parsed, ProviderError, Tally, post_json, post_sse,
+    ChatMessage, ChatRequest, ChatResponse, EventStream, Parsed, ProviderError, Tally, ToolCall,
+    ToolChoice, post_json, post_sse,
 };
 
 #[derive(Serialize)]
 struct Body<'a> {
     model: &'a str,
-    messages: Vec<Msg<'a>>,
+    messages: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -24,6 +27,29 @@ struct Body<'a> {
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+}
+
+/// A message in OpenAI's shape, with tool results and assistant tool calls.
+fn message(m: &ChatMessage) -> Value {
+    let mut v = json!({"role": m.role, "content": m.content});
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = json!(id);
+    }
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
+        if m.content.is_empty() {
+            v["content"] = Value::Null;
+        }
+    }
+    v
 }
 
 #[derive(Serialize)]
@@ -51,6 +77,27 @@ struct ChunkChoice {
 struct ChunkDelta {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ChunkToolCall>,
+}
+
+/// A fragment of a streamed tool call: the first names it, the rest add argument text.
+#[derive(Deserialize)]
+struct ChunkToolCall {
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<ChunkFunction>,
+}
+
+#[derive(Deserialize)]
+struct ChunkFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 fn parse_chunk(data: &str, tally: &mut Tally) -> Parsed {
@@ -69,8 +116,23 @@ fn parse_chunk(data: &str, tally: &mut Tally) -> Parsed {
         if let Some(f) = ch.finish_reason {
             tally.finish_reason = Some(f);
         }
-        if let Some(t) = ch.delta.and_then(|d| d.content) {
+        let Some(delta) = ch.delta else { continue };
+        if let Some(t) = delta.content {
             text.push_str(&t);
+        }
+        for frag in delta.tool_calls {
+            let call = tally.call(frag.index);
+            if let Some(id) = frag.id {
+                call.id = id;
+            }
+            if let Some(f) = frag.function {
+                if let Some(n) = f.name {
+                    call.name.push_str(&n);
+                }
+                if let Some(a) = f.arguments {
+                    call.arguments.push_str(&a);
+                }
+            }
         }
     }
     if text.is_empty() {
@@ -83,14 +145,7 @@ fn parse_chunk(data: &str, tally: &mut Tally) -> Parsed {
 fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
     Body {
         model,
-        messages: req
-            .messages
-            .iter()
-            .map(|m| Msg {
-                role: &m.role,
-                content: &m.content,
-            })
-            .collect(),
+        messages: req.messages.iter().map(message).collect(),
         temperature: req.temperature,
         top_p: req.top_p,
         max_tokens: req.max_tokens,
@@ -98,6 +153,23 @@ fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
         stream,
         stream_options: stream.then_some(StreamOptions {
             include_usage: true,
+        }),
+        tools: req
+            .tools
+            .iter()
+            .map(|t| {
+                let mut f = json!({"name": t.name, "parameters": t.parameters});
+                if !t.description.is_empty() {
+                    f["description"] = json!(t.description);
+                }
+                json!({"type": "function", "function": f})
+            })
+            .collect(),
+        tool_choice: req.tool_choice.as_ref().map(|c| match c {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
         }),
     }
 }
@@ -126,12 +198,6 @@ pub(super) async fn stream(
     .await
 }
 
-#[derive(Serialize)]
-struct Msg<'a> {
-    role: &'a str,
-    content: &'a str,
-}
-
 #[derive(Deserialize)]
 struct Answer {
     choices: Vec<Choice>,
@@ -150,6 +216,22 @@ struct Choice {
 struct AnswerMessage {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<AnswerToolCall>,
+}
+
+#[derive(Deserialize)]
+struct AnswerToolCall {
+    #[serde(default)]
+    id: String,
+    function: AnswerFunction,
+}
+
+#[derive(Deserialize)]
+struct AnswerFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
 }
 
 #[derive(Deserialize)]
@@ -185,9 +267,42 @@ pub(super) async fn complete(
         completion_tokens: 0,
     });
     Ok(ChatResponse {
+        tool_calls: choice
+            .message
+            .tool_calls
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id,
+                name: c.function.name,
+                arguments: c.function.arguments,
+            })
+            .collect(),
         text: choice.message.content.unwrap_or_default(),
         finish_reason: choice.finish_reason.unwrap_or_else(|| "other".into()),
         input_tokens: usage.prompt_tokens,
         output_tokens: usage.completion_tokens,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Parsed, Tally, parse_chunk};
+
+    #[test]
+    fn a_wild_tool_call_index_cannot_allocate_and_lands_on_the_next_call() {
+        let mut tally = Tally::default();
+        let first = r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"f","arguments":"{"}}]}}]}"#;
+        let wild = r#"{"choices":[{"delta":{"tool_calls":[{"index":4000000000,"id":"b","function":{"name":"g"}}]}}]}"#;
+        let more =
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}}]}"#;
+        for chunk in [first, wild, more] {
+            assert!(matches!(parse_chunk(chunk, &mut tally), Parsed::Skip));
+        }
+        let calls: Vec<_> = tally
+            .tool_calls
+            .iter()
+            .map(|c| (c.id.as_str(), c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(calls, [("a", "f", "{}"), ("b", "g", "")]);
+    }
 }

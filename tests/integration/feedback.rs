@@ -16,6 +16,7 @@ fn req(text: &str) -> RouteRequest {
         messages: vec![Message {
             role: "user".into(),
             content: text.into(),
+            ..Default::default()
         }],
         tenant: Some("team-a".into()),
         labels: [("app".to_string(), "search".to_string())]

@@ -29,7 +29,7 @@ fn anthropic_ok(text: &str) -> ResponseTemplate {
 }
 
 /// Every tier's chain is [primary (OpenAI format), backup (Anthropic format)].
-fn gateway_config(primary: &str, backup: &str) -> Config {
+pub(crate) fn gateway_config(primary: &str, backup: &str) -> Config {
     let mut c = config();
     c.providers = vec![
         Provider {
@@ -65,7 +65,7 @@ fn gateway_config(primary: &str, backup: &str) -> Config {
     c
 }
 
-async fn server(c: Config) -> Server {
+pub(crate) async fn server(c: Config) -> Server {
     let g = Gateway::from_config(&c).unwrap().map(Arc::new);
     Server::start_full(c, None, g).await
 }
@@ -77,10 +77,12 @@ fn req() -> CompleteRequest {
                 Message {
                     role: "system".into(),
                     content: "Be brief.".into(),
+                    ..Default::default()
                 },
                 Message {
                     role: "user".into(),
                     content: "Hello! How are you today?".into(),
+                    ..Default::default()
                 },
             ],
             ..Default::default()
@@ -472,9 +474,22 @@ fn anthropic_sse(pieces: &[&str]) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_raw(body, "text/event-stream")
 }
 
-/// Collects a stream: (decision seen first, text pieces, done, final error).
+/// Collects a stream of `req()`: (decision seen first, text pieces, done, final error).
 async fn collect(
     s: &Server,
+) -> (
+    bool,
+    Vec<String>,
+    Option<triage::proto::v1::CompleteDone>,
+    Option<tonic::Status>,
+) {
+    collect_req(s, req()).await
+}
+
+/// Collects a stream of `request`.
+pub(crate) async fn collect_req(
+    s: &Server,
+    request: CompleteRequest,
 ) -> (
     bool,
     Vec<String>,
@@ -485,7 +500,7 @@ async fn collect(
     let mut stream = s
         .client()
         .await
-        .complete_stream(req())
+        .complete_stream(request)
         .await
         .unwrap()
         .into_inner();
@@ -600,7 +615,7 @@ async fn a_stream_cut_mid_answer_ends_with_an_error_saying_what_was_delivered() 
 }
 
 /// triage with its HTTP front door on 127.0.0.1:0; returns the HTTP base URL.
-async fn http_server(
+pub(crate) async fn http_server(
     c: Config,
     fb: Option<Arc<triage::feedback::Feedback>>,
 ) -> (String, tokio::sync::oneshot::Sender<()>) {

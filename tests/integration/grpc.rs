@@ -9,6 +9,7 @@ fn user(text: &str) -> Message {
     Message {
         role: "user".into(),
         content: text.into(),
+        ..Default::default()
     }
 }
 
@@ -218,6 +219,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_limit() {
                 messages: vec![Message {
                     role: "system".into(),
                     content: "be nice".into(),
+                    ..Default::default()
                 }],
                 ..Default::default()
             },
@@ -253,6 +255,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_limit() {
                     Message {
                         role: "robot".into(),
                         content: "hi".into(),
+                        ..Default::default()
                     },
                     user("hi"),
                 ],
@@ -365,11 +368,13 @@ async fn earlier_turns_count_as_context() {
             Message {
                 role: "system".into(),
                 content: "You are terse.".into(),
+                ..Default::default()
             },
             user("What is the capital of France?"),
             Message {
                 role: "assistant".into(),
                 content: "Paris.".into(),
+                ..Default::default()
             },
             user("And of Italy?"),
         ],

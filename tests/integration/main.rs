@@ -6,4 +6,5 @@ mod common;
 mod feedback;
 mod gateway;
 mod grpc;
+mod tools;
 mod training;
