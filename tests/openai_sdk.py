@@ -4,7 +4,7 @@ usage: python tests/openai_sdk.py PATH/TO/triage
 
 Starts a mock OpenAI-compatible provider on 127.0.0.1, then `triage serve` on 127.0.0.1:0 with
 its HTTP front door pointed at the mock, and calls it through the SDK: unary, streaming,
-models, a pinned tier, an invalid model, and feedback. Loopback only; stops by itself.
+models, a pinned tier, an invalid model, feedback, and tool calls (unary and streamed). Loopback only; stops by itself.
 """
 import json
 import os
@@ -25,8 +25,38 @@ class Provider(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    last_body = None
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        Provider.last_body = body
+        if body.get("tools") and body.get("stream"):
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            # The way OpenAI streams a call: name first, arguments in fragments.
+            for delta in [
+                {"tool_calls": [{"index": 0, "id": "call_s", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '"Lyon"}'}}]},
+            ]:
+                self.wfile.write(f"data: {json.dumps({'choices': [{'delta': delta}]})}\n\n".encode())
+            self.wfile.write(b'data: {"choices":[{"delta":{},"finish_reason":"tool_calls"}]}\n\n')
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        if body.get("tools"):
+            call = {"id": "call_u", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Nice"}'}}
+            answer = {
+                "choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [call]}, "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 4},
+            }
+            data = json.dumps(answer).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if body.get("stream"):
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
@@ -121,6 +151,37 @@ def main():
                 return
             raise AssertionError("an unknown model must be a 400")
 
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "Current weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+        def tool_call():
+            r = client.chat.completions.create(model="triage", messages=msgs, tools=tools, tool_choice="required")
+            assert r.choices[0].finish_reason == "tool_calls", r
+            call = r.choices[0].message.tool_calls[0]
+            assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_u", "get_weather", {"city": "Nice"}), call
+            assert Provider.last_body["tools"] == tools and Provider.last_body["tool_choice"] == "required", Provider.last_body
+            # The next turn sends the call and its result back; both reach the provider as sent.
+            follow = msgs + [r.choices[0].message.model_dump(exclude_none=True),
+                             {"role": "tool", "tool_call_id": call.id, "content": "21C"}]
+            client.chat.completions.create(model="triage", messages=follow, tools=tools)
+            sent = Provider.last_body["messages"]
+            assert sent[1]["tool_calls"][0]["id"] == "call_u" and sent[2] == {"role": "tool", "content": "21C", "tool_call_id": "call_u"}, sent
+
+        def tool_call_streamed():
+            stream = client.chat.completions.create(model="triage", messages=msgs, tools=tools, stream=True)
+            calls, finish = {}, None
+            for c in stream:
+                if not c.choices:
+                    continue
+                for d in c.choices[0].delta.tool_calls or []:
+                    entry = calls.setdefault(d.index, {"id": d.id, "name": "", "arguments": ""})
+                    entry["name"] += d.function.name or ""
+                    entry["arguments"] += d.function.arguments or ""
+                finish = c.choices[0].finish_reason or finish
+            assert finish == "tool_calls", finish
+            assert calls == {0: {"id": "call_s", "name": "get_weather", "arguments": '{"city": "Lyon"}'}}, calls
+
         def feedback():
             r = client.chat.completions.create(model="triage", messages=msgs)
             req = urllib.request.Request(
@@ -131,7 +192,8 @@ def main():
             assert ack["duplicate"] is False, ack
 
         for name, fn in [("unary", unary), ("streaming", streaming), ("pinned tier", pinned),
-                         ("models", models), ("invalid model", invalid_model), ("feedback", feedback)]:
+                         ("models", models), ("invalid model", invalid_model), ("feedback", feedback),
+                         ("tool call", tool_call), ("tool call, streamed", tool_call_streamed)]:
             check(name, fn)
     finally:
         server.terminate()
