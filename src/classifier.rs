@@ -29,7 +29,11 @@ pub struct ModelFile {
     /// Standardization applied before the heads: `(x - mean) / std`, over the base features and
     /// then the prototype memberships.
     pub scaling: Scaling,
-    /// One head per tier except the last, in tier order.
+    /// What the heads estimate; sets how many there are.
+    #[serde(default, skip_serializing_if = "HeadsKind::is_sufficiency")]
+    pub heads_kind: HeadsKind,
+    /// In tier order: one head per tier except the last (`sufficiency`), or one per tier
+    /// (`quality`).
     pub heads: Vec<Head>,
     /// Default threshold per tier (the last one is unused: the dearest tier always qualifies).
     pub thresholds: Vec<f64>,
@@ -39,6 +43,25 @@ pub struct ModelFile {
     /// How the model was made (datasets, rows, seed, cross-validated figures).
     #[serde(default)]
     pub training: serde_json::Value,
+}
+
+/// What a model's heads estimate.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadsKind {
+    /// Head k: the probability that tier k scores at least as well as the dearest tier.
+    #[default]
+    Sufficiency,
+    /// Head k: the probability that tier k's model answers well. A tier's score is then
+    /// 1 - the expected quality it gives up against the dearest tier, which also credits the
+    /// rows where the cheap model is right and the dear one wrong.
+    Quality,
+}
+
+impl HeadsKind {
+    fn is_sufficiency(&self) -> bool {
+        *self == Self::Sufficiency
+    }
 }
 
 /// The schema a model was trained on.
@@ -151,9 +174,13 @@ impl Classifier {
                 file.tiers.len()
             ));
         }
-        if file.heads.len() + 1 != file.tiers.len() {
+        let (want, which) = match file.heads_kind {
+            HeadsKind::Sufficiency => (file.tiers.len() - 1, "one per tier except the dearest"),
+            HeadsKind::Quality => (file.tiers.len(), "one per tier"),
+        };
+        if file.heads.len() != want {
             return Err(format!(
-                "model has {} heads for {} tiers (want one per tier except the dearest)",
+                "model has {} heads for {} tiers (want {which})",
                 file.heads.len(),
                 file.tiers.len()
             ));
@@ -224,7 +251,9 @@ impl Classifier {
     /// Per-tier probability of being good enough, cheapest first.
     ///
     /// Ordinal by construction: if a cheaper tier suffices a dearer one does too, so each
-    /// probability is at least the one before it, and the dearest is 1.
+    /// probability is at least the one before it, and the dearest is 1. For quality heads the
+    /// "probability" is 1 - the expected quality shortfall against the dearest tier (clamped
+    /// to [0, 1]), where a tier may fall back on the best cheaper tier's quality.
     pub fn score(&self, x: &[f32]) -> Vec<f64> {
         let expanded;
         let x = match &self.file.prototypes {
@@ -234,12 +263,19 @@ impl Classifier {
             }
             None => x,
         };
-        let mut out = Vec::with_capacity(self.folded.len() + 1);
+        let mut out = Vec::with_capacity(self.file.tiers.len());
         let mut floor = 0.0f64;
         for (w, b) in &self.folded {
             let z: f32 = crate::prototypes::dot(w, x) + b;
             floor = floor.max(sigmoid(f64::from(z)));
             out.push(floor);
+        }
+        if self.file.heads_kind == HeadsKind::Quality {
+            // `out` holds each tier's running best quality; the last is the dearest's own.
+            let top = out.pop().unwrap_or(1.0);
+            for q in &mut out {
+                *q = (1.0 - (top - *q)).clamp(0.0, 1.0);
+            }
         }
         out.push(1.0);
         out
@@ -285,6 +321,7 @@ mod tests {
                 },
             ],
             thresholds: vec![0.5, 0.5, 0.0],
+            heads_kind: HeadsKind::Sufficiency,
             prototypes: None,
             training: serde_json::Value::Null,
         }
@@ -299,6 +336,33 @@ mod tests {
         // head b alone would give sigmoid(-10); ordinal floor lifts it to head a's value.
         assert!((p[1] - p[0]).abs() < 1e-12);
         assert_eq!(p[2], 1.0);
+    }
+
+    #[test]
+    fn quality_heads_score_one_minus_the_expected_shortfall() {
+        let mut m = model();
+        m.heads_kind = HeadsKind::Quality;
+        // One head per tier now; c's head is a constant 0.9 quality.
+        assert!(
+            Classifier::new(m.clone(), &schema(2))
+                .unwrap_err()
+                .contains("want one per tier")
+        );
+        m.heads.push(Head {
+            tier: "c".into(),
+            weights: vec![0.0, 0.0],
+            intercept: (0.9f32 / 0.1).ln(),
+        });
+        let c = Classifier::new(m, &schema(2)).unwrap();
+        // a: q = sigmoid(2); b: q = sigmoid(-10), lifted to a's; c: 0.9.
+        let p = c.score(&[3.0, 0.0]);
+        let qa = sigmoid(2.0);
+        assert!((p[0] - (1.0 - (0.9 - qa))).abs() < 1e-6, "{p:?}");
+        assert!((p[1] - p[0]).abs() < 1e-12, "{p:?}");
+        assert_eq!(p[2], 1.0);
+        // A cheap tier predicted better than the dearest is simply good enough.
+        let p = c.score(&[21.0, 0.0]);
+        assert_eq!(p[0], 1.0);
     }
 
     #[test]

@@ -204,6 +204,10 @@ struct DataArgs {
     /// Weight of the embedding columns relative to the others (< 1 penalizes them more).
     #[arg(long, default_value_t = 1.0)]
     embedding_weight: f32,
+    /// Fit quality heads (each tier's chance of answering well; a tier's score is 1 - its
+    /// expected shortfall against the dearest) instead of sufficiency heads.
+    #[arg(long)]
+    quality_heads: bool,
     /// Write the report as JSON here too.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -629,6 +633,7 @@ fn prepare(
         embedding_weight: d.embedding_weight,
         topic_classifier: d.topic_classifier,
         topic_alpha: d.topic_alpha,
+        quality_heads: d.quality_heads,
     };
     if !(opts.embedding_weight.is_finite() && opts.embedding_weight > 0.0) {
         bail!(
@@ -832,6 +837,7 @@ fn train_logs(a: TrainArgs) -> anyhow::Result<()> {
             embedding_weight: a.data.embedding_weight,
             topic_classifier: a.data.topic_classifier,
             topic_alpha: a.data.topic_alpha,
+            quality_heads: a.data.quality_heads,
         };
         (f, None, opts)
     } else {

@@ -54,7 +54,8 @@ pub fn scaling(x: &[Vec<f32>], rows: &[usize]) -> Scaling {
     }
 }
 
-/// Fits one head per tier but the dearest. `labels[r][k]` is row r's label for head k.
+/// Fits `n_heads` heads, the first tiers' (all but the dearest for sufficiency heads, all
+/// for quality heads). `labels[r][k]` is row r's label for head k.
 ///
 /// `column_weight[j]` (1 when absent) shrinks feature j's standardized column before fitting,
 /// which is the same as a heavier L2 penalty on it; it is folded into the stored `std`, so the
@@ -64,6 +65,7 @@ pub fn fit_heads(
     labels: &[Vec<Option<bool>>],
     rows: &[usize],
     tiers: &[String],
+    n_heads: usize,
     opts: FitOptions,
     column_weight: &[f32],
 ) -> Result<(Scaling, Vec<Head>), TrainError> {
@@ -74,15 +76,15 @@ pub fn fit_heads(
         }
     }
     let d = sc.mean.len();
-    let mut heads = Vec::with_capacity(tiers.len().saturating_sub(1));
-    for (k, tier) in tiers.iter().enumerate().take(tiers.len().saturating_sub(1)) {
+    let mut heads = Vec::with_capacity(n_heads);
+    for (k, tier) in tiers.iter().enumerate().take(n_heads) {
         let used: Vec<(usize, bool)> = rows
             .iter()
             .filter_map(|&r| labels[r].get(k).copied().flatten().map(|y| (r, y)))
             .collect();
         if used.is_empty() {
             return Err(TrainError::Data(format!(
-                "tier {tier:?}: no row has outcomes for both this tier and the dearest tier"
+                "tier {tier:?}: no row has the outcomes this head learns from"
             )));
         }
         let positives = used.iter().filter(|(_, y)| *y).count();
@@ -187,7 +189,7 @@ mod tests {
             alpha: 0.1,
             max_iterations: 100,
         };
-        fit_heads(&x, &labels, &rows, &tiers, opts, &[])
+        fit_heads(&x, &labels, &rows, &tiers, 1, opts, &[])
             .unwrap()
             .1
             .remove(0)
@@ -211,6 +213,7 @@ mod tests {
             &labels,
             &[0, 1, 2, 3],
             &tiers,
+            1,
             FitOptions::default(),
             &[],
         )
@@ -236,7 +239,7 @@ mod tests {
             alpha: 5.0,
             max_iterations: 100,
         };
-        let (sc, heads) = fit_heads(&x, &labels, &rows, &tiers, opts, &[1.0, 0.1]).unwrap();
+        let (sc, heads) = fit_heads(&x, &labels, &rows, &tiers, 1, opts, &[1.0, 0.1]).unwrap();
         // Effective weight on the raw feature is weight / std; the stored std carries the 0.1.
         let raw = |j: usize| heads[0].weights[j] / sc.std[j];
         assert!(raw(0) > 5.0 * raw(1), "{heads:?} {sc:?}");

@@ -148,10 +148,22 @@ pub struct TrainOptions {
     /// Weight of the embedding columns relative to the others (< 1 penalizes them more), so
     /// 256 embedding dimensions cannot drown a handful of strong scalar features.
     pub embedding_weight: f32,
+    /// Fit quality heads (each tier's chance of answering well) instead of sufficiency
+    /// heads; see [`crate::classifier::HeadsKind`].
+    pub quality_heads: bool,
+}
+
+/// Quality labels: whether each tier's model answered well (score at least 0.5).
+fn quality_labels(data: &Prepared) -> Vec<Vec<Option<bool>>> {
+    data.scores
+        .iter()
+        .map(|s| s.iter().map(|v| v.map(|v| v >= 0.5)).collect())
+        .collect()
 }
 
 /// A fitted model before it becomes a file.
 struct Fitted {
+    kind: crate::classifier::HeadsKind,
     prototypes: Option<Prototypes>,
     scaling: crate::classifier::Scaling,
     heads: Vec<crate::classifier::Head>,
@@ -177,10 +189,36 @@ fn fit_on(
             }
         })
         .collect();
+    let (kind, quality, n_heads) = if opts.quality_heads {
+        (
+            crate::classifier::HeadsKind::Quality,
+            quality_labels(data),
+            tiers.len(),
+        )
+    } else {
+        (
+            crate::classifier::HeadsKind::Sufficiency,
+            Vec::new(),
+            tiers.len() - 1,
+        )
+    };
+    let labels = if opts.quality_heads {
+        &quality
+    } else {
+        &data.labels
+    };
     if opts.prototypes == 0 && !opts.category_prototypes && !opts.topic_classifier {
-        let (scaling, heads) =
-            fit::fit_heads(&data.x, &data.labels, rows, tiers, opts.fit, &base_weights)?;
+        let (scaling, heads) = fit::fit_heads(
+            &data.x,
+            labels,
+            rows,
+            tiers,
+            n_heads,
+            opts.fit,
+            &base_weights,
+        )?;
         return Ok(Fitted {
+            kind,
             prototypes: None,
             scaling,
             heads,
@@ -238,13 +276,15 @@ fn fit_on(
     let expanded: Vec<Vec<f32>> = data.x.iter().map(|v| prototypes.expand(v)).collect();
     let (scaling, heads) = fit::fit_heads(
         &expanded,
-        &data.labels,
+        labels,
         rows,
         tiers,
+        n_heads,
         opts.fit,
         &base_weights,
     )?;
     Ok(Fitted {
+        kind,
         prototypes: Some(prototypes),
         scaling,
         heads,
@@ -369,6 +409,7 @@ fn model_file(
         },
         tiers: tiers.to_vec(),
         scaling: fitted.scaling,
+        heads_kind: fitted.kind,
         heads: fitted.heads,
         thresholds,
         prototypes: fitted.prototypes,
@@ -826,6 +867,11 @@ pub fn train_from_logs(
     opts: &TrainOptions,
     current: Option<&Classifier>,
 ) -> Result<(ModelFile, LogReport), TrainError> {
+    if opts.quality_heads {
+        return Err(TrainError::Data(
+            "--quality-heads cannot learn from logs yet: a logged outcome is only known for the tier that answered; train on --dataset rows".into(),
+        ));
+    }
     let heads = tiers.len() - 1;
     let labels = (0..heads)
         .map(|k| {
@@ -887,8 +933,10 @@ pub fn train_from_logs(
     }
     let all: Vec<usize> = (0..data.rows.len()).collect();
     let fitted = fit_on(featurizer, &data, &all, tiers, opts)?;
+    // Thresholds mean something else for another kind of head: they carry over only between
+    // models of one kind (retune with `triage tune` otherwise).
     let thresholds = current
-        .filter(|c| c.tiers() == tiers)
+        .filter(|c| c.tiers() == tiers && c.file().heads_kind == fitted.kind)
         .map_or_else(|| vec![0.5; tiers.len()], |c| c.file().thresholds.clone());
     let report = LogReport {
         logs: stats,

@@ -135,3 +135,53 @@ fn the_ascii_fast_path_tokenizes_exactly_like_the_tokenizers_crate() {
         assert_eq!(f.token_ids(t).unwrap(), f.slow_token_ids(t).unwrap());
     }
 }
+
+#[test]
+fn quality_heads_learn_each_tier_and_route_the_fixture_as_well() {
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
+    let mut opts = options();
+    opts.quality_heads = true;
+    let (file, rep) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
+    assert_eq!(file.heads_kind, triage::classifier::HeadsKind::Quality);
+    assert_eq!(
+        file.heads.len(),
+        3,
+        "one head per tier, the dearest included"
+    );
+    let all = rep.two_tier.iter().find(|g| g.group == "all").unwrap();
+    assert!(all.router.apgr > 0.95 * (2.0 / 3.0), "{:?}", all.router);
+    let c = Classifier::new(file.clone(), f.schema()).unwrap();
+    let score = |text: &str| {
+        c.score(
+            &f.featurize(triage::features::Conversation::single(text))
+                .unwrap()
+                .vector,
+        )
+    };
+    let chat = score("Hi! How are you? Let's chat about the weather.");
+    let proof = score(
+        "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
+    );
+    for p in [&chat, &proof] {
+        assert!(p.windows(2).all(|w| w[0] <= w[1]) && p[2] == 1.0, "{p:?}");
+    }
+    assert!(
+        chat[0] > 0.8 && proof[0] < chat[0] - 0.3,
+        "{chat:?} {proof:?}"
+    );
+    // Logs cannot train quality heads (only the answering tier's outcome is known): refused.
+    let stats = Default::default();
+    let err = train::train_from_logs(
+        &f,
+        &[],
+        stats,
+        Some(&data),
+        &["fast".into(), "standard".into(), "frontier".into()],
+        &opts,
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--quality-heads"), "{err}");
+}
