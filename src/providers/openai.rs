@@ -14,7 +14,7 @@ use super::{
 #[derive(Serialize)]
 struct Body<'a> {
     model: &'a str,
-    messages: Vec<Value>,
+    messages: Vec<Msg<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -28,28 +28,71 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    tools: Vec<Value>,
+    tools: Vec<WireTool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Value>,
 }
 
-/// A message in OpenAI's shape, with tool results and assistant tool calls.
-fn message(m: &ChatMessage) -> Value {
-    let mut v = json!({"role": m.role, "content": m.content});
-    if let Some(id) = &m.tool_call_id {
-        v["tool_call_id"] = json!(id);
-    }
-    if !m.tool_calls.is_empty() {
-        v["tool_calls"] = m
+// Borrowed wire structs: the conversation (up to the prompt limit) is serialized straight from
+// the request, never copied per attempt.
+#[derive(Serialize)]
+struct Msg<'a> {
+    role: &'a str,
+    /// `null` for an assistant turn that only calls tools.
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireCall<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireToolFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireToolFunction<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+fn message(m: &ChatMessage) -> Msg<'_> {
+    Msg {
+        role: &m.role,
+        content: (!m.content.is_empty() || m.tool_calls.is_empty()).then_some(m.content.as_str()),
+        tool_call_id: m.tool_call_id.as_deref(),
+        tool_calls: m
             .tool_calls
             .iter()
-            .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-            .collect();
-        if m.content.is_empty() {
-            v["content"] = Value::Null;
-        }
+            .map(|c| WireCall {
+                id: &c.id,
+                kind: "function",
+                function: WireFunction {
+                    name: &c.name,
+                    arguments: &c.arguments,
+                },
+            })
+            .collect(),
     }
-    v
 }
 
 #[derive(Serialize)]
@@ -157,12 +200,13 @@ fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
         tools: req
             .tools
             .iter()
-            .map(|t| {
-                let mut f = json!({"name": t.name, "parameters": t.parameters});
-                if !t.description.is_empty() {
-                    f["description"] = json!(t.description);
-                }
-                json!({"type": "function", "function": f})
+            .map(|t| WireTool {
+                kind: "function",
+                function: WireToolFunction {
+                    name: &t.name,
+                    description: &t.description,
+                    parameters: &t.parameters,
+                },
             })
             .collect(),
         tool_choice: req.tool_choice.as_ref().map(|c| match c {
