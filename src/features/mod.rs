@@ -1,6 +1,7 @@
 //! The featurizer: one pure function from a conversation to a named, versioned feature vector,
 //! shared by serving and training so the two can never disagree.
 
+mod choices;
 mod embedding;
 mod markers;
 mod wordpiece;
@@ -10,6 +11,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
+pub use choices::{CHOICE_FEATURES, choice_stats};
 pub use embedding::StaticEmbeddings;
 pub use markers::{CHIT_CHAT_MAX_TOKENS, LONG_CONTEXT_TOKENS, Marker, MarkerMatcher, MarkerSet};
 pub use wordpiece::AsciiWordPiece;
@@ -18,13 +20,14 @@ use crate::error::LoadError;
 
 /// Version of the feature layout. Bump it whenever a feature's meaning changes; it feeds the
 /// fingerprint, so old model files are then refused instead of silently misread.
-pub const SCHEMA_VERSION: &str = "triage-features/1";
+pub const SCHEMA_VERSION: &str = "triage-features/2";
 
 /// Tokens of the routed prompt that are pooled into its embedding; later tokens still count
 /// towards the token count. Bounds the cost of embedding huge prompts.
 pub const MAX_EMBED_TOKENS: usize = 512;
 
-/// The hand-made numeric features, in schema order. See [`text_stats`] for each definition.
+/// The hand-made numeric features, in schema order. See [`text_stats`] for each definition;
+/// they are followed by [`CHOICE_FEATURES`].
 pub const DENSE_FEATURES: [&str; 10] = [
     "log_prompt_tokens",
     "log_context_tokens",
@@ -99,6 +102,7 @@ fn names_for(dim: usize) -> Vec<String> {
     DENSE_FEATURES
         .iter()
         .map(|s| (*s).to_string())
+        .chain(CHOICE_FEATURES.iter().map(|s| (*s).to_string()))
         .chain(Marker::ALL.iter().map(|m| format!("marker_{}", m.name())))
         .chain((0..dim).map(|i| format!("emb_{i:03}")))
         .collect()
@@ -221,7 +225,9 @@ impl Featurizer {
             ln1p(stats.question_marks as f32),
         ];
         vector[..dense.len()].copy_from_slice(&dense);
-        let m0 = DENSE_FEATURES.len();
+        let c0 = DENSE_FEATURES.len();
+        vector[c0..c0 + CHOICE_FEATURES.len()].copy_from_slice(&choice_stats(conv.prompt));
+        let m0 = c0 + CHOICE_FEATURES.len();
         for (i, m) in Marker::ALL.iter().enumerate() {
             vector[m0 + i] = if markers.contains(*m) { 1.0 } else { 0.0 };
         }
@@ -347,11 +353,12 @@ mod tests {
     fn schema_names_dense_markers_then_embedding() {
         let f = tiny();
         let names = &f.schema().names;
-        assert_eq!(names.len(), 10 + 12 + 2);
+        assert_eq!(names.len(), 10 + 12 + 12 + 2);
         assert_eq!(names[0], "log_prompt_tokens");
-        assert_eq!(names[10], "marker_code");
-        assert_eq!(names[21], "marker_multi_turn");
-        assert_eq!(names[22], "emb_000");
+        assert_eq!(names[10], "log_options");
+        assert_eq!(names[22], "marker_code");
+        assert_eq!(names[33], "marker_multi_turn");
+        assert_eq!(names[34], "emb_000");
         assert_eq!(f.schema().fingerprint.len(), 16);
     }
 
@@ -374,6 +381,21 @@ mod tests {
             0.0,
         ]
         .into_iter()
+        // No options: only the stem's length (11 bytes) is set.
+        .chain([
+            0.0,
+            12f32.ln(),
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        ])
         // "hello" opens a short prompt: chit_chat (marker 8) is the only marker.
         .chain((0..12).map(|i| if i == 8 { 1.0 } else { 0.0 }))
         .chain([h, h])
@@ -406,8 +428,8 @@ mod tests {
         assert!(feats.markers.contains(Marker::Math));
         // mean of (3,4) and (-1,0) = (1,2), normalized.
         let n = 5f32.sqrt();
-        assert!((feats.vector[22] - 1.0 / n).abs() < 1e-6);
-        assert!((feats.vector[23] - 2.0 / n).abs() < 1e-6);
+        assert!((feats.vector[34] - 1.0 / n).abs() < 1e-6);
+        assert!((feats.vector[35] - 2.0 / n).abs() < 1e-6);
     }
 
     #[test]
