@@ -64,19 +64,22 @@ pub fn choice_stats(text: &str) -> [f32; 12] {
         offset += line.len();
     }
     let stem = &text[..stem_end];
-    let mut lens: Vec<f32> = Vec::new();
+    let mut all_lens = [0.0f32; (MAX_OPTION - b'A' + 1) as usize];
+    let mut count = 0;
     let mut with_digit = 0u32;
     for line in text[stem_end..].lines() {
         if let Some(l) = option_letter(line) {
             // Only the next letter in sequence continues the list.
-            if usize::from(l - b'A') != lens.len() {
+            if usize::from(l - b'A') != count {
                 continue;
             }
             let body = line[3..].trim();
-            lens.push(body.len() as f32);
+            all_lens[count] = body.len() as f32;
+            count += 1;
             with_digit += u32::from(body.bytes().any(|c| c.is_ascii_digit()));
         }
     }
+    let lens = &all_lens[..count];
     let n = lens.len() as f32;
     let (mean, spread) = if lens.is_empty() {
         (0.0, 0.0)
@@ -87,7 +90,8 @@ pub fn choice_stats(text: &str) -> [f32; 12] {
     };
     let stem_digits = stem.bytes().filter(u8::is_ascii_digit).count() as f32;
     // One lower-cased copy and SIMD substring search: a naive case-insensitive scan per
-    // phrase cost 0.2 ms on an 8k-token prompt.
+    // phrase cost 0.2 ms on an 8k-token prompt; a prebuilt case-insensitive Aho-Corasick
+    // pass, which avoids the copy, measured no faster.
     let lower = text.to_ascii_lowercase();
     let lower = lower.as_bytes();
     let lower_stem = &lower[..stem_end];
