@@ -4,8 +4,8 @@
 //! about, not how hard it is. What separates questions a cheap model gets wrong from those it
 //! gets right is largely structural: a long stem against short options, numeric options, a
 //! negated stem ("which is NOT…"), paired true/false statements. Cross-validated on the
-//! RouteLLM MMLU rows these add about 0.01 APGR to an embedding-only router. On prompts
-//! without options every value but the stem's own is zero, so they cost nothing elsewhere.
+//! RouteLLM MMLU rows they took the quality-heads recipe from 0.666 to 0.671 APGR (see the
+//! model card). On prompts without options only the stem's own values are set.
 
 /// Names of the values [`choice_stats`] returns, in schema order.
 pub const CHOICE_FEATURES: [&str; 12] = [
@@ -50,8 +50,9 @@ fn has_word(hay: &[u8], word: &str) -> bool {
 
 /// The [`CHOICE_FEATURES`] of `text`.
 ///
-/// The options are the lines from the first one labelled `A.` (or `A)`) on that carry a label
-/// `B.`…`J.`; the stem is everything before that line, or the whole text when there is none.
+/// The options are the line labelled `A.` (or `A)`) and the later lines that carry the next
+/// label in sequence, up to `J.`; the stem is everything before the `A.` line, or the whole
+/// text when there is none.
 /// Lengths are in bytes and go through `ln(1 + x)`.
 pub fn choice_stats(text: &str) -> [f32; 12] {
     let mut stem_end = text.len();
@@ -80,13 +81,13 @@ pub fn choice_stats(text: &str) -> [f32; 12] {
         }
     }
     let lens = &all_lens[..count];
-    let n = lens.len() as f32;
-    let (mean, spread) = if lens.is_empty() {
-        (0.0, 0.0)
+    let n = count as f32;
+    let (mean, spread, digit_share) = if count == 0 {
+        (0.0, 0.0, 0.0)
     } else {
         let mean = lens.iter().sum::<f32>() / n;
         let var = lens.iter().map(|l| (l - mean).powi(2)).sum::<f32>() / n;
-        (mean, var.sqrt() / (mean + 1.0))
+        (mean, var.sqrt() / (mean + 1.0), with_digit as f32 / n)
     };
     let stem_digits = stem.bytes().filter(u8::is_ascii_digit).count() as f32;
     // One lower-cased copy and SIMD substring search: a naive case-insensitive scan per
@@ -103,11 +104,7 @@ pub fn choice_stats(text: &str) -> [f32; 12] {
         (stem.len() as f32).ln_1p(),
         mean.ln_1p(),
         spread,
-        if lens.is_empty() {
-            0.0
-        } else {
-            with_digit as f32 / n
-        },
+        digit_share,
         stem_digits / (stem.len() as f32 + 1.0),
         (memchr::memchr_iter(b'\n', stem.as_bytes()).count() as f32).ln_1p(),
         flag(stem.contains('?')),
