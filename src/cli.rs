@@ -243,6 +243,10 @@ struct EvalArgs {
     /// Measure this model file instead of cross-validating the recipe.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Repeat the cross-validation with this many fold assignments (seeds --seed,
+    /// --seed + 1, …) and report each figure's mean and spread.
+    #[arg(long, default_value_t = 1)]
+    repeats: u64,
 }
 
 fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
@@ -809,13 +813,51 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
             if opts.folds < 2 {
                 bail!("--folds must be at least 2, got {}", opts.folds);
             }
-            let fold = train::fold_assignment(data.rows.len(), opts.folds, opts.seed);
-            let p = train::cross_validate(&featurizer, &data, &names, &opts, &fold)?;
-            train::report(&data, &names, &p, Some(&fold), &opts)
+            if a.repeats == 0 {
+                bail!("--repeats must be at least 1");
+            }
+            let seeds: Vec<u64> = (0..a.repeats).map(|i| opts.seed.wrapping_add(i)).collect();
+            let mut rep =
+                train::repeated::cross_validate(&featurizer, &data, &names, &opts, &seeds)?;
+            if seeds.len() > 1 {
+                // The first repeat in full, so its curves and Pareto front stay readable.
+                print_report(&rep.reports[0]);
+                print_repeated(&rep);
+                if let Some(p) = a.data.report.as_deref() {
+                    std::fs::write(p, serde_json::to_vec_pretty(&rep)?)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                return Ok(());
+            }
+            rep.reports.remove(0)
         }
     };
     print_report(&rep);
     write_report(a.data.report.as_deref(), &rep)
+}
+
+fn print_repeated(rep: &train::repeated::Repeated) {
+    println!(
+        "\nrepeated cross-validation, {} fold assignments (seeds {:?}):",
+        rep.seeds.len(),
+        rep.seeds
+    );
+    println!(
+        "  {:<44} {:>7} {:>7} {:>7} {:>7}  per seed",
+        "figure", "mean", "sd", "min", "max"
+    );
+    for s in &rep.summary {
+        let v: Vec<String> = s.values.iter().map(|v| format!("{v:.3}")).collect();
+        println!(
+            "  {:<44} {:>7.3} {:>7.3} {:>7.3} {:>7.3}  {}",
+            s.figure,
+            s.mean,
+            s.sd,
+            s.min,
+            s.max,
+            v.join(" ")
+        );
+    }
 }
 
 fn train_logs(a: TrainArgs) -> anyhow::Result<()> {

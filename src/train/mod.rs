@@ -5,6 +5,7 @@ pub mod dataset;
 pub mod eval;
 pub mod fit;
 pub mod logs;
+pub mod repeated;
 pub mod tune;
 
 use rand::SeedableRng;

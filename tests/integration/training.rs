@@ -185,3 +185,33 @@ fn quality_heads_learn_each_tier_and_route_the_fixture_as_well() {
     .unwrap_err();
     assert!(err.to_string().contains("--quality-heads"), "{err}");
 }
+
+#[test]
+fn repeated_cross_validation_reports_every_seed_and_their_mean() {
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
+    let names = tiers.names();
+    let rep = train::repeated::cross_validate(&f, &data, &names, &options(), &[3, 4]).unwrap();
+    assert_eq!(rep.seeds, vec![3, 4]);
+    assert_eq!(rep.reports.len(), 2);
+    // Each repeat is the plain cross-validation with that seed's folds.
+    let fold = train::fold_assignment(data.rows.len(), options().folds, 4);
+    let p = train::cross_validate(&f, &data, &names, &options(), &fold).unwrap();
+    let single = train::report(&data, &names, &p, Some(&fold), &options());
+    let all = |r: &train::Report| r.two_tier.iter().find(|g| g.group == "all").unwrap().router;
+    assert_eq!(all(&rep.reports[1]).apgr, all(&single).apgr);
+    let spread = rep
+        .summary
+        .iter()
+        .find(|s| s.figure == "all router APGR")
+        .unwrap();
+    let mean = (all(&rep.reports[0]).apgr + all(&rep.reports[1]).apgr) / 2.0;
+    assert!((spread.mean - mean).abs() < 1e-12, "{spread:?}");
+    assert!(spread.min <= spread.mean && spread.mean <= spread.max);
+    assert!(
+        rep.summary
+            .iter()
+            .any(|s| s.figure.starts_with("cost saved"))
+    );
+}
