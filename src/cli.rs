@@ -752,7 +752,7 @@ fn print_report(rep: &Report) {
     }
 }
 
-fn write_report(path: Option<&Path>, rep: &Report) -> anyhow::Result<()> {
+fn write_report(path: Option<&Path>, rep: &impl serde::Serialize) -> anyhow::Result<()> {
     if let Some(p) = path {
         std::fs::write(p, serde_json::to_vec_pretty(rep)?)
             .with_context(|| format!("writing {}", p.display()))?;
@@ -823,11 +823,7 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
                 // The first repeat in full, so its curves and Pareto front stay readable.
                 print_report(&rep.reports[0]);
                 print_repeated(&rep);
-                if let Some(p) = a.data.report.as_deref() {
-                    std::fs::write(p, serde_json::to_vec_pretty(&rep)?)
-                        .with_context(|| format!("writing {}", p.display()))?;
-                }
-                return Ok(());
+                return write_report(a.data.report.as_deref(), &rep);
             }
             rep.reports.remove(0)
         }

@@ -54,7 +54,8 @@ pub struct Repeated {
     pub seeds: Vec<u64>,
     /// Headline figures over the repeats.
     pub summary: Vec<Spread>,
-    /// The full report of every repeat, in seed order.
+    /// Every repeat's report, in seed order; only the first keeps its Pareto front, which is
+    /// long and says little more seed after seed.
     pub reports: Vec<Report>,
 }
 
@@ -113,10 +114,14 @@ pub fn cross_validate(
     seeds: &[u64],
 ) -> Result<Repeated, TrainError> {
     let mut reports = Vec::with_capacity(seeds.len());
-    for &seed in seeds {
+    for (i, &seed) in seeds.iter().enumerate() {
         let fold = super::fold_assignment(data.rows.len(), opts.folds, seed);
         let p = super::cross_validate(featurizer, data, tiers, opts, &fold)?;
-        reports.push(super::report(data, tiers, &p, Some(&fold), opts));
+        let mut rep = super::report(data, tiers, &p, Some(&fold), opts);
+        if i > 0 {
+            rep.pareto.clear();
+        }
+        reports.push(rep);
     }
     Ok(summarize(seeds.to_vec(), reports))
 }
