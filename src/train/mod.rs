@@ -208,22 +208,35 @@ fn fit_on(
     } else {
         &data.labels
     };
+    let prototypes = fit_prototypes(names, data, rows, opts)?;
+    let expanded: Vec<Vec<f32>>;
+    let x = match &prototypes {
+        Some(p) => {
+            expanded = data.x.iter().map(|v| p.expand(v)).collect();
+            &expanded
+        }
+        None => &data.x,
+    };
+    let (scaling, heads) =
+        fit::fit_heads(x, labels, rows, tiers, n_heads, opts.fit, &base_weights)?;
+    Ok(Fitted {
+        kind,
+        prototypes,
+        scaling,
+        heads,
+    })
+}
+
+/// Topic prototypes or the topic classifier, fitted on `rows` only; `None` when the recipe
+/// asks for neither.
+fn fit_prototypes(
+    names: &[String],
+    data: &Prepared,
+    rows: &[usize],
+    opts: &TrainOptions,
+) -> Result<Option<Prototypes>, TrainError> {
     if opts.prototypes == 0 && !opts.category_prototypes && !opts.topic_classifier {
-        let (scaling, heads) = fit::fit_heads(
-            &data.x,
-            labels,
-            rows,
-            tiers,
-            n_heads,
-            opts.fit,
-            &base_weights,
-        )?;
-        return Ok(Fitted {
-            kind,
-            prototypes: None,
-            scaling,
-            heads,
-        });
+        return Ok(None);
     }
     let offset = names
         .iter()
@@ -267,29 +280,13 @@ fn fit_on(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-    let prototypes = Prototypes {
+    Ok(Some(Prototypes {
         offset,
         centroids,
         temperature,
         bias,
         interact,
-    };
-    let expanded: Vec<Vec<f32>> = data.x.iter().map(|v| prototypes.expand(v)).collect();
-    let (scaling, heads) = fit::fit_heads(
-        &expanded,
-        labels,
-        rows,
-        tiers,
-        n_heads,
-        opts.fit,
-        &base_weights,
-    )?;
-    Ok(Fitted {
-        kind,
-        prototypes: Some(prototypes),
-        scaling,
-        heads,
-    })
+    }))
 }
 
 /// Cross-validated figures for two tiers on one group of rows.
