@@ -90,23 +90,42 @@ pub fn reload_configured(engine: &Engine, why: &str) {
     }
 }
 
-fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What identifies one version of the model file. The modification time alone misses a file
+/// replaced within one tick of the kernel's coarse clock; an atomic rename (the usual deploy)
+/// always brings a new inode, and most edits change the length.
+#[derive(Debug, PartialEq)]
+struct Stamp {
+    modified: std::time::SystemTime,
+    len: u64,
+    #[cfg(unix)]
+    inode: u64,
 }
 
-/// Polls the classifier file's modification time and reloads it when it changes.
+fn stamp(path: &std::path::Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: m.modified().ok()?,
+        len: m.len(),
+        #[cfg(unix)]
+        inode: std::os::unix::fs::MetadataExt::ino(&m),
+    })
+}
+
+/// Polls the classifier file's [`Stamp`] and reloads it when it changes.
 fn spawn_model_watch(engine: Arc<Engine>) -> Option<tokio::task::JoinHandle<()>> {
     let every = engine.config().model.watch_interval_ms;
     if every == 0 {
         return None;
     }
+    // Read the starting time stamp now, not in the task: a spawned task may first run after
+    // the server already answers, and a file replaced in between would then never reload.
+    let path = engine.config().model.classifier.clone();
+    let mut last = stamp(&path);
     Some(tokio::spawn(async move {
-        let path = engine.config().model.classifier.clone();
-        let mut last = modified(&path);
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(every));
         loop {
             tick.tick().await;
-            let now = modified(&path);
+            let now = stamp(&path);
             if now.is_some() && now != last {
                 last = now;
                 let e = engine.clone();
