@@ -93,7 +93,8 @@ fn main() {
         embedding_weight: 0.1,
         topic_classifier: false,
         topic_alpha: 10.0,
-        quality_heads: false,
+        heads: triage::classifier::HeadsKind::Sufficiency,
+        source_offsets: false,
     };
     opts.fit.alpha = 100.0;
     let always_top = eval::operating(&vec![2; eval_rows.len()], &eval_scores, &PRICES, &eval_rows);

@@ -56,6 +56,12 @@ pub enum HeadsKind {
     /// 1 - the expected quality it gives up against the dearest tier, which also credits the
     /// rows where the cheap model is right and the dear one wrong.
     Quality,
+    /// Two heads per tier except the dearest, in tier order: the probability that the dearest
+    /// tier scores higher than this one, then that this one scores higher than the dearest.
+    /// A tier's score is 1 - (first - second): its expected shortfall against the dearest,
+    /// estimated from the pair of models' outcomes on the same rows rather than from two
+    /// separately fitted qualities.
+    Gain,
 }
 
 impl HeadsKind {
@@ -177,6 +183,10 @@ impl Classifier {
         let (want, which) = match file.heads_kind {
             HeadsKind::Sufficiency => (file.tiers.len() - 1, "one per tier except the dearest"),
             HeadsKind::Quality => (file.tiers.len(), "one per tier"),
+            HeadsKind::Gain => (
+                2 * (file.tiers.len() - 1),
+                "two per tier except the dearest",
+            ),
         };
         if file.heads.len() != want {
             return Err(format!(
@@ -201,11 +211,17 @@ impl Classifier {
             return Err(format!("thresholds[{i}] = {t} is outside [0, 1]"));
         }
         let mut folded = Vec::with_capacity(file.heads.len());
+        let per_tier = if file.heads_kind == HeadsKind::Gain {
+            2
+        } else {
+            1
+        };
         for (i, h) in file.heads.iter().enumerate() {
-            if h.tier != file.tiers[i] {
+            let tier = &file.tiers[i / per_tier];
+            if h.tier != *tier {
                 return Err(format!(
-                    "heads[{i}] is for tier {:?}, expected {:?}",
-                    h.tier, file.tiers[i]
+                    "heads[{i}] is for tier {:?}, expected {tier:?}",
+                    h.tier
                 ));
             }
             if h.weights.len() != n {
@@ -263,19 +279,36 @@ impl Classifier {
             }
             None => x,
         };
+        let p = self
+            .folded
+            .iter()
+            .map(|(w, b)| sigmoid(f64::from(crate::prototypes::dot(w, x) + b)));
+        let raw: Vec<f64> = match self.file.heads_kind {
+            HeadsKind::Sufficiency => p.collect(),
+            HeadsKind::Quality => {
+                // Each tier may fall back on the best cheaper tier's quality.
+                let mut best = 0.0f64;
+                let mut q: Vec<f64> = p
+                    .map(|v| {
+                        best = best.max(v);
+                        best
+                    })
+                    .collect();
+                let top = q.pop().unwrap_or(1.0);
+                q.iter().map(|v| 1.0 - (top - v)).collect()
+            }
+            HeadsKind::Gain => {
+                let p: Vec<f64> = p.collect();
+                p.chunks(2)
+                    .map(|pair| 1.0 - (pair[0] - pair.get(1).copied().unwrap_or(0.0)))
+                    .collect()
+            }
+        };
         let mut out = Vec::with_capacity(self.file.tiers.len());
         let mut floor = 0.0f64;
-        for (w, b) in &self.folded {
-            let z: f32 = crate::prototypes::dot(w, x) + b;
-            floor = floor.max(sigmoid(f64::from(z)));
+        for v in raw {
+            floor = floor.max(v.clamp(0.0, 1.0));
             out.push(floor);
-        }
-        if self.file.heads_kind == HeadsKind::Quality {
-            // `out` holds each tier's running best quality; the last is the dearest's own.
-            let top = out.pop().unwrap_or(1.0);
-            for q in &mut out {
-                *q = (1.0 - (top - *q)).clamp(0.0, 1.0);
-            }
         }
         out.push(1.0);
         out
@@ -362,6 +395,39 @@ mod tests {
         assert_eq!(p[2], 1.0);
         // A cheap tier predicted better than the dearest is simply good enough.
         let p = c.score(&[21.0, 0.0]);
+        assert_eq!(p[0], 1.0);
+    }
+
+    #[test]
+    fn gain_heads_score_one_minus_worse_plus_better() {
+        let mut m = model();
+        m.heads_kind = HeadsKind::Gain;
+        assert!(
+            Classifier::new(m.clone(), &schema(2))
+                .unwrap_err()
+                .contains("want two per tier except the dearest")
+        );
+        let constant = |tier: &str, p: f32| Head {
+            tier: tier.into(),
+            weights: vec![0.0, 0.0],
+            intercept: (p / (1.0 - p)).ln(),
+        };
+        // a: dearest better 0.4, a better 0.1; b: dearest better 0.5, b better 0.1.
+        m.heads = vec![
+            constant("a", 0.4),
+            constant("a", 0.1),
+            constant("b", 0.5),
+            constant("b", 0.1),
+        ];
+        let c = Classifier::new(m.clone(), &schema(2)).unwrap();
+        let p = c.score(&[3.0, 0.0]);
+        assert!((p[0] - 0.7).abs() < 1e-6, "{p:?}");
+        // b alone would be 0.6; a dearer tier is never scored below a cheaper one.
+        assert!((p[1] - 0.7).abs() < 1e-6, "{p:?}");
+        assert_eq!(p[2], 1.0);
+        // A tier expected to beat the dearest is simply good enough.
+        m.heads[1] = constant("a", 0.6);
+        let p = Classifier::new(m, &schema(2)).unwrap().score(&[3.0, 0.0]);
         assert_eq!(p[0], 1.0);
     }
 

@@ -153,6 +153,24 @@ struct RouteArgs {
     prompt: Option<String>,
 }
 
+/// `--heads`: what the classifier's heads estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HeadsArg {
+    Sufficiency,
+    Quality,
+    Gain,
+}
+
+impl From<HeadsArg> for triage::classifier::HeadsKind {
+    fn from(h: HeadsArg) -> Self {
+        match h {
+            HeadsArg::Sufficiency => Self::Sufficiency,
+            HeadsArg::Quality => Self::Quality,
+            HeadsArg::Gain => Self::Gain,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct DataArgs {
     /// Labelled JSON Lines file (repeatable).
@@ -204,10 +222,17 @@ struct DataArgs {
     /// Weight of the embedding columns relative to the others (< 1 penalizes them more).
     #[arg(long, default_value_t = 1.0)]
     embedding_weight: f32,
-    /// Fit quality heads (each tier's chance of answering well; a tier's score is 1 - its
-    /// expected shortfall against the dearest) instead of sufficiency heads.
+    /// What the heads estimate. `sufficiency`: a tier scores at least as well as the dearest.
+    /// `quality`: each tier's model answers well; a tier's score is 1 - its expected
+    /// shortfall against the dearest. `gain`: per cheaper tier, one head for "the dearest
+    /// scores higher" and one for "this tier scores higher"; the score is 1 - their difference.
+    #[arg(long, value_enum, default_value_t = HeadsArg::Sufficiency)]
+    heads: HeadsArg,
+    /// Give rows whose tiers stand for other models (another --dataset's mapping) their own
+    /// intercepts while fitting; the model serves the intercepts of the first fully mapped
+    /// rows' group, the one thresholds are tuned on.
     #[arg(long)]
-    quality_heads: bool,
+    source_offsets: bool,
     /// Write the report as JSON here too.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -637,7 +662,8 @@ fn prepare(
         embedding_weight: d.embedding_weight,
         topic_classifier: d.topic_classifier,
         topic_alpha: d.topic_alpha,
-        quality_heads: d.quality_heads,
+        heads: d.heads.into(),
+        source_offsets: d.source_offsets,
     };
     if !(opts.embedding_weight.is_finite() && opts.embedding_weight > 0.0) {
         bail!(
@@ -875,7 +901,8 @@ fn train_logs(a: TrainArgs) -> anyhow::Result<()> {
             embedding_weight: a.data.embedding_weight,
             topic_classifier: a.data.topic_classifier,
             topic_alpha: a.data.topic_alpha,
-            quality_heads: a.data.quality_heads,
+            heads: a.data.heads.into(),
+            source_offsets: a.data.source_offsets,
         };
         (f, None, opts)
     } else {

@@ -104,6 +104,21 @@ impl TierMap {
         self.tiers.iter().map(|(n, _)| n.clone()).collect()
     }
 
+    /// The models standing in for each tier on this row, `|`-joined (`-` where none has an
+    /// outcome).
+    pub fn stand_ins(&self, row: &Row) -> String {
+        self.tiers
+            .iter()
+            .map(|(_, models)| {
+                models
+                    .iter()
+                    .find(|m| row.outcomes.contains_key(*m))
+                    .map_or("-", String::as_str)
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+
     /// The row's score for each tier (None where no standing model has an outcome).
     pub fn scores(&self, row: &Row) -> Vec<Option<f64>> {
         self.tiers

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::classifier::{Classifier, MODEL_FORMAT, ModelFile, SchemaRef};
+use crate::classifier::{Classifier, HeadsKind, MODEL_FORMAT, ModelFile, SchemaRef};
 use crate::error::TrainError;
 use crate::features::{Conversation, Featurizer};
 use crate::prototypes::Prototypes;
@@ -34,6 +34,9 @@ pub struct Prepared {
     pub scores: Vec<Vec<Option<f64>>>,
     /// Per-head ordinal labels.
     pub labels: Vec<Vec<Option<bool>>>,
+    /// Which dataset models stood in for the tiers on each row (`model|model|…`, `-` where a
+    /// tier has none): rows of different files can mean different models by the same tier.
+    pub stand_ins: Vec<String>,
 }
 
 /// Featurizes rows with the serving featurizer (in parallel; the result is in input order).
@@ -94,12 +97,14 @@ pub fn prepare(
     }
     let scores: Vec<Vec<Option<f64>>> = rows.iter().map(|r| tiers.scores(r)).collect();
     let labels = scores.iter().map(|s| ordinal_labels(s)).collect();
+    let stand_ins = rows.iter().map(|r| tiers.stand_ins(r)).collect();
     Ok(Prepared {
         rows,
         x,
         tokens,
         scores,
         labels,
+        stand_ins,
     })
 }
 
@@ -149,9 +154,12 @@ pub struct TrainOptions {
     /// Weight of the embedding columns relative to the others (< 1 penalizes them more), so
     /// 256 embedding dimensions cannot drown a handful of strong scalar features.
     pub embedding_weight: f32,
-    /// Fit quality heads (each tier's chance of answering well) instead of sufficiency
-    /// heads; see [`crate::classifier::HeadsKind`].
-    pub quality_heads: bool,
+    /// What the heads estimate; see [`HeadsKind`].
+    pub heads: HeadsKind,
+    /// While fitting, give each group of rows with other stand-in models (see
+    /// [`Prepared::stand_ins`]) its own intercept, and serve the reference group's: the one of
+    /// the first training row that has every tier's outcome.
+    pub source_offsets: bool,
 }
 
 /// Quality labels: whether each tier's model answered well (score at least 0.5).
@@ -162,9 +170,27 @@ fn quality_labels(data: &Prepared) -> Vec<Vec<Option<bool>>> {
         .collect()
 }
 
+/// Gain labels: for every tier but the dearest, whether the dearest scored higher, then
+/// whether this tier did (`None` where either outcome is missing).
+fn gain_labels(data: &Prepared) -> Vec<Vec<Option<bool>>> {
+    data.scores
+        .iter()
+        .map(|s| {
+            let top = s.last().copied().flatten();
+            s[..s.len().saturating_sub(1)]
+                .iter()
+                .flat_map(|v| match (*v, top) {
+                    (Some(v), Some(t)) => [Some(t > v + 1e-9), Some(v > t + 1e-9)],
+                    _ => [None, None],
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// A fitted model before it becomes a file.
 struct Fitted {
-    kind: crate::classifier::HeadsKind,
+    kind: HeadsKind,
     prototypes: Option<Prototypes>,
     scaling: crate::classifier::Scaling,
     heads: Vec<crate::classifier::Head>,
@@ -190,24 +216,24 @@ fn fit_on(
             }
         })
         .collect();
-    let (kind, quality, n_heads) = if opts.quality_heads {
-        (
-            crate::classifier::HeadsKind::Quality,
-            quality_labels(data),
-            tiers.len(),
-        )
-    } else {
-        (
-            crate::classifier::HeadsKind::Sufficiency,
-            Vec::new(),
-            tiers.len() - 1,
-        )
+    let kind = opts.heads;
+    let relabelled;
+    let (labels, head_tiers): (&[Vec<Option<bool>>], Vec<String>) = match kind {
+        HeadsKind::Sufficiency => (&data.labels, tiers[..tiers.len() - 1].to_vec()),
+        HeadsKind::Quality => {
+            relabelled = quality_labels(data);
+            (&relabelled, tiers.to_vec())
+        }
+        HeadsKind::Gain => {
+            relabelled = gain_labels(data);
+            let names = tiers[..tiers.len() - 1]
+                .iter()
+                .flat_map(|t| [t.clone(), t.clone()])
+                .collect();
+            (&relabelled, names)
+        }
     };
-    let labels = if opts.quality_heads {
-        &quality
-    } else {
-        &data.labels
-    };
+    let n_heads = head_tiers.len();
     let prototypes = fit_prototypes(names, data, rows, opts)?;
     let expanded: Vec<Vec<f32>>;
     let x = match &prototypes {
@@ -217,14 +243,89 @@ fn fit_on(
         }
         None => &data.x,
     };
-    let (scaling, heads) =
-        fit::fit_heads(x, labels, rows, tiers, n_heads, opts.fit, &base_weights)?;
+    let (scaling, heads) = if opts.source_offsets {
+        fit_with_offsets(
+            data,
+            x,
+            labels,
+            rows,
+            &head_tiers,
+            n_heads,
+            opts.fit,
+            base_weights,
+        )?
+    } else {
+        fit::fit_heads(
+            x,
+            labels,
+            rows,
+            &head_tiers,
+            n_heads,
+            opts.fit,
+            &base_weights,
+        )?
+    };
     Ok(Fitted {
         kind,
         prototypes,
         scaling,
         heads,
     })
+}
+
+/// Fits the heads with one extra indicator column per non-reference stand-in group, then
+/// drops those columns, folding the reference group's value (0) into the intercepts. The
+/// slopes are shared by every group; the served intercept is the reference group's, whose
+/// tier mapping the thresholds are tuned on.
+#[allow(clippy::too_many_arguments)]
+fn fit_with_offsets(
+    data: &Prepared,
+    x: &[Vec<f32>],
+    labels: &[Vec<Option<bool>>],
+    rows: &[usize],
+    tiers: &[String],
+    n_heads: usize,
+    fit: FitOptions,
+    mut column_weight: Vec<f32>,
+) -> Result<(crate::classifier::Scaling, Vec<crate::classifier::Head>), TrainError> {
+    let reference = rows
+        .iter()
+        .find(|&&r| data.scores[r].iter().all(Option::is_some))
+        .or(rows.first())
+        .map(|&r| data.stand_ins[r].as_str());
+    let mut others: Vec<&str> = Vec::new();
+    for &r in rows {
+        let g = data.stand_ins[r].as_str();
+        if Some(g) != reference && !others.contains(&g) {
+            others.push(g);
+        }
+    }
+    if others.is_empty() {
+        return fit::fit_heads(x, labels, rows, tiers, n_heads, fit, &column_weight);
+    }
+    let d = x.first().map_or(0, Vec::len);
+    let wide: Vec<Vec<f32>> = x
+        .iter()
+        .zip(&data.stand_ins)
+        .map(|(v, group)| {
+            let mut v = v.clone();
+            v.extend(others.iter().map(|g| f32::from(u8::from(group == g))));
+            v
+        })
+        .collect();
+    column_weight.resize(d, 1.0);
+    column_weight.resize(d + others.len(), 1.0);
+    let (mut scaling, mut heads) =
+        fit::fit_heads(&wide, labels, rows, tiers, n_heads, fit, &column_weight)?;
+    for h in &mut heads {
+        for j in d..h.weights.len() {
+            h.intercept -= h.weights[j] * scaling.mean[j] / scaling.std[j];
+        }
+        h.weights.truncate(d);
+    }
+    scaling.mean.truncate(d);
+    scaling.std.truncate(d);
+    Ok((scaling, heads))
 }
 
 /// Topic prototypes or the topic classifier, fitted on `rows` only; `None` when the recipe
@@ -849,6 +950,7 @@ fn append_logged(data: &mut Prepared, rows: &[&logs::LoggedRow], tiers: usize) {
             data.tokens.push(r.prompt_tokens);
             data.scores.push(vec![None; tiers]);
             data.labels.push(r.labels.clone());
+            data.stand_ins.push("log".into());
         }
     }
 }
@@ -865,9 +967,9 @@ pub fn train_from_logs(
     opts: &TrainOptions,
     current: Option<&Classifier>,
 ) -> Result<(ModelFile, LogReport), TrainError> {
-    if opts.quality_heads {
+    if opts.heads != HeadsKind::Sufficiency {
         return Err(TrainError::Data(
-            "--quality-heads cannot learn from logs yet: a logged outcome is only known for the tier that answered; train on --dataset rows".into(),
+            "--heads quality|gain cannot learn from logs yet: a logged outcome is only known for the tier that answered; train on --dataset rows".into(),
         ));
     }
     let heads = tiers.len() - 1;
@@ -887,6 +989,7 @@ pub fn train_from_logs(
         tokens: Vec::new(),
         scores: Vec::new(),
         labels: Vec::new(),
+        stand_ins: Vec::new(),
     };
     let base = extra.cloned().unwrap_or_else(empty);
     let cut = logged.len() * 4 / 5;
@@ -952,4 +1055,40 @@ pub fn train_from_logs(
         model_file(featurizer.schema(), tiers, fitted, thresholds, training),
         report,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(scores: Vec<Vec<Option<f64>>>) -> Prepared {
+        Prepared {
+            rows: Vec::new(),
+            x: Vec::new(),
+            tokens: Vec::new(),
+            labels: Vec::new(),
+            stand_ins: Vec::new(),
+            scores,
+        }
+    }
+
+    #[test]
+    fn gain_labels_say_which_of_the_pair_scored_higher() {
+        let data = prepared(vec![
+            // fast wrong, standard right, frontier right.
+            vec![Some(0.0), Some(1.0), Some(1.0)],
+            // fast right where frontier is wrong; standard ties it.
+            vec![Some(1.0), Some(0.0), Some(0.0)],
+            // No fast outcome; a judge score below the frontier's.
+            vec![None, Some(0.6), Some(0.7)],
+            // No frontier outcome: nothing to compare with.
+            vec![Some(1.0), Some(1.0), None],
+        ]);
+        let labels = gain_labels(&data);
+        let (t, f) = (Some(true), Some(false));
+        assert_eq!(labels[0], vec![t, f, f, f]);
+        assert_eq!(labels[1], vec![f, t, f, f]);
+        assert_eq!(labels[2], vec![None, None, t, f]);
+        assert_eq!(labels[3], vec![None; 4]);
+    }
 }

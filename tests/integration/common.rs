@@ -112,7 +112,8 @@ pub fn options() -> TrainOptions {
         embedding_weight: 1.0,
         topic_classifier: false,
         topic_alpha: 1.0,
-        quality_heads: false,
+        heads: triage::classifier::HeadsKind::Sufficiency,
+        source_offsets: false,
     }
 }
 

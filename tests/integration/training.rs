@@ -137,53 +137,108 @@ fn the_ascii_fast_path_tokenizes_exactly_like_the_tokenizers_crate() {
 }
 
 #[test]
-fn quality_heads_learn_each_tier_and_route_the_fixture_as_well() {
+fn quality_and_gain_heads_learn_the_fixture_and_route_it_as_well() {
+    use triage::classifier::HeadsKind;
     let f = featurizer();
     let tiers: TierMap = TIERS.parse().unwrap();
     let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
-    let mut opts = options();
-    opts.quality_heads = true;
-    let (file, rep) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
-    assert_eq!(file.heads_kind, triage::classifier::HeadsKind::Quality);
-    assert_eq!(
-        file.heads.len(),
-        3,
-        "one head per tier, the dearest included"
-    );
-    let all = rep.two_tier.iter().find(|g| g.group == "all").unwrap();
-    assert!(all.router.apgr > 0.95 * (2.0 / 3.0), "{:?}", all.router);
-    let c = Classifier::new(file.clone(), f.schema()).unwrap();
-    let score = |text: &str| {
-        c.score(
-            &f.featurize(triage::features::Conversation::single(text))
-                .unwrap()
-                .vector,
+    // Quality: one head per tier, the dearest included; gain: a pair per cheaper tier.
+    for (kind, n_heads) in [(HeadsKind::Quality, 3), (HeadsKind::Gain, 4)] {
+        let mut opts = options();
+        opts.heads = kind;
+        let (file, rep) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
+        assert_eq!(file.heads_kind, kind);
+        assert_eq!(file.heads.len(), n_heads, "{kind:?}");
+        let all = rep.two_tier.iter().find(|g| g.group == "all").unwrap();
+        assert!(
+            all.router.apgr > 0.95 * (2.0 / 3.0),
+            "{kind:?}: {:?}",
+            all.router
+        );
+        let c = Classifier::new(file.clone(), f.schema()).unwrap();
+        let score = |text: &str| {
+            c.score(
+                &f.featurize(triage::features::Conversation::single(text))
+                    .unwrap()
+                    .vector,
+            )
+        };
+        let chat = score("Hi! How are you? Let's chat about the weather.");
+        let proof = score(
+            "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
+        );
+        for p in [&chat, &proof] {
+            assert!(
+                p.windows(2).all(|w| w[0] <= w[1]) && p[2] == 1.0,
+                "{kind:?}: {p:?}"
+            );
+        }
+        assert!(
+            chat[0] > 0.8 && proof[0] < chat[0] - 0.3,
+            "{kind:?}: {chat:?} {proof:?}"
+        );
+        // Logs cannot train these heads (only the answering tier's outcome is known): refused.
+        let stats = Default::default();
+        let err = train::train_from_logs(
+            &f,
+            &[],
+            stats,
+            Some(&data),
+            &["fast".into(), "standard".into(), "frontier".into()],
+            &opts,
+            None,
         )
-    };
-    let chat = score("Hi! How are you? Let's chat about the weather.");
-    let proof = score(
-        "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
-    );
-    for p in [&chat, &proof] {
-        assert!(p.windows(2).all(|w| w[0] <= w[1]) && p[2] == 1.0, "{p:?}");
+        .unwrap_err();
+        assert!(err.to_string().contains("--heads quality|gain"), "{err}");
     }
+}
+
+#[test]
+fn source_offsets_serve_the_reference_mapping_intercept() {
+    use triage::classifier::HeadsKind;
+    // The fixture (every tier mapped), plus a second "file" where other models stand in for
+    // standard and frontier, and the standard one never matches the frontier one, even on the
+    // translations the fixture's standard model always gets right.
+    let mut rows = fixture_rows();
+    for (i, r) in fixture_rows().into_iter().enumerate() {
+        rows.push(triage::train::dataset::Row {
+            id: format!("other-{i}"),
+            outcomes: [("medium-2".to_string(), 0.0), ("large-2".to_string(), 1.0)]
+                .into_iter()
+                .collect(),
+            ..r
+        });
+    }
+    let tiers: TierMap = "fast=small,standard=medium|medium-2,frontier=large|large-2"
+        .parse()
+        .unwrap();
+    let f = featurizer();
+    let data = train::prepare(&f, rows, &tiers, false).unwrap();
+    assert_eq!(data.stand_ins[0], "small|medium|large");
+    assert_eq!(data.stand_ins.last().unwrap(), "-|medium-2|large-2");
+    let translate = f
+        .featurize(triage::features::Conversation::single(
+            "Translate into French: I would like to talk about lunch tomorrow.",
+        ))
+        .unwrap()
+        .vector;
+    let standard = |offsets: bool| {
+        let mut opts = options();
+        opts.heads = HeadsKind::Gain;
+        opts.source_offsets = offsets;
+        let (file, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
+        // Offsets are fitted and then dropped: the file has the usual shape.
+        assert_eq!(file.scaling.mean.len(), file.heads[0].weights.len());
+        Classifier::new(file, f.schema()).unwrap().score(&translate)[1]
+    };
+    let (pooled, offset) = (standard(false), standard(true));
+    // Pooled, the other file's failures drag the translation's standard score down; with
+    // offsets the served score is the reference mapping's, where standard is good enough.
+    assert!(offset > 0.8, "with offsets {offset}");
     assert!(
-        chat[0] > 0.8 && proof[0] < chat[0] - 0.3,
-        "{chat:?} {proof:?}"
+        offset > pooled + 0.15,
+        "with offsets {offset}, pooled {pooled}"
     );
-    // Logs cannot train quality heads (only the answering tier's outcome is known): refused.
-    let stats = Default::default();
-    let err = train::train_from_logs(
-        &f,
-        &[],
-        stats,
-        Some(&data),
-        &["fast".into(), "standard".into(), "frontier".into()],
-        &opts,
-        None,
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("--quality-heads"), "{err}");
 }
 
 #[test]
