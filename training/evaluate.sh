@@ -4,14 +4,16 @@
 # ±0.01. The figures quoted are the means; every seed's value is printed and in the report.
 #
 #   bash training/evaluate.sh [DATA_DIR]                  # DATA_DIR defaults to ../shared/data
-#   QUALITY_HEADS=1 bash training/evaluate.sh [DATA_DIR]  # the same with --quality-heads
+#   HEADS=quality bash training/evaluate.sh [DATA_DIR]    # the same recipe with other heads
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
-# The shipped recipe (training/train_default.sh); QUALITY_HEADS=1 adds --quality-heads, which
-# scores better on each file alone but worse on MMLU-Pro when both files are pooled (see the card).
-recipe=(--alpha 100 --embedding-weight 0.1 --topic-classifier --topic-alpha 10 --interact log_prompt_tokens,log_numbers)
-if [[ "${QUALITY_HEADS:-0}" == 1 ]]; then recipe+=(--quality-heads); suffix=.quality; else suffix=; fi
+# The shipped recipe (training/train_default.sh). HEADS=sufficiency|quality swaps the heads
+# for the comparison in the model card; reports then get a .sufficiency/.quality suffix.
+# --source-offsets is a no-op on one file (a single tier mapping) and is left out here.
+heads=${HEADS:-gain}
+recipe=(--alpha 100 --embedding-weight 0.1 --topic-classifier --topic-alpha 10 --interact log_prompt_tokens,log_numbers --heads "$heads")
+if [[ "$heads" == gain ]]; then suffix=; else suffix=.$heads; fi
 triage() { cargo run --release --quiet -- "$@" "${recipe[@]}"; }
 echo "### Two tiers on RouteLLM (MMLU + GSM8K): mixtral-8x7b vs gpt-4"
 triage eval --dataset "$data/routellm/routellm_dev.jsonl" \
