@@ -54,8 +54,8 @@ pub fn scaling(x: &[Vec<f32>], rows: &[usize]) -> Scaling {
     }
 }
 
-/// Fits `n_heads` heads, the first tiers' (all but the dearest for sufficiency heads, all
-/// for quality heads). `labels[r][k]` is row r's label for head k.
+/// Fits one head per entry of `head_tiers` (the tier each head belongs to, in head order).
+/// `labels[r][k]` is row r's label for head k.
 ///
 /// `column_weight[j]` (1 when absent) shrinks feature j's standardized column before fitting,
 /// which is the same as a heavier L2 penalty on it; it is folded into the stored `std`, so the
@@ -64,8 +64,7 @@ pub fn fit_heads(
     x: &[Vec<f32>],
     labels: &[Vec<Option<bool>>],
     rows: &[usize],
-    tiers: &[String],
-    n_heads: usize,
+    head_tiers: &[String],
     opts: FitOptions,
     column_weight: &[f32],
 ) -> Result<(Scaling, Vec<Head>), TrainError> {
@@ -76,8 +75,8 @@ pub fn fit_heads(
         }
     }
     let d = sc.mean.len();
-    let mut heads = Vec::with_capacity(n_heads);
-    for (k, tier) in tiers.iter().enumerate().take(n_heads) {
+    let mut heads = Vec::with_capacity(head_tiers.len());
+    for (k, tier) in head_tiers.iter().enumerate() {
         let used: Vec<(usize, bool)> = rows
             .iter()
             .filter_map(|&r| labels[r].get(k).copied().flatten().map(|y| (r, y)))
@@ -184,12 +183,12 @@ mod tests {
             labels.push(vec![Some(y)]);
         }
         let rows: Vec<usize> = (0..40).collect();
-        let tiers = vec!["cheap".to_string(), "dear".to_string()];
+        let tiers = ["cheap".to_string()];
         let opts = FitOptions {
             alpha: 0.1,
             max_iterations: 100,
         };
-        fit_heads(&x, &labels, &rows, &tiers, 1, opts, &[])
+        fit_heads(&x, &labels, &rows, &tiers, opts, &[])
             .unwrap()
             .1
             .remove(0)
@@ -207,13 +206,12 @@ mod tests {
     fn single_class_heads_are_constant_at_the_base_rate() {
         let x = vec![vec![1.0f32]; 4];
         let labels = vec![vec![Some(true)]; 4];
-        let tiers = vec!["a".to_string(), "b".to_string()];
+        let tiers = ["a".to_string()];
         let (_, heads) = fit_heads(
             &x,
             &labels,
             &[0, 1, 2, 3],
             &tiers,
-            1,
             FitOptions::default(),
             &[],
         )
@@ -234,12 +232,12 @@ mod tests {
             labels.push(vec![Some(y)]);
         }
         let rows: Vec<usize> = (0..60).collect();
-        let tiers = vec!["a".to_string(), "b".to_string()];
+        let tiers = ["a".to_string()];
         let opts = FitOptions {
             alpha: 5.0,
             max_iterations: 100,
         };
-        let (sc, heads) = fit_heads(&x, &labels, &rows, &tiers, 1, opts, &[1.0, 0.1]).unwrap();
+        let (sc, heads) = fit_heads(&x, &labels, &rows, &tiers, opts, &[1.0, 0.1]).unwrap();
         // Effective weight on the raw feature is weight / std; the stored std carries the 0.1.
         let raw = |j: usize| heads[0].weights[j] / sc.std[j];
         assert!(raw(0) > 5.0 * raw(1), "{heads:?} {sc:?}");

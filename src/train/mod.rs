@@ -233,7 +233,6 @@ fn fit_on(
             (&relabelled, names)
         }
     };
-    let n_heads = head_tiers.len();
     let prototypes = fit_prototypes(names, data, rows, opts)?;
     let expanded: Vec<Vec<f32>>;
     let x = match &prototypes {
@@ -244,26 +243,9 @@ fn fit_on(
         None => &data.x,
     };
     let (scaling, heads) = if opts.source_offsets {
-        fit_with_offsets(
-            data,
-            x,
-            labels,
-            rows,
-            &head_tiers,
-            n_heads,
-            opts.fit,
-            base_weights,
-        )?
+        fit_with_offsets(data, x, labels, rows, &head_tiers, opts.fit, base_weights)?
     } else {
-        fit::fit_heads(
-            x,
-            labels,
-            rows,
-            &head_tiers,
-            n_heads,
-            opts.fit,
-            &base_weights,
-        )?
+        fit::fit_heads(x, labels, rows, &head_tiers, opts.fit, &base_weights)?
     };
     Ok(Fitted {
         kind,
@@ -277,14 +259,12 @@ fn fit_on(
 /// drops those columns, folding the reference group's value (0) into the intercepts. The
 /// slopes are shared by every group; the served intercept is the reference group's, whose
 /// tier mapping the thresholds are tuned on.
-#[allow(clippy::too_many_arguments)]
 fn fit_with_offsets(
     data: &Prepared,
     x: &[Vec<f32>],
     labels: &[Vec<Option<bool>>],
     rows: &[usize],
-    tiers: &[String],
-    n_heads: usize,
+    head_tiers: &[String],
     fit: FitOptions,
     mut column_weight: Vec<f32>,
 ) -> Result<(crate::classifier::Scaling, Vec<crate::classifier::Head>), TrainError> {
@@ -301,7 +281,7 @@ fn fit_with_offsets(
         }
     }
     if others.is_empty() {
-        return fit::fit_heads(x, labels, rows, tiers, n_heads, fit, &column_weight);
+        return fit::fit_heads(x, labels, rows, head_tiers, fit, &column_weight);
     }
     let d = x.first().map_or(0, Vec::len);
     let wide: Vec<Vec<f32>> = x
@@ -316,7 +296,7 @@ fn fit_with_offsets(
     column_weight.resize(d, 1.0);
     column_weight.resize(d + others.len(), 1.0);
     let (mut scaling, mut heads) =
-        fit::fit_heads(&wide, labels, rows, tiers, n_heads, fit, &column_weight)?;
+        fit::fit_heads(&wide, labels, rows, head_tiers, fit, &column_weight)?;
     for h in &mut heads {
         for j in d..h.weights.len() {
             h.intercept -= h.weights[j] * scaling.mean[j] / scaling.std[j];
