@@ -279,36 +279,35 @@ impl Classifier {
             }
             None => x,
         };
-        let p = self
-            .folded
-            .iter()
-            .map(|(w, b)| sigmoid(f64::from(crate::prototypes::dot(w, x) + b)));
-        let raw: Vec<f64> = match self.file.heads_kind {
-            HeadsKind::Sufficiency => p.collect(),
+        // One buffer per call: head outputs, then tier scores in place.
+        let mut out = Vec::with_capacity(self.folded.len() + 1);
+        out.extend(
+            self.folded
+                .iter()
+                .map(|(w, b)| sigmoid(f64::from(crate::prototypes::dot(w, x) + b))),
+        );
+        match self.file.heads_kind {
+            HeadsKind::Sufficiency => {}
             HeadsKind::Quality => {
                 // Each tier may fall back on the best cheaper tier's quality.
-                let mut best = 0.0f64;
-                let mut q: Vec<f64> = p
-                    .map(|v| {
-                        best = best.max(v);
-                        best
-                    })
-                    .collect();
-                let top = q.pop().unwrap_or(1.0);
-                q.iter().map(|v| 1.0 - (top - v)).collect()
+                for k in 1..out.len() {
+                    out[k] = out[k].max(out[k - 1]);
+                }
+                let top = out.pop().unwrap_or(1.0);
+                out.iter_mut().for_each(|q| *q = 1.0 - (top - *q));
             }
             HeadsKind::Gain => {
-                let p: Vec<f64> = p.collect();
-                p.chunks(2)
-                    .map(|pair| 1.0 - (pair[0] - pair.get(1).copied().unwrap_or(0.0)))
-                    .collect()
+                // Pair k (dearest higher, this tier higher) becomes tier k's score.
+                for k in 0..out.len() / 2 {
+                    out[k] = 1.0 - (out[2 * k] - out[2 * k + 1]);
+                }
+                out.truncate(out.len() / 2);
             }
-        };
-        let mut out = Vec::with_capacity(self.file.tiers.len());
+        }
         let mut floor = 0.0f64;
-        for v in raw {
+        for v in &mut out {
             floor = floor.max(v.clamp(0.0, 1.0));
-            out.push(floor);
+            *v = floor;
         }
         out.push(1.0);
         out
