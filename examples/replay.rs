@@ -95,6 +95,8 @@ fn main() {
         topic_alpha: 10.0,
         heads: triage::classifier::HeadsKind::Sufficiency,
         source_offsets: false,
+        cue_weight: 0.0,
+        experts: train::ExpertOptions::default(),
     };
     opts.fit.alpha = 100.0;
     let always_top = eval::operating(&vec![2; eval_rows.len()], &eval_scores, &PRICES, &eval_rows);

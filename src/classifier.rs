@@ -40,6 +40,10 @@ pub struct ModelFile {
     /// Topic prototypes whose memberships follow the base features (absent in plain models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prototypes: Option<Prototypes>,
+    /// Topic experts: small heads of their own that replace the shared heads on prompts the
+    /// topic classifier places in their topic (needs `prototypes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<Expert>,
     /// How the model was made (datasets, rows, seed, cross-validated figures).
     #[serde(default)]
     pub training: serde_json::Value,
@@ -68,6 +72,31 @@ impl HeadsKind {
     fn is_sufficiency(&self) -> bool {
         *self == Self::Sufficiency
     }
+}
+
+/// Heads fitted on one topic's rows over a few features of their own.
+///
+/// Why: a topic can have its own signs of difficulty that the shared heads, fitted across all
+/// topics with a heavy penalty, cannot afford to learn (on maths word problems, how many
+/// quantities and steps a problem chains). The expert scores a prompt when the topic
+/// classifier's posterior for its topic reaches `gate`; otherwise the shared heads do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expert {
+    /// The training rows' topic (`source/category`) it was fitted on.
+    pub topic: String,
+    /// Index of that topic's membership among the prototypes.
+    pub membership: usize,
+    /// Posterior at or above which the expert scores the prompt, in [0.5, 1] so that at most
+    /// one topic can claim it.
+    pub gate: f32,
+    /// Base features it reads, by schema name.
+    pub features: Vec<String>,
+    /// Standardization of those features: `(x - mean) / std`.
+    pub scaling: Scaling,
+    /// One entry per shared head, in the same order: `null` where the topic's rows had no
+    /// outcomes for that head, and the shared head scores instead.
+    pub heads: Vec<Option<Head>>,
 }
 
 /// The schema a model was trained on.
@@ -110,6 +139,41 @@ pub struct Classifier {
     file: ModelFile,
     // Folded heads: p = sigmoid(w · x + b) on raw features.
     folded: Vec<(Vec<f32>, f32)>,
+    experts: Vec<FoldedExpert>,
+}
+
+/// An [`Expert`] resolved against the schema, with its scaling folded into the weights.
+#[derive(Debug, Clone)]
+struct FoldedExpert {
+    /// Index of its topic's membership in the expanded vector.
+    membership: usize,
+    gate: f32,
+    /// Base feature indices it reads.
+    features: Vec<usize>,
+    heads: Vec<Option<(Vec<f32>, f32)>>,
+}
+
+/// Folds `(x - mean) / std` into a head's weights and intercept, so it applies to raw features.
+fn fold(h: &Head, scaling: &Scaling, i: &str) -> Result<(Vec<f32>, f32), String> {
+    let n = scaling.mean.len();
+    if h.weights.len() != n {
+        return Err(format!("{i} has {} weights, expected {n}", h.weights.len()));
+    }
+    let mut w = Vec::with_capacity(n);
+    let mut b = f64::from(h.intercept);
+    for j in 0..n {
+        let s = scaling.std[j];
+        if !(s.is_finite() && s > 0.0 && scaling.mean[j].is_finite()) {
+            return Err(format!("scaling for feature {j} is not usable (std {s})"));
+        }
+        let wj = h.weights[j] / s;
+        b -= f64::from(wj) * f64::from(scaling.mean[j]);
+        w.push(wj);
+    }
+    if !(b.is_finite() && w.iter().all(|v| v.is_finite())) {
+        return Err(format!("{i} has non-finite weights"));
+    }
+    Ok((w, b as f32))
 }
 
 fn sigmoid(z: f64) -> f64 {
@@ -224,29 +288,81 @@ impl Classifier {
                     h.tier
                 ));
             }
-            if h.weights.len() != n {
-                return Err(format!(
-                    "heads[{i}] has {} weights, expected {n}",
-                    h.weights.len()
-                ));
-            }
-            let mut w = Vec::with_capacity(n);
-            let mut b = f64::from(h.intercept);
-            for j in 0..n {
-                let s = file.scaling.std[j];
-                if !(s.is_finite() && s > 0.0 && file.scaling.mean[j].is_finite()) {
-                    return Err(format!("scaling for feature {j} is not usable (std {s})"));
-                }
-                let wj = h.weights[j] / s;
-                b -= f64::from(wj) * f64::from(file.scaling.mean[j]);
-                w.push(wj);
-            }
-            if !(b.is_finite() && w.iter().all(|v| v.is_finite())) {
-                return Err(format!("heads[{i}] has non-finite weights"));
-            }
-            folded.push((w, b as f32));
+            folded.push(fold(h, &file.scaling, &format!("heads[{i}]"))?);
         }
-        Ok(Self { file, folded })
+        let experts = file
+            .experts
+            .iter()
+            .enumerate()
+            .map(|(e, x)| {
+                Self::fold_expert(&file, schema, x).map_err(|m| format!("experts[{e}]: {m}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            file,
+            folded,
+            experts,
+        })
+    }
+
+    /// Checks an expert against the model and the schema and folds its heads.
+    fn fold_expert(file: &ModelFile, schema: &Schema, x: &Expert) -> Result<FoldedExpert, String> {
+        let topics = file.prototypes.as_ref().map_or(0, |p| p.centroids.len());
+        if x.membership >= topics {
+            return Err(format!(
+                "membership {} is not one of the model's {topics} topic memberships",
+                x.membership
+            ));
+        }
+        if !(0.5..=1.0).contains(&x.gate) {
+            return Err(format!("gate {} is outside [0.5, 1]", x.gate));
+        }
+        let features = x
+            .features
+            .iter()
+            .map(|f| {
+                schema
+                    .names
+                    .iter()
+                    .position(|n| n == f)
+                    .ok_or_else(|| format!("feature {f:?} is not in the schema"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if x.scaling.mean.len() != features.len() || x.scaling.std.len() != features.len() {
+            return Err(format!(
+                "scaling has {}/{} entries for {} features",
+                x.scaling.mean.len(),
+                x.scaling.std.len(),
+                features.len()
+            ));
+        }
+        if x.heads.len() != file.heads.len() {
+            return Err(format!(
+                "has {} heads, the model {} (one entry per shared head, null to keep it)",
+                x.heads.len(),
+                file.heads.len()
+            ));
+        }
+        let mut heads = Vec::with_capacity(x.heads.len());
+        for (i, (h, shared)) in x.heads.iter().zip(&file.heads).enumerate() {
+            heads.push(match h {
+                None => None,
+                Some(h) if h.tier != shared.tier => {
+                    return Err(format!(
+                        "heads[{i}] is for tier {:?}, expected {:?}",
+                        h.tier, shared.tier
+                    ));
+                }
+                Some(h) => Some(fold(h, &x.scaling, &format!("heads[{i}]"))?),
+            });
+        }
+        let base = file.schema.n_features;
+        Ok(FoldedExpert {
+            membership: base + x.membership,
+            gate: x.gate,
+            features,
+            heads,
+        })
     }
 
     /// The model as stored.
@@ -271,6 +387,11 @@ impl Classifier {
     /// "probability" is 1 - the expected quality shortfall against the dearest tier (clamped
     /// to [0, 1]), where a tier may fall back on the best cheaper tier's quality.
     pub fn score(&self, x: &[f32]) -> Vec<f64> {
+        self.score_explained(x).0
+    }
+
+    /// [`Self::score`], and the topic of the expert that scored, if one did.
+    pub fn score_explained(&self, x: &[f32]) -> (Vec<f64>, Option<&str>) {
         let expanded;
         let x = match &self.file.prototypes {
             Some(p) => {
@@ -279,13 +400,27 @@ impl Classifier {
             }
             None => x,
         };
+        let which = self
+            .experts
+            .iter()
+            .position(|e| x.get(e.membership).is_some_and(|m| *m >= e.gate));
+        let expert = which.and_then(|i| self.experts.get(i));
         // One buffer per call: head outputs, then tier scores in place.
         let mut out = Vec::with_capacity(self.folded.len() + 1);
-        out.extend(
-            self.folded
-                .iter()
-                .map(|(w, b)| sigmoid(f64::from(crate::prototypes::dot(w, x) + b))),
-        );
+        out.extend(self.folded.iter().enumerate().map(|(k, (w, b))| {
+            let z = match expert.and_then(|e| e.heads.get(k)?.as_ref().map(|h| (e, h))) {
+                Some((e, (ew, eb))) => {
+                    let at = |j: usize| x.get(j).copied().unwrap_or(0.0);
+                    ew.iter()
+                        .zip(&e.features)
+                        .map(|(w, &j)| w * at(j))
+                        .sum::<f32>()
+                        + eb
+                }
+                None => crate::prototypes::dot(w, x) + b,
+            };
+            sigmoid(f64::from(z))
+        }));
         match self.file.heads_kind {
             HeadsKind::Sufficiency => {}
             HeadsKind::Quality => {
@@ -310,7 +445,10 @@ impl Classifier {
             *v = floor;
         }
         out.push(1.0);
-        out
+        let topic = which
+            .and_then(|i| self.file.experts.get(i))
+            .map(|e| e.topic.as_str());
+        (out, topic)
     }
 }
 
@@ -355,8 +493,139 @@ mod tests {
             thresholds: vec![0.5, 0.5, 0.0],
             heads_kind: HeadsKind::Sufficiency,
             prototypes: None,
+            experts: Vec::new(),
             training: serde_json::Value::Null,
         }
+    }
+
+    /// Three base features (f0, then a 2-D embedding), two topics, and an expert for topic 0
+    /// that scores tier a from f0 alone: z = -f0.
+    fn expert_model() -> ModelFile {
+        let shared = |tier: &str, w: f32| Head {
+            tier: tier.into(),
+            weights: vec![w, 0.0, 0.0, 0.0, 0.0],
+            intercept: 0.0,
+        };
+        ModelFile {
+            schema: SchemaRef {
+                version: "v".into(),
+                fingerprint: "fp".into(),
+                n_features: 3,
+            },
+            scaling: Scaling {
+                mean: vec![0.0; 5],
+                std: vec![1.0; 5],
+            },
+            heads: vec![shared("a", 1.0), shared("b", 0.5)],
+            prototypes: Some(Prototypes {
+                offset: 1,
+                centroids: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
+                temperature: 0.1,
+                bias: vec![0.0, 0.0],
+                interact: Vec::new(),
+            }),
+            experts: vec![Expert {
+                topic: "t0".into(),
+                membership: 0,
+                gate: 0.9,
+                features: vec!["f0".into()],
+                scaling: Scaling {
+                    mean: vec![1.0],
+                    std: vec![0.5],
+                },
+                heads: vec![
+                    Some(Head {
+                        tier: "a".into(),
+                        weights: vec![-0.5],
+                        intercept: -0.5,
+                    }),
+                    None,
+                ],
+            }],
+            ..model()
+        }
+    }
+
+    #[test]
+    fn an_expert_scores_only_prompts_its_topic_claims() {
+        let c = Classifier::new(expert_model(), &schema(3)).unwrap();
+        // Topic 0 (posterior ~1): the expert's head a gives z = -0.5 * (2 - 1) / 0.5 - 0.5
+        // = -1.5; head b has no expert head, so the shared one scores: z = 0.5 * 2 = 1.
+        let (p, topic) = c.score_explained(&[2.0, 1.0, 0.0]);
+        assert_eq!(topic, Some("t0"));
+        assert!((p[0] - sigmoid(-1.5)).abs() < 1e-6, "{p:?}");
+        assert!((p[1] - sigmoid(1.0)).abs() < 1e-6, "{p:?}");
+        // Topic 1: the shared heads score (z = 2 for a).
+        let (p, topic) = c.score_explained(&[2.0, 0.0, 1.0]);
+        assert_eq!(topic, None);
+        assert!((p[0] - sigmoid(2.0)).abs() < 1e-6, "{p:?}");
+        // Leaning to topic 0 but below the gate (posterior 0.62): still the shared heads.
+        let p = c.score(&[2.0, 0.6, 0.55]);
+        assert!((p[0] - sigmoid(2.0)).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn malformed_experts_are_refused_naming_the_expert() {
+        type Break = fn(&mut Expert);
+        let cases: [(Break, &str); 6] = [
+            (|e| e.gate = 0.3, "gate 0.3"),
+            (|e| e.membership = 2, "membership 2"),
+            (
+                |e| e.features = vec!["nope".into()],
+                "\"nope\" is not in the schema",
+            ),
+            (|e| e.scaling.std.push(1.0), "scaling has 1/2 entries"),
+            (
+                |e| e.heads.pop().map(drop).unwrap_or(()),
+                "has 1 heads, the model 2",
+            ),
+            (
+                |e| {
+                    if let Some(h) = e.heads[0].as_mut() {
+                        h.tier = "b".into();
+                    }
+                },
+                "heads[0] is for tier \"b\"",
+            ),
+        ];
+        for (break_it, want) in cases {
+            let mut m = expert_model();
+            break_it(&mut m.experts[0]);
+            let err = Classifier::new(m, &schema(3)).unwrap_err();
+            assert!(
+                err.starts_with("experts[0]: ") && err.contains(want),
+                "{err}"
+            );
+        }
+        let mut m = expert_model();
+        m.prototypes = None;
+        m.scaling = Scaling {
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+        };
+        for h in &mut m.heads {
+            h.weights.truncate(3);
+        }
+        let err = Classifier::new(m, &schema(3)).unwrap_err();
+        assert!(
+            err.contains("not one of the model's 0 topic memberships"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn models_without_experts_keep_their_json_shape() {
+        let json = serde_json::to_value(model()).unwrap();
+        assert!(json.get("experts").is_none());
+        let back: ModelFile = serde_json::from_value(json).unwrap();
+        assert_eq!(back, model());
+        let with = serde_json::to_string(&expert_model()).unwrap();
+        assert!(with.contains("\"heads\":[{\"tier\":\"a\""), "{with}");
+        assert!(with.contains("null]"), "{with}");
+        assert_eq!(
+            serde_json::from_str::<ModelFile>(&with).unwrap(),
+            expert_model()
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use triage::feedback::now_ms;
 use triage::model_store::ModelStore;
 use triage::policy::Knobs;
 use triage::train::dataset::{TierMap, read_jsonl};
-use triage::train::{self, FitOptions, Report, TrainOptions};
+use triage::train::{self, ExpertOptions, FitOptions, Report, TrainOptions};
 
 /// triage: an adaptive LLM request router.
 #[derive(Debug, Parser)]
@@ -233,6 +233,24 @@ struct DataArgs {
     /// rows' group, the one thresholds are tuned on.
     #[arg(long)]
     source_offsets: bool,
+    /// Weight of the word-problem cue columns (`wp_*`) in the shared heads, like
+    /// --embedding-weight; 0 leaves them to the experts.
+    #[arg(long, default_value_t = 0.0)]
+    cue_weight: f32,
+    /// Fit a topic expert for this `source/category` of the rows (repeatable; needs
+    /// --topic-classifier): heads of its own over --expert-features, fitted on that topic's
+    /// rows, that score prompts whose topic posterior reaches --expert-gate.
+    #[arg(long = "expert")]
+    experts: Vec<String>,
+    /// Base features the experts read (comma-separated names).
+    #[arg(long, value_delimiter = ',', default_values_t = ExpertOptions::default().features)]
+    expert_features: Vec<String>,
+    /// L2 penalty of the experts' heads.
+    #[arg(long, default_value_t = ExpertOptions::default().alpha)]
+    expert_alpha: f64,
+    /// Topic posterior at or above which an expert scores a prompt, in [0.5, 1].
+    #[arg(long, default_value_t = ExpertOptions::default().gate)]
+    expert_gate: f32,
     /// Write the report as JSON here too.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -599,6 +617,75 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl DataArgs {
+    /// The training settings these arguments ask for, checked.
+    fn options(&self) -> anyhow::Result<TrainOptions> {
+        let d = self;
+        let opts = TrainOptions {
+            fit: FitOptions {
+                alpha: d.alpha,
+                ..FitOptions::default()
+            },
+            folds: d.folds,
+            seed: d.seed,
+            prices: d.prices.clone(),
+            target_quality: d.target_quality,
+            prototypes: d.prototypes,
+            category_prototypes: d.category_prototypes,
+            interact: d.interact.clone(),
+            temperature: d.temperature,
+            embedding_weight: d.embedding_weight,
+            topic_classifier: d.topic_classifier,
+            topic_alpha: d.topic_alpha,
+            heads: d.heads.into(),
+            source_offsets: d.source_offsets,
+            cue_weight: d.cue_weight,
+            experts: ExpertOptions {
+                topics: d.experts.clone(),
+                features: d.expert_features.clone(),
+                alpha: d.expert_alpha,
+                gate: d.expert_gate,
+            },
+        };
+        if !(opts.embedding_weight.is_finite() && opts.embedding_weight > 0.0) {
+            bail!(
+                "--embedding-weight must be a positive number, got {}",
+                opts.embedding_weight
+            );
+        }
+        if !(opts.cue_weight.is_finite() && opts.cue_weight >= 0.0) {
+            bail!(
+                "--cue-weight must be a number >= 0, got {}",
+                opts.cue_weight
+            );
+        }
+        if !(opts.temperature.is_finite() && opts.temperature > 0.0) {
+            bail!(
+                "--temperature must be a positive number, got {}",
+                opts.temperature
+            );
+        }
+        if !opts.experts.topics.is_empty() && !opts.topic_classifier {
+            bail!(
+                "--expert needs --topic-classifier: its posterior decides which prompts an expert scores"
+            );
+        }
+        if !(0.5..=1.0).contains(&opts.experts.gate) {
+            bail!(
+                "--expert-gate must be in [0.5, 1], got {}",
+                opts.experts.gate
+            );
+        }
+        if !(opts.experts.alpha.is_finite() && opts.experts.alpha >= 0.0) {
+            bail!(
+                "--expert-alpha must be a number >= 0, got {}",
+                opts.experts.alpha
+            );
+        }
+        Ok(opts)
+    }
+}
+
 fn prepare(
     d: &DataArgs,
 ) -> anyhow::Result<(Featurizer, train::Prepared, TrainOptions, serde_json::Value)> {
@@ -646,37 +733,7 @@ fn prepare(
         tiers,
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;
-    let opts = TrainOptions {
-        fit: FitOptions {
-            alpha: d.alpha,
-            ..FitOptions::default()
-        },
-        folds: d.folds,
-        seed: d.seed,
-        prices: d.prices.clone(),
-        target_quality: d.target_quality,
-        prototypes: d.prototypes,
-        category_prototypes: d.category_prototypes,
-        interact: d.interact.clone(),
-        temperature: d.temperature,
-        embedding_weight: d.embedding_weight,
-        topic_classifier: d.topic_classifier,
-        topic_alpha: d.topic_alpha,
-        heads: d.heads.into(),
-        source_offsets: d.source_offsets,
-    };
-    if !(opts.embedding_weight.is_finite() && opts.embedding_weight > 0.0) {
-        bail!(
-            "--embedding-weight must be a positive number, got {}",
-            opts.embedding_weight
-        );
-    }
-    if !(opts.temperature.is_finite() && opts.temperature > 0.0) {
-        bail!(
-            "--temperature must be a positive number, got {}",
-            opts.temperature
-        );
-    }
+    let opts = d.options()?;
     Ok((featurizer, data, opts, serde_json::Value::Array(sources)))
 }
 
@@ -885,24 +942,10 @@ fn print_repeated(rep: &train::repeated::Repeated) {
 fn train_logs(a: TrainArgs) -> anyhow::Result<()> {
     let (featurizer, extra, opts) = if a.data.datasets.is_empty() {
         let f = Featurizer::load(&a.data.embeddings)?;
+        // Logged outcomes carry their own costs; dataset prices do not apply.
         let opts = TrainOptions {
-            fit: FitOptions {
-                alpha: a.data.alpha,
-                ..FitOptions::default()
-            },
-            folds: a.data.folds,
-            seed: a.data.seed,
             prices: None,
-            target_quality: a.data.target_quality,
-            prototypes: a.data.prototypes,
-            category_prototypes: a.data.category_prototypes,
-            interact: a.data.interact.clone(),
-            temperature: a.data.temperature,
-            embedding_weight: a.data.embedding_weight,
-            topic_classifier: a.data.topic_classifier,
-            topic_alpha: a.data.topic_alpha,
-            heads: a.data.heads.into(),
-            source_offsets: a.data.source_offsets,
+            ..a.data.options()?
         };
         (f, None, opts)
     } else {

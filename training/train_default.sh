@@ -16,6 +16,6 @@ cargo run --release --quiet -- train \
   --tiers "fast=llama-3.1-8b-instruct,standard=llama-3.1-70b-instruct|mixtral-8x7b-instruct,frontier=gemini-1.5-pro-002|gpt-4-1106-preview" \
   --prices 0.18,0.88,3.125 --target-quality 0.95 --folds 5 --seed 7 \
   --alpha 100 --embedding-weight 0.1 --topic-classifier --topic-alpha 10 --interact log_prompt_tokens,log_numbers \
-  --heads gain --source-offsets \
+  --heads gain --source-offsets --expert gsm8k/math_word_problem \
   --report models/classifier.report.json \
   --out models/classifier.json

@@ -59,7 +59,8 @@ pub fn scaling(x: &[Vec<f32>], rows: &[usize]) -> Scaling {
 ///
 /// `column_weight[j]` (1 when absent) shrinks feature j's standardized column before fitting,
 /// which is the same as a heavier L2 penalty on it; it is folded into the stored `std`, so the
-/// model file needs nothing new to serve it.
+/// model file needs nothing new to serve it. A weight of 0 leaves the feature out: its
+/// column is zeroed, so its fitted weight stays 0.
 pub fn fit_heads(
     x: &[Vec<f32>],
     labels: &[Vec<Option<bool>>],
@@ -68,6 +69,31 @@ pub fn fit_heads(
     opts: FitOptions,
     column_weight: &[f32],
 ) -> Result<(Scaling, Vec<Head>), TrainError> {
+    let (sc, heads) = fit_labelled_heads(x, labels, rows, head_tiers, opts, column_weight)?;
+    let heads = heads
+        .into_iter()
+        .zip(head_tiers)
+        .map(|(h, tier)| {
+            h.ok_or_else(|| {
+                TrainError::Data(format!(
+                    "tier {tier:?}: no row has the outcomes this head learns from"
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((sc, heads))
+}
+
+/// [`fit_heads`], except that a head none of `rows` has a label for is `None` instead of an
+/// error (a topic expert keeps the shared head there).
+pub fn fit_labelled_heads(
+    x: &[Vec<f32>],
+    labels: &[Vec<Option<bool>>],
+    rows: &[usize],
+    head_tiers: &[String],
+    opts: FitOptions,
+    column_weight: &[f32],
+) -> Result<(Scaling, Vec<Option<Head>>), TrainError> {
     let mut sc = scaling(x, rows);
     for (s, w) in sc.std.iter_mut().zip(column_weight) {
         if *w > 0.0 {
@@ -75,6 +101,9 @@ pub fn fit_heads(
         }
     }
     let d = sc.mean.len();
+    let active: Vec<bool> = (0..d)
+        .map(|j| column_weight.get(j).is_none_or(|w| *w != 0.0))
+        .collect();
     let mut heads = Vec::with_capacity(head_tiers.len());
     for (k, tier) in head_tiers.iter().enumerate() {
         let used: Vec<(usize, bool)> = rows
@@ -82,24 +111,23 @@ pub fn fit_heads(
             .filter_map(|&r| labels[r].get(k).copied().flatten().map(|y| (r, y)))
             .collect();
         if used.is_empty() {
-            return Err(TrainError::Data(format!(
-                "tier {tier:?}: no row has the outcomes this head learns from"
-            )));
+            heads.push(None);
+            continue;
         }
         let positives = used.iter().filter(|(_, y)| *y).count();
         if positives == 0 || positives == used.len() {
             // One class only: a constant head at the smoothed base rate.
             let rate = (positives as f64 + 0.5) / (used.len() as f64 + 1.0);
-            heads.push(Head {
+            heads.push(Some(Head {
                 tier: tier.clone(),
                 weights: vec![0.0; d],
                 intercept: (rate / (1.0 - rate)).ln() as f32,
-            });
+            }));
             continue;
         }
         let mut xs = Array2::<f64>::zeros((used.len(), d));
         for (i, (r, _)) in used.iter().enumerate() {
-            for j in 0..d {
+            for j in (0..d).filter(|&j| active[j]) {
                 xs[[i, j]] = (f64::from(x[*r][j]) - f64::from(sc.mean[j])) / f64::from(sc.std[j]);
             }
         }
@@ -115,11 +143,11 @@ pub fn fit_heads(
         // linfa's "positive" class is whichever label its data shows first, not `true`; flip
         // the head when needed so that it always scores "good enough".
         let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-        heads.push(Head {
+        heads.push(Some(Head {
             tier: tier.clone(),
             weights: fitted.params().iter().map(|w| (sign * w) as f32).collect(),
             intercept: (sign * fitted.intercept()) as f32,
-        });
+        }));
     }
     Ok((sc, heads))
 }

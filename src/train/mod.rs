@@ -160,6 +160,42 @@ pub struct TrainOptions {
     /// [`Prepared::stand_ins`]) its own intercept, and serve the reference group's: the one of
     /// the first training row that has every tier's outcome.
     pub source_offsets: bool,
+    /// Weight of the word-problem cue columns (`wp_*`) in the shared heads, like
+    /// `embedding_weight`; 0 leaves them to the experts.
+    pub cue_weight: f32,
+    /// Topic experts to fit.
+    pub experts: ExpertOptions,
+}
+
+/// Settings for topic experts (see [`crate::classifier::Expert`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpertOptions {
+    /// Topics (`source/category` of the rows) that get an expert; empty for none. Needs the
+    /// topic classifier, whose posterior gates each expert.
+    pub topics: Vec<String>,
+    /// Base features an expert reads, by name.
+    pub features: Vec<String>,
+    /// L2 penalty of the experts' heads. Experts see a few hundred rows, not thousands, so
+    /// they need their own.
+    pub alpha: f64,
+    /// Topic posterior at or above which an expert scores a prompt.
+    pub gate: f32,
+}
+
+impl Default for ExpertOptions {
+    /// No experts; when some are asked for, they read the prompt's length and the word-problem
+    /// cues, with the penalty and gate that cross-validated best on GSM8K (see the model card).
+    fn default() -> Self {
+        Self {
+            topics: Vec::new(),
+            features: std::iter::once("log_prompt_tokens")
+                .chain(crate::features::CUE_FEATURES)
+                .map(String::from)
+                .collect(),
+            alpha: 33.0,
+            gate: 0.9,
+        }
+    }
 }
 
 /// Quality labels: whether each tier's model answered well (score at least 0.5).
@@ -192,6 +228,7 @@ fn gain_labels(data: &Prepared) -> Vec<Vec<Option<bool>>> {
 struct Fitted {
     kind: HeadsKind,
     prototypes: Option<Prototypes>,
+    experts: Vec<crate::classifier::Expert>,
     scaling: crate::classifier::Scaling,
     heads: Vec<crate::classifier::Head>,
 }
@@ -211,6 +248,8 @@ fn fit_on(
         .map(|n| {
             if n.starts_with("emb_") {
                 opts.embedding_weight
+            } else if n.starts_with("wp_") {
+                opts.cue_weight
             } else {
                 1.0
             }
@@ -233,7 +272,7 @@ fn fit_on(
             (&relabelled, names)
         }
     };
-    let prototypes = fit_prototypes(names, data, rows, opts)?;
+    let (prototypes, topics) = fit_prototypes(names, data, rows, opts)?;
     let expanded: Vec<Vec<f32>>;
     let x = match &prototypes {
         Some(p) => {
@@ -247,9 +286,82 @@ fn fit_on(
     } else {
         fit::fit_heads(x, labels, rows, &head_tiers, opts.fit, &base_weights)?
     };
+    let experts = opts
+        .experts
+        .topics
+        .iter()
+        .map(|t| fit_expert(names, data, labels, rows, &head_tiers, &topics, t, opts))
+        .collect::<Result<_, _>>()?;
     Ok(Fitted {
         kind,
         prototypes,
+        experts,
+        scaling,
+        heads,
+    })
+}
+
+/// The (source, category) topic of a row, as the topic classifier names it.
+fn topic_of(row: &Row) -> String {
+    format!(
+        "{}/{}",
+        row.source.as_deref().unwrap_or(""),
+        row.category.as_deref().unwrap_or("")
+    )
+}
+
+/// Fits one topic's expert on the training rows of that topic.
+#[allow(clippy::too_many_arguments)]
+fn fit_expert(
+    names: &[String],
+    data: &Prepared,
+    labels: &[Vec<Option<bool>>],
+    rows: &[usize],
+    head_tiers: &[String],
+    topics: &[String],
+    topic: &str,
+    opts: &TrainOptions,
+) -> Result<crate::classifier::Expert, TrainError> {
+    let membership = topics.iter().position(|t| t == topic).ok_or_else(|| {
+        TrainError::Data(format!(
+            "--expert {topic:?}: no training row has that source/category{}",
+            if opts.topic_classifier {
+                ""
+            } else {
+                " (experts also need --topic-classifier)"
+            }
+        ))
+    })?;
+    let features = opts
+        .experts
+        .features
+        .iter()
+        .map(|f| {
+            names.iter().position(|n| n == f).ok_or_else(|| {
+                TrainError::Data(format!("--expert-features: no feature named {f:?}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let x: Vec<Vec<f32>> = data
+        .x
+        .iter()
+        .map(|v| features.iter().map(|&j| v[j]).collect())
+        .collect();
+    let mine: Vec<usize> = rows
+        .iter()
+        .copied()
+        .filter(|&r| topic_of(&data.rows[r]) == topic)
+        .collect();
+    let fit = FitOptions {
+        alpha: opts.experts.alpha,
+        ..opts.fit
+    };
+    let (scaling, heads) = fit::fit_labelled_heads(&x, labels, &mine, head_tiers, fit, &[])?;
+    Ok(crate::classifier::Expert {
+        topic: topic.to_string(),
+        membership,
+        gate: opts.experts.gate,
+        features: opts.experts.features.clone(),
         scaling,
         heads,
     })
@@ -309,15 +421,15 @@ fn fit_with_offsets(
 }
 
 /// Topic prototypes or the topic classifier, fitted on `rows` only; `None` when the recipe
-/// asks for neither.
+/// asks for neither. With the topic classifier, also its topics in membership order.
 fn fit_prototypes(
     names: &[String],
     data: &Prepared,
     rows: &[usize],
     opts: &TrainOptions,
-) -> Result<Option<Prototypes>, TrainError> {
+) -> Result<(Option<Prototypes>, Vec<String>), TrainError> {
     if opts.prototypes == 0 && !opts.category_prototypes && !opts.topic_classifier {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     }
     let offset = names
         .iter()
@@ -325,20 +437,27 @@ fn fit_prototypes(
         .ok_or_else(|| {
             TrainError::Data("the featurizer has no embedding features for prototypes".into())
         })?;
-    let points: Vec<&[f32]> = rows.iter().map(|&r| &data.x[r][offset..]).collect();
-    let groups: Vec<String> = rows
+    // The embedding is one contiguous block; other features may follow it.
+    let dim = names.iter().filter(|n| n.starts_with("emb_")).count();
+    let points: Vec<&[f32]> = rows
         .iter()
-        .map(|&r| {
-            let row = &data.rows[r];
-            format!(
-                "{}/{}",
-                row.source.as_deref().unwrap_or(""),
-                row.category.as_deref().unwrap_or("")
-            )
-        })
+        .map(|&r| &data.x[r][offset..offset + dim])
         .collect();
+    let groups: Vec<String> = rows.iter().map(|&r| topic_of(&data.rows[r])).collect();
+    let mut topics = Vec::new();
     let (centroids, bias, temperature) = if opts.topic_classifier {
         let (c, b) = fit::topic_classifier(&points, &groups, opts.topic_alpha)?;
+        // The classifier's classes are the distinct topics in sorted order.
+        topics = groups.clone();
+        topics.sort_unstable();
+        topics.dedup();
+        if topics.len() != c.len() {
+            return Err(TrainError::Data(format!(
+                "the topic classifier has {} classes for {} topics",
+                c.len(),
+                topics.len()
+            )));
+        }
         (c, b, 1.0)
     } else {
         let mut c = crate::prototypes::kmeans(&points, opts.prototypes, 10, opts.seed);
@@ -361,13 +480,16 @@ fn fit_prototypes(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(Prototypes {
-        offset,
-        centroids,
-        temperature,
-        bias,
-        interact,
-    }))
+    Ok((
+        Some(Prototypes {
+            offset,
+            centroids,
+            temperature,
+            bias,
+            interact,
+        }),
+        topics,
+    ))
 }
 
 /// Cross-validated figures for two tiers on one group of rows.
@@ -492,6 +614,7 @@ fn model_file(
         heads: fitted.heads,
         thresholds,
         prototypes: fitted.prototypes,
+        experts: fitted.experts,
         training,
     };
     // The version is a hash of the content, so the same data and settings give the same file.
@@ -843,6 +966,9 @@ pub fn train(
         "embedding_weight": opts.embedding_weight,
         "topic_classifier": opts.topic_classifier,
         "topic_alpha": opts.topic_alpha,
+        "source_offsets": opts.source_offsets,
+        "cue_weight": opts.cue_weight,
+        "experts": {"topics": opts.experts.topics, "alpha": opts.experts.alpha, "gate": opts.experts.gate},
         "seed": opts.seed,
         "prices": opts.prices,
         "target_quality": opts.target_quality,

@@ -114,6 +114,8 @@ pub fn options() -> TrainOptions {
         topic_alpha: 1.0,
         heads: triage::classifier::HeadsKind::Sufficiency,
         source_offsets: false,
+        cue_weight: 0.0,
+        experts: triage::train::ExpertOptions::default(),
     }
 }
 

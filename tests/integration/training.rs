@@ -273,3 +273,98 @@ fn repeated_cross_validation_reports_every_seed_and_their_mean() {
     assert!(!rep.reports[0].pareto.is_empty());
     assert!(rep.reports[1].pareto.is_empty());
 }
+
+/// The fixture plus a "word problem" topic where the standard tier fails exactly when a
+/// price has decimals, and which has no outcome for the fast tier.
+fn rows_with_word_problems() -> Vec<triage::train::dataset::Row> {
+    let mut rows = fixture_rows();
+    let people = [
+        "Sam", "Ana", "Lee", "Mia", "Tom", "Ivy", "Max", "Zoe", "Kai", "Eva",
+    ];
+    let items = ["pencils", "apples", "tickets"];
+    for (i, who) in people.iter().enumerate() {
+        for (j, item) in items.iter().enumerate() {
+            let n = 2 + i + j;
+            let decimals = (i + j) % 2 == 0;
+            let price = if decimals {
+                format!("{}.{}5", 1 + j, i)
+            } else {
+                format!("{}", 11 + i)
+            };
+            rows.push(triage::train::dataset::Row {
+                id: format!("wp-{i}-{j}"),
+                source: Some("wp".into()),
+                category: Some("arith".into()),
+                prompt: format!(
+                    "{who} buys {n} boxes of {item} at {price} dollars each. How much does {who} spend in total?"
+                ),
+                outcomes: [
+                    ("medium".to_string(), if decimals { 0.0 } else { 1.0 }),
+                    ("large".to_string(), 1.0),
+                ]
+                .into_iter()
+                .collect(),
+            });
+        }
+    }
+    rows
+}
+
+#[test]
+fn a_topic_expert_learns_its_topic_and_leaves_the_others_alone() {
+    use triage::classifier::HeadsKind;
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let data = train::prepare(&f, rows_with_word_problems(), &tiers, false).unwrap();
+    let mut opts = options();
+    opts.heads = HeadsKind::Gain;
+    opts.topic_classifier = true;
+    opts.experts.alpha = 1.0;
+    let (plain, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
+    opts.experts.topics = vec!["wp/arith".into()];
+    let (file, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
+
+    // The topic classifier reads the embedding only, not the features that follow it.
+    let p = file.prototypes.as_ref().unwrap();
+    let emb = f
+        .schema()
+        .names
+        .iter()
+        .filter(|n| n.starts_with("emb_"))
+        .count();
+    assert!(p.centroids.iter().all(|c| c.len() == emb));
+    let x = &file.experts[0];
+    assert_eq!(x.topic, "wp/arith");
+    // No fast outcomes in the topic: its pair stays with the shared heads.
+    assert!(
+        x.heads[0].is_none() && x.heads[1].is_none(),
+        "{:?}",
+        x.heads
+    );
+    assert!(x.heads[2].is_some() && x.heads[3].is_some());
+
+    let with = Classifier::new(file.clone(), f.schema()).unwrap();
+    let without = Classifier::new(plain, f.schema()).unwrap();
+    let score = |c: &Classifier, text: &str| {
+        c.score(
+            &f.featurize(triage::features::Conversation::single(text))
+                .unwrap()
+                .vector,
+        )
+    };
+    let hard = "Noa buys 6 boxes of pens at 2.75 dollars each. How much does Noa spend in total?";
+    let easy = "Noa buys 6 boxes of pens at 14 dollars each. How much does Noa spend in total?";
+    let (h, e) = (score(&with, hard)[1], score(&with, easy)[1]);
+    assert!(h < 0.4 && e > 0.7, "standard: decimals {h}, integers {e}");
+    // Elsewhere the shared heads score, and they are the same as without the expert.
+    for text in [
+        "Hi! How are you? Let's chat about the beach.",
+        "Prove rigorously that every bounded monotone sequence converges.",
+    ] {
+        assert_eq!(score(&with, text), score(&without, text), "{text}");
+    }
+
+    opts.experts.topics = vec!["wp/geometry".into()];
+    let err = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap_err();
+    assert!(err.to_string().contains("\"wp/geometry\""), "{err}");
+}
