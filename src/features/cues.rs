@@ -33,27 +33,132 @@ pub const CUE_FEATURES: [&str; 17] = [
     "wp_commas",
 ];
 
-/// Spelled-out quantities and multipliers ("three", "half", "twice", "dozen").
-const NUMBER_WORDS: [&str; 30] = [
-    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-    "twelve", "fifteen", "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million",
-    "half", "third", "quarter", "fourth", "fifth", "twice", "double", "triple", "thrice", "dozen",
+/// Cue words with the index into [`CUE_FEATURES`] each counts towards: rates (9), state
+/// changes (10), time units (11), conditions (12), comparisons (15) and spelled-out quantities
+/// or multipliers (3). Looked up through [`CUE_TABLE`]: comparing every word of a prompt with
+/// these as byte strings cost 10-30 us per 2 KB prompt in `memcmp`, a binary search over
+/// their integer keys still 4 us in mispredicted branches.
+const CUE_WORDS: [(u128, usize); 62] = [
+    (key(b"after"), 12),
+    (key(b"before"), 12),
+    (key(b"day"), 11),
+    (key(b"days"), 11),
+    (key(b"double"), 3),
+    (key(b"dozen"), 3),
+    (key(b"each"), 9),
+    (key(b"eight"), 3),
+    (key(b"eleven"), 3),
+    (key(b"every"), 9),
+    (key(b"fewer"), 15),
+    (key(b"fifteen"), 3),
+    (key(b"fifth"), 3),
+    (key(b"fifty"), 3),
+    (key(b"five"), 3),
+    (key(b"forty"), 3),
+    (key(b"four"), 3),
+    (key(b"fourth"), 3),
+    (key(b"half"), 3),
+    (key(b"hour"), 11),
+    (key(b"hours"), 11),
+    (key(b"hundred"), 3),
+    (key(b"if"), 12),
+    (key(b"initially"), 10),
+    (key(b"left"), 10),
+    (key(b"less"), 15),
+    (key(b"million"), 3),
+    (key(b"minute"), 11),
+    (key(b"minutes"), 11),
+    (key(b"month"), 11),
+    (key(b"months"), 11),
+    (key(b"more"), 15),
+    (key(b"nine"), 3),
+    (key(b"one"), 3),
+    (key(b"originally"), 10),
+    (key(b"per"), 9),
+    (key(b"quarter"), 3),
+    (key(b"remain"), 10),
+    (key(b"remaining"), 10),
+    (key(b"seven"), 3),
+    (key(b"six"), 3),
+    (key(b"start"), 10),
+    (key(b"started"), 10),
+    (key(b"ten"), 3),
+    (key(b"than"), 15),
+    (key(b"then"), 12),
+    (key(b"third"), 3),
+    (key(b"thirty"), 3),
+    (key(b"thousand"), 3),
+    (key(b"three"), 3),
+    (key(b"thrice"), 3),
+    (key(b"times"), 15),
+    (key(b"triple"), 3),
+    (key(b"twelve"), 3),
+    (key(b"twenty"), 3),
+    (key(b"twice"), 3),
+    (key(b"two"), 3),
+    (key(b"week"), 11),
+    (key(b"weeks"), 11),
+    (key(b"while"), 12),
+    (key(b"year"), 11),
+    (key(b"years"), 11),
 ];
 
-/// Which cue a lower-case word counts towards, if any (an index into [`CUE_FEATURES`]).
-fn word_cue(w: &[u8]) -> Option<usize> {
-    Some(match w {
-        b"each" | b"per" | b"every" => 9,
-        b"left" | b"remain" | b"remaining" | b"start" | b"started" | b"originally"
-        | b"initially" => 10,
-        b"hour" | b"hours" | b"minute" | b"minutes" | b"day" | b"days" | b"week" | b"weeks"
-        | b"month" | b"months" | b"year" | b"years" => 11,
-        b"if" | b"then" | b"after" | b"before" | b"while" => 12,
-        b"more" | b"less" | b"fewer" | b"times" | b"than" => 15,
-        _ if NUMBER_WORDS.iter().any(|n| n.as_bytes() == w) => 3,
-        _ => return None,
-    })
+/// A word of at most 16 ASCII letters as an integer: lower-cased bytes, big-endian, zero
+/// padded, so integer order is the words' alphabetical order. Longer words give 0 (no cue
+/// word is that long).
+const fn key(w: &[u8]) -> u128 {
+    if w.len() > 16 {
+        return 0;
+    }
+    let mut k = 0u128;
+    let mut i = 0;
+    while i < w.len() {
+        k = (k << 8) | w[i].to_ascii_lowercase() as u128;
+        i += 1;
+    }
+    if w.is_empty() {
+        0
+    } else {
+        k << (8 * (16 - w.len()))
+    }
 }
+
+/// Which cue a word's [`key`] counts towards, if any (an index into [`CUE_FEATURES`]).
+fn word_cue(k: u128) -> Option<usize> {
+    let mut slot = slot_of(k);
+    loop {
+        match CUE_TABLE[slot] {
+            (0, _) => return None,
+            (c, cue) if c == k => return Some(cue),
+            _ => slot = (slot + 1) % CUE_SLOTS,
+        }
+    }
+}
+
+/// Slots of [`CUE_TABLE`]: a power of two, at least twice the words, so probes stay short.
+const CUE_SLOTS: usize = 256;
+
+/// The home slot of a key: a multiplicative hash of its two halves.
+const fn slot_of(k: u128) -> usize {
+    let h = (k as u64) ^ ((k >> 64) as u64).rotate_left(29);
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % CUE_SLOTS
+}
+
+/// [`CUE_WORDS`] in an open-addressing hash table (linear probing; key 0 = empty), built at
+/// compile time.
+static CUE_TABLE: [(u128, usize); CUE_SLOTS] = {
+    let mut t = [(0u128, 0usize); CUE_SLOTS];
+    let mut i = 0;
+    while i < CUE_WORDS.len() {
+        let mut slot = slot_of(CUE_WORDS[i].0);
+        while t[slot].0 != 0 {
+            slot = (slot + 1) % CUE_SLOTS;
+        }
+        t[slot] = CUE_WORDS[i];
+        i += 1;
+    }
+    t
+};
 
 /// The [`CUE_FEATURES`] of `text`.
 ///
@@ -71,97 +176,110 @@ fn word_cue(w: &[u8]) -> Option<usize> {
 ///   fewer, times, than): whole words, any case.
 /// - `wp_how_many`, `wp_how_much`: 1 when the phrase occurs.
 pub fn word_problem_cues(text: &str) -> [f32; 17] {
+    const HOW: u128 = key(b"how");
+    const MANY: u128 = key(b"many");
+    const MUCH: u128 = key(b"much");
     let mut out = [0.0f32; 17];
     let b = text.as_bytes();
-    for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'.' | b'!' | b'?' if b.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) => {
-                out[0] += 1.0;
-            }
-            b'%' => out[4] += 1.0,
-            b'$' => out[5] += 1.0,
-            b',' => out[16] += 1.0,
-            _ => {}
-        }
-        if (c == b'.' || c == b'/')
-            && i > 0
-            && b[i - 1].is_ascii_digit()
-            && b.get(i + 1).is_some_and(u8::is_ascii_digit)
-        {
-            out[if c == b'.' { 6 } else { 7 }] += 1.0;
-        }
-    }
-
     let mut numerals: Vec<&str> = Vec::new();
     let mut max_value = 0.0f64;
+    let mut prev_how = false;
+    // One pass: words and numerals are consumed whole, everything else byte by byte.
     let mut i = 0;
     while i < b.len() {
-        if !b[i].is_ascii_digit() {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && (b[i].is_ascii_digit() || b[i] == b',') {
-            i += 1;
-        }
-        if i + 1 < b.len() && b[i] == b'.' && b[i + 1].is_ascii_digit() {
-            i += 1;
-            while i < b.len() && b[i].is_ascii_digit() {
+        let c = b[i];
+        if c.is_ascii_alphabetic() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
                 i += 1;
             }
+            let word = &b[start..i];
+            if word.len() >= 7 && word[..7].eq_ignore_ascii_case(b"percent") {
+                out[4] += 1.0;
+            }
+            // No cue word is shorter than 2 or longer than 10 letters.
+            let k = if (2..=10).contains(&word.len()) {
+                key(word)
+            } else {
+                0
+            };
+            if prev_how {
+                match k {
+                    MANY => out[13] = 1.0,
+                    MUCH => out[14] = 1.0,
+                    _ => {}
+                }
+            }
+            prev_how = k == HOW;
+            if let Some(cue) = word_cue(k) {
+                out[cue] += 1.0;
+            }
+        } else if c.is_ascii_digit() {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b',') {
+                out[16] += f32::from(u8::from(b[i] == b','));
+                i += 1;
+            }
+            if i + 1 < b.len() && b[i] == b'.' && b[i + 1].is_ascii_digit() {
+                out[6] += 1.0;
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+            // A trailing comma is punctuation ("16, then"), not part of the numeral.
+            let mut stop = i;
+            while stop > start && b[stop - 1] == b',' {
+                stop -= 1;
+            }
+            let numeral = &text[start..stop];
+            max_value = max_value.max(numeral_value(numeral.as_bytes()));
+            numerals.push(numeral);
+        } else {
+            match c {
+                b'.' | b'!' | b'?' if b.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) => {
+                    out[0] += 1.0;
+                }
+                b'%' => out[4] += 1.0,
+                b'$' => out[5] += 1.0,
+                b',' => out[16] += 1.0,
+                // A numeral ends before `.digit` only when it already had one ("1.2.3").
+                b'.' | b'/'
+                    if i > 0
+                        && b[i - 1].is_ascii_digit()
+                        && b.get(i + 1).is_some_and(u8::is_ascii_digit) =>
+                {
+                    out[if c == b'.' { 6 } else { 7 }] += 1.0;
+                }
+                _ => {}
+            }
+            i += 1;
         }
-        // A trailing comma is punctuation ("16, then"), not part of the numeral.
-        let mut stop = i;
-        while stop > start && b[stop - 1] == b',' {
-            stop -= 1;
-        }
-        let numeral = &text[start..stop];
-        // Hundreds of digits parse to infinity; cap them so the feature stays finite.
-        let value: f64 = numeral
-            .replace(',', "")
-            .parse()
-            .unwrap_or(0.0f64)
-            .min(1e300);
-        max_value = max_value.max(value);
-        numerals.push(numeral);
     }
     out[1] = numerals.len() as f32;
     numerals.sort_unstable();
     numerals.dedup();
     out[2] = numerals.len() as f32;
     out[8] = max_value.ln_1p() as f32;
+    out
+}
 
-    let mut prev_how = false;
-    let mut buf = [0u8; 12];
-    for word in text
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .filter(|w| !w.is_empty())
-    {
-        if word.len() >= 7 && word.as_bytes()[..7].eq_ignore_ascii_case(b"percent") {
-            out[4] += 1.0;
-        }
-        let lower = if word.len() <= buf.len() {
-            let w = &mut buf[..word.len()];
-            w.copy_from_slice(word.as_bytes());
-            w.make_ascii_lowercase();
-            &*w
-        } else {
-            prev_how = false;
-            continue;
-        };
-        if prev_how {
-            match lower {
-                b"many" => out[13] = 1.0,
-                b"much" => out[14] = 1.0,
-                _ => {}
+/// The value of a numeral of digits, commas and at most one `.`, without allocating; capped
+/// at 1e300 so that hundreds of digits stay finite.
+fn numeral_value(n: &[u8]) -> f64 {
+    let (mut v, mut scale, mut fraction) = (0.0f64, 1.0f64, false);
+    for &c in n {
+        match c {
+            b'0'..=b'9' if fraction => {
+                scale /= 10.0;
+                v += f64::from(c - b'0') * scale;
             }
-        }
-        prev_how = lower == b"how";
-        if let Some(k) = word_cue(lower) {
-            out[k] += 1.0;
+            b'0'..=b'9' => v = v * 10.0 + f64::from(c - b'0'),
+            b'.' => fraction = true,
+            _ => {}
         }
     }
-    out
+    v.min(1e300)
 }
 
 #[cfg(test)]
@@ -240,6 +358,17 @@ mod tests {
         let c = word_problem_cues("Write a poem about the sea");
         assert!(c.iter().all(|v| *v == 0.0), "{c:?}");
         assert!(word_problem_cues("").iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn the_cue_word_table_is_sorted_and_unique() {
+        assert!(CUE_WORDS.windows(2).all(|p| p[0].0 < p[1].0));
+        for (k, cue) in CUE_WORDS {
+            assert_eq!(word_cue(k), Some(cue));
+        }
+        assert_eq!(word_cue(key(b"Dozen")), Some(3));
+        assert_eq!(word_cue(key(b"dozens")), None);
+        assert_eq!(key(b"abcdefghijklmnopq"), 0);
     }
 
     #[test]
