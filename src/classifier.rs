@@ -400,11 +400,12 @@ impl Classifier {
             }
             None => x,
         };
-        let which = self
+        let (expert, stored) = self
             .experts
             .iter()
-            .position(|e| x.get(e.membership).is_some_and(|m| *m >= e.gate));
-        let expert = which.and_then(|i| self.experts.get(i));
+            .zip(&self.file.experts)
+            .find(|(e, _)| x.get(e.membership).is_some_and(|m| *m >= e.gate))
+            .unzip();
         // One buffer per call: head outputs, then tier scores in place.
         let mut out = Vec::with_capacity(self.folded.len() + 1);
         out.extend(self.folded.iter().enumerate().map(|(k, (w, b))| {
@@ -445,10 +446,7 @@ impl Classifier {
             *v = floor;
         }
         out.push(1.0);
-        let topic = which
-            .and_then(|i| self.file.experts.get(i))
-            .map(|e| e.topic.as_str());
-        (out, topic)
+        (out, stored.map(|e| e.topic.as_str()))
     }
 }
 
@@ -499,7 +497,7 @@ mod tests {
     }
 
     /// Three base features (f0, then a 2-D embedding), two topics, and an expert for topic 0
-    /// that scores tier a from f0 alone: z = -f0.
+    /// that scores tier a from f0 alone: z = -0.5 * (f0 - 1) / 0.5 - 0.5.
     fn expert_model() -> ModelFile {
         let shared = |tier: &str, w: f32| Head {
             tier: tier.into(),
