@@ -1,6 +1,6 @@
 //! Task markers: cheap lexical cues about what kind of task a prompt is, each documented.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 
 /// A task marker. The set is closed and ordered: its order is part of the feature schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -351,6 +351,7 @@ impl MarkerMatcher {
         let automaton = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&words)?;
         Ok(Self {
             automaton,
