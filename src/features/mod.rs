@@ -278,30 +278,23 @@ pub fn text_stats(text: &str) -> TextStats {
     let (mut newlines, mut numbers, mut words, mut word_bytes, mut qm) =
         (0u32, 0u32, 0u32, 0u32, 0u32);
     let (mut in_number, mut in_word) = (false, false);
+    // One table lookup and branch-free counts per byte: the branchy version mispredicted on
+    // mixed text and cost about twice as much.
     for &c in b {
-        if c.is_ascii_digit() {
-            digits += 1;
-            if !in_number {
-                numbers += 1;
-            }
-        } else if c.is_ascii_punctuation() {
-            symbols += 1;
-            qm += u32::from(c == b'?');
-        } else if c.is_ascii_alphabetic() {
-            letters += 1;
-            upper += u32::from(c.is_ascii_uppercase());
-        }
-        in_number = c.is_ascii_digit();
-        newlines += u32::from(c == b'\n');
-        if c.is_ascii_whitespace() {
-            in_word = false;
-        } else {
-            if !in_word {
-                words += 1;
-            }
-            in_word = true;
-            word_bytes += 1;
-        }
+        let k = BYTE_CLASS[usize::from(c)];
+        let digit = k & DIGIT != 0;
+        let word = k & SPACE == 0;
+        digits += u32::from(digit);
+        numbers += u32::from(digit & !in_number);
+        symbols += u32::from(k & PUNCT != 0);
+        qm += u32::from(k & QUESTION != 0);
+        letters += u32::from(k & ALPHA != 0);
+        upper += u32::from(k & UPPER != 0);
+        newlines += u32::from(k & NEWLINE != 0);
+        words += u32::from(word & !in_word);
+        word_bytes += u32::from(word);
+        in_number = digit;
+        in_word = word;
     }
     let n = b.len().max(1) as f32;
     TextStats {
@@ -322,6 +315,49 @@ pub fn text_stats(text: &str) -> TextStats {
         question_marks: qm,
     }
 }
+
+const DIGIT: u8 = 1;
+const PUNCT: u8 = 2;
+const ALPHA: u8 = 4;
+const UPPER: u8 = 8;
+const SPACE: u8 = 16;
+const NEWLINE: u8 = 32;
+const QUESTION: u8 = 64;
+
+/// [`text_stats`]'s classes of each byte, with the `u8::is_ascii_*` definitions (bytes of
+/// non-ASCII characters are in no class, so they count as word bytes and nothing else).
+const BYTE_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 128 {
+        let c = i as u8;
+        let mut k = 0;
+        if c.is_ascii_digit() {
+            k |= DIGIT;
+        }
+        if c.is_ascii_punctuation() {
+            k |= PUNCT;
+        }
+        if c.is_ascii_alphabetic() {
+            k |= ALPHA;
+        }
+        if c.is_ascii_uppercase() {
+            k |= UPPER;
+        }
+        if c.is_ascii_whitespace() {
+            k |= SPACE;
+        }
+        if c == b'\n' {
+            k |= NEWLINE;
+        }
+        if c == b'?' {
+            k |= QUESTION;
+        }
+        t[i] = k;
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
