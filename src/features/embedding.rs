@@ -27,8 +27,8 @@ enum Table {
     I8(Vec<i8>),
 }
 
-/// int8 rows summed in i16 lanes before spilling into i32: twice the lanes per instruction.
-/// 255 rows of at most |-128| fit in an i16 without overflow.
+/// int8 rows are summed in i16 lanes (twice the lanes per instruction of i32) and spilled into
+/// the f32 output every 255 rows: that many values of at most |-128| fit in an i16.
 const I16_ROWS: usize = (i16::MAX as usize) / 128;
 
 impl StaticEmbeddings {
@@ -134,7 +134,6 @@ impl StaticEmbeddings {
                 }
             }
             Table::I8(table) => {
-                let mut wide = vec![0i32; dim];
                 let mut narrow = vec![0i16; dim];
                 for id in known {
                     for (a, &v) in narrow.iter_mut().zip(&table[id * dim..(id + 1) * dim]) {
@@ -142,15 +141,10 @@ impl StaticEmbeddings {
                     }
                     n += 1;
                     if n % I16_ROWS == 0 {
-                        spill(&mut narrow, &mut wide);
+                        spill(&mut narrow, out);
                     }
                 }
-                spill(&mut narrow, &mut wide);
-                for (o, w) in out.iter_mut().zip(&wide) {
-                    // Exact below 2^24 / 128 = 131,072 rows; the featurizer pools at most
-                    // MAX_EMBED_TOKENS.
-                    *o = *w as f32;
-                }
+                spill(&mut narrow, out);
             }
         }
         if n == 0 {
@@ -165,9 +159,11 @@ impl StaticEmbeddings {
     }
 }
 
-fn spill(narrow: &mut [i16], wide: &mut [i32]) {
-    for (w, a) in wide.iter_mut().zip(narrow.iter_mut()) {
-        *w += i32::from(*a);
+/// Adds the i16 partial sums into `out` and clears them. The f32 sums stay exact integers
+/// below 2^24 / 128 = 131,072 rows; the featurizer pools at most `MAX_EMBED_TOKENS`.
+fn spill(narrow: &mut [i16], out: &mut [f32]) {
+    for (o, a) in out.iter_mut().zip(narrow.iter_mut()) {
+        *o += f32::from(*a);
         *a = 0;
     }
 }
