@@ -440,6 +440,21 @@ impl Classifier {
                 out.truncate(out.len() / 2);
             }
         }
+        if let Some(e) = expert {
+            // A tier the expert's topic had no outcomes for is scored by the shared heads,
+            // extrapolated to a topic they were never shown (on maths word problems the shared
+            // `fast` heads send most prompts to `fast`). The expert's estimate for a dearer tier
+            // is evidence, and a cheaper tier is never likelier to suffice than a dearer one, so
+            // that estimate caps the borrowed score; the floor below would otherwise do the
+            // opposite and lift the dearer tier to the extrapolation.
+            let mut cap = 1.0f64;
+            for t in (0..out.len()).rev() {
+                if !self.expert_scores_tier(e, t) {
+                    out[t] = out[t].min(cap);
+                }
+                cap = out[t].clamp(0.0, 1.0);
+            }
+        }
         let mut floor = 0.0f64;
         for v in &mut out {
             floor = floor.max(v.clamp(0.0, 1.0));
@@ -447,6 +462,17 @@ impl Classifier {
         }
         out.push(1.0);
         (out, stored.map(|e| e.topic.as_str()))
+    }
+
+    /// Whether every head behind tier `t`'s score is the expert's own.
+    fn expert_scores_tier(&self, e: &FoldedExpert, t: usize) -> bool {
+        let has = |h: usize| e.heads.get(h).is_some_and(Option::is_some);
+        match self.file.heads_kind {
+            HeadsKind::Sufficiency => has(t),
+            // A quality score also reads the dearest tier's head.
+            HeadsKind::Quality => has(t) && has(self.folded.len().saturating_sub(1)),
+            HeadsKind::Gain => has(2 * t) && has(2 * t + 1),
+        }
     }
 }
 
@@ -560,6 +586,33 @@ mod tests {
         // Leaning to topic 0 but below the gate (posterior 0.62): still the shared heads.
         let p = c.score(&[2.0, 0.6, 0.55]);
         assert!((p[0] - sigmoid(2.0)).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn a_tier_the_expert_cannot_score_is_capped_by_the_expert_s_dearer_tier() {
+        // The expert scores tier b (z = -0.5 * (f0 - 1) / 0.5 - 0.5) but has no head for
+        // tier a, whose shared head (z = f0) is confident where the expert is not.
+        let mut m = expert_model();
+        let head = m.experts[0].heads[0].take().map(|h| Head {
+            tier: "b".into(),
+            ..h
+        });
+        m.experts[0].heads[1] = head;
+        let c = Classifier::new(m, &schema(3)).unwrap();
+        let (p, topic) = c.score_explained(&[2.0, 1.0, 0.0]);
+        assert_eq!(topic, Some("t0"));
+        // b is the expert's; a's shared sigmoid(2) is capped to it, not b lifted to a.
+        assert!((p[1] - sigmoid(-1.5)).abs() < 1e-6, "{p:?}");
+        assert!((p[0] - sigmoid(-1.5)).abs() < 1e-6, "{p:?}");
+        // Where the shared head is the less confident one it stands: at f0 = 0.2, a's z = 0.2
+        // and b's z = -0.5 * (0.2 - 1) / 0.5 - 0.5 = 0.3.
+        let (p, _) = c.score_explained(&[0.2, 1.0, 0.0]);
+        assert!((p[0] - sigmoid(0.2)).abs() < 1e-6, "{p:?}");
+        assert!((p[1] - sigmoid(0.3)).abs() < 1e-6, "{p:?}");
+        // Outside the expert's topic nothing is capped: shared a z = 2, b lifted to it.
+        let p = c.score(&[2.0, 0.0, 1.0]);
+        assert!((p[0] - sigmoid(2.0)).abs() < 1e-6, "{p:?}");
+        assert!((p[1] - p[0]).abs() < 1e-12, "{p:?}");
     }
 
     #[test]
