@@ -6,7 +6,8 @@ never scored on training rows). Every model ranks prompts by the same gain score
 heads use: P(strong beats weak) - P(weak beats strong), each a logistic regression.
 
 Compared: the word-problem cues (a Python rendering of src/features/cues.rs, close but not
-byte-identical), word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
+byte-identical), also trained on a quarter, half and three quarters of each training fold
+(a learning curve: would more labelled word problems help?), word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
 (the model triage's static embeddings are distilled from), the transformer plus the cues,
 and gradient boosting on the cues. Run with training/gsm8k_ceiling.sh.
 """
@@ -74,8 +75,12 @@ def cross_validated(fit_score, n, weak, strong):
     return np.mean(results), np.std(results)
 
 
-def dense(X, make):
+def dense(X, make, fraction=1.0):
+    """fraction < 1 trains on a fixed random part of each training fold (a learning curve)."""
+
     def fit_score(tr, te, y):
+        keep = np.random.default_rng(len(te)).permutation(len(tr))[: int(len(tr) * fraction)]
+        tr, y = tr[keep], y[keep]
         scale = StandardScaler().fit(X[tr])
         return make().fit(scale.transform(X[tr]), y).predict_proba(scale.transform(X[te]))[:, 1]
 
@@ -104,14 +109,18 @@ def main():
 
     def show(name, fit_score):
         mean, sd = cross_validated(fit_score, n, weak, strong)
-        print(f"  {name:<52} {mean:.3f} ({sd:.3f})")
+        print(f"  {name:<62} {mean:.3f} ({sd:.3f})")
 
     lengths = np.array([len(p) for p in prompts], dtype=float)
-    print(f"  {'prompt length (no training)':<52} {apgr(lengths, weak, strong):.3f}")
+    print(f"  {'prompt length (no training)':<62} {apgr(lengths, weak, strong):.3f}")
     cues_matrix = np.array([cues(p) for p in prompts])
     logistic = lambda C_: (lambda: LogisticRegression(C=C_, max_iter=3000))
     for c in (0.03, 0.3):
         show(f"word-problem cues, logistic C={c}", dense(cues_matrix, logistic(c)))
+    for fraction in (0.25, 0.5, 0.75):
+        rows_used = int(n * 0.8 * fraction)
+        show(f"word-problem cues, C=0.03, ~{rows_used} training rows (of ~{int(n * 0.8)})",
+             dense(cues_matrix, logistic(0.03), fraction))
     show(
         "word-problem cues, gradient boosting (depth 2)",
         dense(cues_matrix, lambda: HistGradientBoostingClassifier(
