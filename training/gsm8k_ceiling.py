@@ -7,7 +7,8 @@ heads use: P(strong beats weak) - P(weak beats strong), each a logistic regressi
 
 Compared: the word-problem cues (a Python rendering of src/features/cues.rs, close but not
 byte-identical), also trained on a quarter, half and three quarters of each training fold
-(a learning curve: would more labelled word problems help?), word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
+(a learning curve: would more labelled word problems help?) or with MMLU-Pro's maths rows
+added (would borrowed rows help?), word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
 (the model triage's static embeddings are distilled from), the transformer plus the cues,
 and gradient boosting on the cues. Run with training/gsm8k_ceiling.sh.
 """
@@ -65,12 +66,14 @@ def apgr(score, weak, strong):
 
 
 def cross_validated(fit_score, n, weak, strong):
-    """fit_score(train_idx, test_idx, label) -> P(label) on the test rows."""
+    """fit_score(train_idx, test_idx, label, sign) -> P(label) on the test rows, where label is
+    sign * (strong - weak) > 0 on the training rows: +1 asks whether strong beats weak."""
     results = []
     for seed in SEEDS:
         out = np.zeros(n)
         for tr, te in KFold(5, shuffle=True, random_state=seed).split(np.zeros(n)):
-            out[te] = fit_score(tr, te, strong[tr] > weak[tr]) - fit_score(tr, te, weak[tr] > strong[tr])
+            gap = strong[tr] - weak[tr]
+            out[te] = fit_score(tr, te, gap > 0, 1) - fit_score(tr, te, gap < 0, -1)
         results.append(apgr(out, weak, strong))
     return np.mean(results), np.std(results)
 
@@ -78,7 +81,7 @@ def cross_validated(fit_score, n, weak, strong):
 def dense(X, make, fraction=1.0):
     """fraction < 1 trains on a fixed random part of each training fold (a learning curve)."""
 
-    def fit_score(tr, te, y):
+    def fit_score(tr, te, y, _sign):
         keep = np.random.default_rng(len(te)).permutation(len(tr))[: int(len(tr) * fraction)]
         tr, y = tr[keep], y[keep]
         scale = StandardScaler().fit(X[tr])
@@ -88,7 +91,7 @@ def dense(X, make, fraction=1.0):
 
 
 def text(prompts, make_vectorizer, C):
-    def fit_score(tr, te, y):
+    def fit_score(tr, te, y, _sign):
         v = make_vectorizer()
         A = v.fit_transform([prompts[i] for i in tr])
         model = LogisticRegression(C=C, max_iter=3000).fit(A, y)
@@ -121,6 +124,26 @@ def main():
         rows_used = int(n * 0.8 * fraction)
         show(f"word-problem cues, C=0.03, ~{rows_used} training rows (of ~{int(n * 0.8)})",
              dense(cues_matrix, logistic(0.03), fraction))
+    # Borrowed rows: MMLU-Pro's maths questions, mixtral vs gemini-1.5-pro (no gpt-4 there),
+    # with an indicator column of their own and a lower sample weight.
+    pro = [json.loads(l) for l in open(f"{data}/mmlu_pro/mmlu_pro_dev.jsonl")]
+    pro = [r for r in pro if r["category"] == "math"]
+    pro_x = np.array([cues(r["prompt"]) for r in pro])
+    pro_weak = np.array([r["outcomes"]["mixtral-8x7b-instruct"] for r in pro])
+    pro_strong = np.array([r["outcomes"]["gemini-1.5-pro-002"] for r in pro])
+    for weight in (0.1, 1.0):
+        def fit_score(tr, te, y, sign, weight=weight):
+            is_pro = np.r_[np.zeros(len(tr)), np.ones(len(pro))][:, None]
+            A = np.r_[cues_matrix[tr], pro_x]
+            scale = StandardScaler().fit(A)
+            y_pro = sign * (pro_strong - pro_weak) > 0
+            model = LogisticRegression(C=0.03, max_iter=3000).fit(
+                np.c_[scale.transform(A), is_pro], np.r_[y, y_pro],
+                sample_weight=np.r_[np.ones(len(tr)), np.full(len(pro), weight)])
+            T = np.c_[scale.transform(cues_matrix[te]), np.zeros((len(te), 1))]
+            return model.predict_proba(T)[:, 1]
+
+        show(f"cues + {len(pro)} MMLU-Pro maths rows at weight {weight}", fit_score)
     show(
         "word-problem cues, gradient boosting (depth 2)",
         dense(cues_matrix, lambda: HistGradientBoostingClassifier(
