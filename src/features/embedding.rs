@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn int8_tables_pool_exactly_like_their_f32_widening() {
         // Extreme values and more rows than one i16 accumulation holds (255), so the spill
-        // into i32 is exercised; every sum is an integer, so the two paths must agree exactly.
+        // into the f32 output is exercised; every sum is an integer, so the two paths must agree exactly.
         let (rows, dim) = (3, 4);
         let raw: Vec<i8> = vec![-128, 127, 5, 0, 127, 127, -1, -128, -128, -128, 100, 3];
         let wide: Vec<f32> = raw.iter().map(|&v| f32::from(v)).collect();
