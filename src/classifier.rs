@@ -97,6 +97,13 @@ pub struct Expert {
     /// One entry per shared head, in the same order: `null` where the topic's rows had no
     /// outcomes for that head, and the shared head scores instead.
     pub heads: Vec<Option<Head>>,
+    /// Smallest and largest `log_options` among the topic's training rows. The expert scores
+    /// only prompts in that range, whatever the posterior: fitted on free-form word problems,
+    /// it knows nothing of lettered options, and the multiple-choice maths questions the topic
+    /// classifier confuses with its topic are left to the shared heads, which were fitted on
+    /// them. Absent (older files): any shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options_range: Option<[f32; 2]>,
 }
 
 /// The schema a model was trained on.
@@ -148,9 +155,25 @@ struct FoldedExpert {
     /// Index of its topic's membership in the expanded vector.
     membership: usize,
     gate: f32,
+    /// Index of `log_options` and the range the expert accepts, if it has one.
+    options: Option<(usize, [f32; 2])>,
     /// Base feature indices it reads.
     features: Vec<usize>,
     heads: Vec<Option<(Vec<f32>, f32)>>,
+}
+
+/// The base feature an expert's `options_range` reads.
+pub const OPTIONS_FEATURE: &str = "log_options";
+
+impl FoldedExpert {
+    /// Whether the expert scores the (expanded) vector `x`: its topic's posterior reaches the
+    /// gate and the prompt's multiple-choice shape is one the expert was fitted on.
+    fn claims(&self, x: &[f32]) -> bool {
+        let shaped = self
+            .options
+            .is_none_or(|(j, [lo, hi])| x.get(j).is_some_and(|v| (lo..=hi).contains(v)));
+        shaped && x.get(self.membership).is_some_and(|m| *m >= self.gate)
+    }
 }
 
 /// Folds `(x - mean) / std` into a head's weights and intercept, so it applies to raw features.
@@ -317,17 +340,25 @@ impl Classifier {
         if !(0.5..=1.0).contains(&x.gate) {
             return Err(format!("gate {} is outside [0.5, 1]", x.gate));
         }
+        let index = |f: &str| {
+            schema
+                .names
+                .iter()
+                .position(|n| n == f)
+                .ok_or_else(|| format!("feature {f:?} is not in the schema"))
+        };
         let features = x
             .features
             .iter()
-            .map(|f| {
-                schema
-                    .names
-                    .iter()
-                    .position(|n| n == f)
-                    .ok_or_else(|| format!("feature {f:?} is not in the schema"))
-            })
+            .map(|f| index(f))
             .collect::<Result<Vec<_>, _>>()?;
+        let options = match x.options_range {
+            None => None,
+            Some([lo, hi]) if !(lo.is_finite() && hi.is_finite() && lo <= hi) => {
+                return Err(format!("options_range [{lo}, {hi}] is not a finite range"));
+            }
+            Some(range) => Some((index(OPTIONS_FEATURE)?, range)),
+        };
         if x.scaling.mean.len() != features.len() || x.scaling.std.len() != features.len() {
             return Err(format!(
                 "scaling has {}/{} entries for {} features",
@@ -360,6 +391,7 @@ impl Classifier {
         Ok(FoldedExpert {
             membership: base + x.membership,
             gate: x.gate,
+            options,
             features,
             heads,
         })
@@ -404,7 +436,7 @@ impl Classifier {
             .experts
             .iter()
             .zip(&self.file.experts)
-            .find(|(e, _)| x.get(e.membership).is_some_and(|m| *m >= e.gate))
+            .find(|(e, _)| e.claims(x))
             .unzip();
         // One buffer per call: head outputs, then tier scores in place.
         let mut out = Vec::with_capacity(self.folded.len() + 1);
@@ -565,6 +597,7 @@ mod tests {
                     }),
                     None,
                 ],
+                options_range: None,
             }],
             ..model()
         }
@@ -586,6 +619,44 @@ mod tests {
         // Leaning to topic 0 but below the gate (posterior 0.62): still the shared heads.
         let p = c.score(&[2.0, 0.6, 0.55]);
         assert!((p[0] - sigmoid(2.0)).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn an_expert_leaves_prompts_of_a_shape_it_never_saw_to_the_shared_heads() {
+        // f0 plays `log_options`: the expert was fitted on free-form rows only (range [0, 0]).
+        let mut m = expert_model();
+        m.experts[0].options_range = Some([0.0, 0.0]);
+        m.experts[0].features = vec![OPTIONS_FEATURE.into()];
+        let mut names = schema(3);
+        names.names[0] = OPTIONS_FEATURE.into();
+        let c = Classifier::new(m, &names).unwrap();
+        // Free-form, posterior ~1: the expert's head a, z = -0.5 * (0 - 1) / 0.5 - 0.5 = 0.5.
+        let (p, topic) = c.score_explained(&[0.0, 1.0, 0.0]);
+        assert_eq!(topic, Some("t0"));
+        assert!((p[0] - sigmoid(0.5)).abs() < 1e-6, "{p:?}");
+        // Four lettered options (log 5), same posterior: the shared head a, z = 1.609.
+        let (p, topic) = c.score_explained(&[5f32.ln(), 1.0, 0.0]);
+        assert_eq!(topic, None);
+        assert!((p[0] - sigmoid(f64::from(5f32.ln()))).abs() < 1e-6, "{p:?}");
+        // A range needs the feature in the schema, and a finite, ordered range.
+        let mut m = expert_model();
+        m.experts[0].options_range = Some([0.0, 0.0]);
+        m.experts[0].features = vec!["f1".into()];
+        let err = Classifier::new(m, &schema(3)).unwrap_err();
+        assert!(
+            err.contains("\"log_options\" is not in the schema"),
+            "{err}"
+        );
+        for bad in [[1.0, 0.0], [0.0, f32::NAN]] {
+            let mut m = expert_model();
+            m.experts[0].options_range = Some(bad);
+            m.experts[0].features = vec![OPTIONS_FEATURE.into()];
+            let err = Classifier::new(m, &names).unwrap_err();
+            assert!(
+                err.starts_with("experts[0]: ") && err.contains("is not a finite range"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

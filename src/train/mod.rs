@@ -178,7 +178,8 @@ pub struct ExpertOptions {
     /// L2 penalty of the experts' heads. Experts see a few hundred rows, not thousands, so
     /// they need their own.
     pub alpha: f64,
-    /// Topic posterior at or above which an expert scores a prompt.
+    /// Topic posterior at or above which an expert scores a prompt (of a shape its rows had:
+    /// see [`crate::classifier::Expert::options_range`]).
     pub gate: f32,
 }
 
@@ -193,7 +194,7 @@ impl Default for ExpertOptions {
                 .map(String::from)
                 .collect(),
             alpha: 33.0,
-            gate: 0.9,
+            gate: 0.5,
         }
     }
 }
@@ -357,6 +358,17 @@ fn fit_expert(
         ..opts.fit
     };
     let (scaling, heads) = fit::fit_labelled_heads(&x, labels, &mine, head_tiers, fit, &[])?;
+    let options_range = names
+        .iter()
+        .position(|n| n == crate::classifier::OPTIONS_FEATURE)
+        .map(|j| {
+            mine.iter()
+                .fold([f32::INFINITY, f32::NEG_INFINITY], |[lo, hi], &r| {
+                    let v = data.x[r][j];
+                    [lo.min(v), hi.max(v)]
+                })
+        })
+        .filter(|[lo, hi]| lo <= hi);
     Ok(crate::classifier::Expert {
         topic: topic.to_string(),
         membership,
@@ -364,6 +376,7 @@ fn fit_expert(
         features: opts.experts.features.clone(),
         scaling,
         heads,
+        options_range,
     })
 }
 

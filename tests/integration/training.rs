@@ -342,6 +342,8 @@ fn a_topic_expert_learns_its_topic_and_leaves_the_others_alone() {
         x.heads
     );
     assert!(x.heads[2].is_some() && x.heads[3].is_some());
+    // Every word problem of the fixture is free-form: no lettered options.
+    assert_eq!(x.options_range, Some([0.0, 0.0]));
 
     let with = Classifier::new(file.clone(), f.schema()).unwrap();
     let without = Classifier::new(plain, f.schema()).unwrap();
@@ -356,6 +358,25 @@ fn a_topic_expert_learns_its_topic_and_leaves_the_others_alone() {
     let easy = "Noa buys 6 boxes of pens at 14 dollars each. How much does Noa spend in total?";
     let (h, e) = (score(&with, hard)[1], score(&with, easy)[1]);
     assert!(h < 0.4 && e > 0.7, "standard: decimals {h}, integers {e}");
+    // The same problem with lettered options is a shape the expert never saw: whatever the
+    // topic posterior, the shared heads score it.
+    let choices = format!("{hard}\nA. 16.50\nB. 18.00\nC. 16.00\nD. 15.50\nAnswer:");
+    let v = f
+        .featurize(triage::features::Conversation::single(&choices))
+        .unwrap()
+        .vector;
+    assert_eq!(with.score_explained(&v).1, None);
+    assert_eq!(with.score(&v), without.score(&v));
+    // ...and it is the shape that keeps it away: without the range the expert claims it.
+    let mut shapeless = file.clone();
+    shapeless.experts[0].options_range = None;
+    let shapeless = Classifier::new(shapeless, f.schema()).unwrap();
+    assert_eq!(shapeless.score_explained(&v).1, Some("wp/arith"));
+    let v = f
+        .featurize(triage::features::Conversation::single(hard))
+        .unwrap()
+        .vector;
+    assert_eq!(with.score_explained(&v).1, Some("wp/arith"));
     // Elsewhere the shared heads score, and they are the same as without the expert.
     for text in [
         "Hi! How are you? Let's chat about the beach.",
