@@ -8,7 +8,8 @@ heads use: P(strong beats weak) - P(weak beats strong), each a logistic regressi
 Compared: the word-problem cues (a Python rendering of src/features/cues.rs, close but not
 byte-identical), also trained on a quarter, half and three quarters of each training fold
 (a learning curve: would more labelled word problems help?) or with MMLU-Pro's maths rows
-added (would borrowed rows help?), word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
+added (would borrowed rows help? also MMLU's own maths rows, answered by the same two models),
+a score of mixtral's failure alone instead of the gain, a random forest, word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
 (the model triage's static embeddings are distilled from), the transformer plus the cues,
 and gradient boosting on the cues. Run with training/gsm8k_ceiling.sh.
 """
@@ -18,7 +19,7 @@ import re
 import sys
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
@@ -100,6 +101,24 @@ def text(prompts, make_vectorizer, C):
     return fit_score
 
 
+def borrow(show, cues_matrix, pro_x, pro_weak, pro_strong, name):
+    """The cues fitted on each training fold plus borrowed rows, with an indicator column of
+    their own and a lower sample weight."""
+    for weight in (0.1, 1.0):
+        def fit_score(tr, te, y, sign, weight=weight):
+            is_pro = np.r_[np.zeros(len(tr)), np.ones(len(pro_x))][:, None]
+            A = np.r_[cues_matrix[tr], pro_x]
+            scale = StandardScaler().fit(A)
+            y_pro = sign * (pro_strong - pro_weak) > 0
+            model = LogisticRegression(C=0.03, max_iter=3000).fit(
+                np.c_[scale.transform(A), is_pro], np.r_[y, y_pro],
+                sample_weight=np.r_[np.ones(len(tr)), np.full(len(pro_x), weight)])
+            T = np.c_[scale.transform(cues_matrix[te]), np.zeros((len(te), 1))]
+            return model.predict_proba(T)[:, 1]
+
+        show(f"{name} at weight {weight}", fit_score)
+
+
 def main():
     data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data"
     rows = [json.loads(l) for l in open(f"{data}/routellm/routellm_dev.jsonl")]
@@ -120,34 +139,44 @@ def main():
     logistic = lambda C_: (lambda: LogisticRegression(C=C_, max_iter=3000))
     for c in (0.03, 0.3):
         show(f"word-problem cues, logistic C={c}", dense(cues_matrix, logistic(c)))
+    # Ranking by P(mixtral fails) alone: hard problems that gpt-4 fails too rank high, for nothing.
+    fails = []
+    for seed in SEEDS:
+        out = np.zeros(n)
+        for tr, te in KFold(5, shuffle=True, random_state=seed).split(np.zeros(n)):
+            out[te] = dense(cues_matrix, logistic(0.03))(tr, te, weak[tr] < 0.5, 1)
+        fails.append(apgr(out, weak, strong))
+    print(f"  {'word-problem cues, C=0.03, P(mixtral fails) instead of the gain':<62} "
+          f"{np.mean(fails):.3f} ({np.std(fails):.3f})")
     for fraction in (0.25, 0.5, 0.75):
         rows_used = int(n * 0.8 * fraction)
         show(f"word-problem cues, C=0.03, ~{rows_used} training rows (of ~{int(n * 0.8)})",
              dense(cues_matrix, logistic(0.03), fraction))
     # Borrowed rows: MMLU-Pro's maths questions, mixtral vs gemini-1.5-pro (no gpt-4 there),
-    # with an indicator column of their own and a lower sample weight.
+    # then MMLU's elementary and high-school maths rows of the RouteLLM file, the same two
+    # models; the lettered options are cut off so the cues read the stem.
     pro = [json.loads(l) for l in open(f"{data}/mmlu_pro/mmlu_pro_dev.jsonl")]
     pro = [r for r in pro if r["category"] == "math"]
-    pro_x = np.array([cues(r["prompt"]) for r in pro])
-    pro_weak = np.array([r["outcomes"]["mixtral-8x7b-instruct"] for r in pro])
-    pro_strong = np.array([r["outcomes"]["gemini-1.5-pro-002"] for r in pro])
-    for weight in (0.1, 1.0):
-        def fit_score(tr, te, y, sign, weight=weight):
-            is_pro = np.r_[np.zeros(len(tr)), np.ones(len(pro))][:, None]
-            A = np.r_[cues_matrix[tr], pro_x]
-            scale = StandardScaler().fit(A)
-            y_pro = sign * (pro_strong - pro_weak) > 0
-            model = LogisticRegression(C=0.03, max_iter=3000).fit(
-                np.c_[scale.transform(A), is_pro], np.r_[y, y_pro],
-                sample_weight=np.r_[np.ones(len(tr)), np.full(len(pro), weight)])
-            T = np.c_[scale.transform(cues_matrix[te]), np.zeros((len(te), 1))]
-            return model.predict_proba(T)[:, 1]
-
-        show(f"cues + {len(pro)} MMLU-Pro maths rows at weight {weight}", fit_score)
+    mmlu = [json.loads(l) for l in open(f"{data}/routellm/routellm_dev.jsonl")]
+    mmlu = [r for r in mmlu if r["category"] in ("elementary_mathematics", "high_school_mathematics")]
+    borrowed = [
+        ("MMLU-Pro maths rows (mixtral vs gemini-1.5-pro)", pro, "gemini-1.5-pro-002"),
+        ("MMLU maths rows (mixtral vs gpt-4)", mmlu, "gpt-4-1106-preview"),
+    ]
+    for name, extra, strong_model in borrowed:
+        pro_x = np.array([cues(r["prompt"].split("\nA. ")[0]) for r in extra])
+        pro_weak = np.array([r["outcomes"]["mixtral-8x7b-instruct"] for r in extra])
+        pro_strong = np.array([r["outcomes"][strong_model] for r in extra])
+        borrow(show, cues_matrix, pro_x, pro_weak, pro_strong, f"cues + {len(extra)} {name}")
     show(
         "word-problem cues, gradient boosting (depth 2)",
         dense(cues_matrix, lambda: HistGradientBoostingClassifier(
             max_depth=2, learning_rate=0.03, min_samples_leaf=30, random_state=0)),
+    )
+    show(
+        "word-problem cues, random forest (300 trees, leaves >= 20)",
+        dense(cues_matrix, lambda: RandomForestClassifier(
+            300, min_samples_leaf=20, random_state=0, n_jobs=1)),
     )
     for c in (0.3, 3.0):
         show(f"word 1-2-gram tf-idf, C={c}",
