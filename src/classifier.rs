@@ -162,8 +162,8 @@ struct FoldedExpert {
     heads: Vec<Option<(Vec<f32>, f32)>>,
 }
 
-/// The base feature an expert's `options_range` reads.
-pub const OPTIONS_FEATURE: &str = "log_options";
+/// The base feature an expert's `options_range` reads: the count of lettered options.
+pub const OPTIONS_FEATURE: &str = crate::features::CHOICE_FEATURES[0];
 
 impl FoldedExpert {
     /// Whether the expert scores the (expanded) vector `x`: its topic's posterior reaches the
@@ -638,25 +638,6 @@ mod tests {
         let (p, topic) = c.score_explained(&[5f32.ln(), 1.0, 0.0]);
         assert_eq!(topic, None);
         assert!((p[0] - sigmoid(f64::from(5f32.ln()))).abs() < 1e-6, "{p:?}");
-        // A range needs the feature in the schema, and a finite, ordered range.
-        let mut m = expert_model();
-        m.experts[0].options_range = Some([0.0, 0.0]);
-        m.experts[0].features = vec!["f1".into()];
-        let err = Classifier::new(m, &schema(3)).unwrap_err();
-        assert!(
-            err.contains("\"log_options\" is not in the schema"),
-            "{err}"
-        );
-        for bad in [[1.0, 0.0], [0.0, f32::NAN]] {
-            let mut m = expert_model();
-            m.experts[0].options_range = Some(bad);
-            m.experts[0].features = vec![OPTIONS_FEATURE.into()];
-            let err = Classifier::new(m, &names).unwrap_err();
-            assert!(
-                err.starts_with("experts[0]: ") && err.contains("is not a finite range"),
-                "{err}"
-            );
-        }
     }
 
     #[test]
@@ -689,7 +670,7 @@ mod tests {
     #[test]
     fn malformed_experts_are_refused_naming_the_expert() {
         type Break = fn(&mut Expert);
-        let cases: [(Break, &str); 6] = [
+        let cases: [(Break, &str); 9] = [
             (|e| e.gate = 0.3, "gate 0.3"),
             (|e| e.membership = 2, "membership 2"),
             (
@@ -708,6 +689,19 @@ mod tests {
                     }
                 },
                 "heads[0] is for tier \"b\"",
+            ),
+            // The schema here has no `log_options` for a range to read.
+            (
+                |e| e.options_range = Some([0.0, 0.0]),
+                "\"log_options\" is not in the schema",
+            ),
+            (
+                |e| e.options_range = Some([1.0, 0.0]),
+                "options_range [1, 0] is not a finite range",
+            ),
+            (
+                |e| e.options_range = Some([0.0, f32::NAN]),
+                "is not a finite range",
             ),
         ];
         for (break_it, want) in cases {
