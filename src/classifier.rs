@@ -104,6 +104,15 @@ pub struct Expert {
     /// them. Absent (older files): any shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options_range: Option<[f32; 2]>,
+    /// One entry per head when the heads were fitted only on the rows where the pair of
+    /// tiers' outcomes differ (gain heads only); empty when they were fitted on every row.
+    /// Such a head estimates a probability given a difference; times its rate (the share of
+    /// the topic's training rows where the pair differed) it is the unconditional probability
+    /// the gain score needs. Why: on a few hundred rows, most of them ties, the chance of a
+    /// difference is mostly noise, and a ranking by which model wins when they differ
+    /// cross-validates better (see the model card).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub differ_rates: Vec<f32>,
 }
 
 /// The schema a model was trained on.
@@ -160,6 +169,8 @@ struct FoldedExpert {
     /// Base feature indices it reads.
     features: Vec<usize>,
     heads: Vec<Option<(Vec<f32>, f32)>>,
+    /// Factor on each head's probability: its `differ_rates` entry, else 1.
+    rates: Vec<f64>,
 }
 
 /// The base feature an expert's `options_range` reads: the count of lettered options.
@@ -387,6 +398,25 @@ impl Classifier {
                 Some(h) => Some(fold(h, &x.scaling, &format!("heads[{i}]"))?),
             });
         }
+        let rates = match x.differ_rates.as_slice() {
+            [] => vec![1.0; heads.len()],
+            _ if file.heads_kind != HeadsKind::Gain => {
+                return Err("differ_rates only apply to gain heads".to_string());
+            }
+            r if r.len() != heads.len() => {
+                return Err(format!(
+                    "has {} differ_rates for {} heads",
+                    r.len(),
+                    heads.len()
+                ));
+            }
+            r => match r.iter().position(|v| !(*v > 0.0 && *v <= 1.0)) {
+                Some(i) => {
+                    return Err(format!("differ_rates[{i}] = {} is outside (0, 1]", r[i]));
+                }
+                None => r.iter().map(|v| f64::from(*v)).collect(),
+            },
+        };
         let base = file.schema.n_features;
         Ok(FoldedExpert {
             membership: base + x.membership,
@@ -394,6 +424,7 @@ impl Classifier {
             options,
             features,
             heads,
+            rates,
         })
     }
 
@@ -441,18 +472,19 @@ impl Classifier {
         // One buffer per call: head outputs, then tier scores in place.
         let mut out = Vec::with_capacity(self.folded.len() + 1);
         out.extend(self.folded.iter().enumerate().map(|(k, (w, b))| {
-            let z = match expert.and_then(|e| e.heads.get(k)?.as_ref().map(|h| (e, h))) {
+            match expert.and_then(|e| e.heads.get(k)?.as_ref().map(|h| (e, h))) {
                 Some((e, (ew, eb))) => {
                     let at = |j: usize| x.get(j).copied().unwrap_or(0.0);
-                    ew.iter()
+                    let z = ew
+                        .iter()
                         .zip(&e.features)
                         .map(|(w, &j)| w * at(j))
                         .sum::<f32>()
-                        + eb
+                        + eb;
+                    sigmoid(f64::from(z)) * e.rates.get(k).copied().unwrap_or(1.0)
                 }
-                None => crate::prototypes::dot(w, x) + b,
-            };
-            sigmoid(f64::from(z))
+                None => sigmoid(f64::from(crate::prototypes::dot(w, x) + b)),
+            }
         }));
         match self.file.heads_kind {
             HeadsKind::Sufficiency => {}
@@ -598,6 +630,7 @@ mod tests {
                     None,
                 ],
                 options_range: None,
+                differ_rates: Vec::new(),
             }],
             ..model()
         }
@@ -668,9 +701,65 @@ mod tests {
     }
 
     #[test]
+    fn an_expert_fitted_where_the_pair_differs_scales_its_heads_by_the_rate() {
+        // Gain heads: tier a's pair stays shared, tier b's pair is the expert's, fitted on the
+        // rows where b and the dearest differ: given a difference the dearest wins 0.8 and b
+        // 0.2, and a quarter of the rows differed.
+        let constant = |tier: &str, p: f32| Head {
+            tier: tier.into(),
+            weights: vec![0.0; 5],
+            intercept: (p / (1.0 - p)).ln(),
+        };
+        let mut m = expert_model();
+        m.heads_kind = HeadsKind::Gain;
+        m.heads = vec![
+            constant("a", 0.3),
+            constant("a", 0.1),
+            constant("b", 0.3),
+            constant("b", 0.1),
+        ];
+        let own = |tier: &str, p: f32| Head {
+            weights: vec![0.0],
+            ..constant(tier, p)
+        };
+        m.experts[0].heads = vec![None, None, Some(own("b", 0.8)), Some(own("b", 0.2))];
+        m.experts[0].differ_rates = vec![1.0, 1.0, 0.25, 0.25];
+        let c = Classifier::new(m.clone(), &schema(3)).unwrap();
+        let (p, topic) = c.score_explained(&[2.0, 1.0, 0.0]);
+        assert_eq!(topic, Some("t0"));
+        // b: 1 - 0.25 * (0.8 - 0.2) = 0.85; a's shared 1 - (0.3 - 0.1) = 0.8 stays below it.
+        assert!((p[1] - 0.85).abs() < 1e-6, "{p:?}");
+        assert!((p[0] - 0.8).abs() < 1e-6, "{p:?}");
+        // Without the rates the same heads would claim a shortfall of 0.6.
+        let mut unscaled = m.clone();
+        unscaled.experts[0].differ_rates.clear();
+        let p = Classifier::new(unscaled, &schema(3))
+            .unwrap()
+            .score(&[2.0, 1.0, 0.0]);
+        assert!((p[1] - 0.4).abs() < 1e-6, "{p:?}");
+        // Malformed rates are refused, naming the expert and the entry.
+        for (rates, want) in [
+            (vec![1.0, 1.0, 0.25], "has 3 differ_rates for 4 heads"),
+            (
+                vec![1.0, 1.0, 0.0, 0.25],
+                "differ_rates[2] = 0 is outside (0, 1]",
+            ),
+            (vec![1.0, f32::NAN, 1.0, 1.0], "differ_rates[1] = NaN"),
+        ] {
+            let mut bad = m.clone();
+            bad.experts[0].differ_rates = rates;
+            let err = Classifier::new(bad, &schema(3)).unwrap_err();
+            assert!(
+                err.starts_with("experts[0]: ") && err.contains(want),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn malformed_experts_are_refused_naming_the_expert() {
         type Break = fn(&mut Expert);
-        let cases: [(Break, &str); 9] = [
+        let cases: [(Break, &str); 10] = [
             (|e| e.gate = 0.3, "gate 0.3"),
             (|e| e.membership = 2, "membership 2"),
             (
@@ -702,6 +791,11 @@ mod tests {
             (
                 |e| e.options_range = Some([0.0, f32::NAN]),
                 "is not a finite range",
+            ),
+            // Sufficiency heads: a probability given a difference means nothing there.
+            (
+                |e| e.differ_rates = vec![0.5, 0.5],
+                "differ_rates only apply to gain heads",
             ),
         ];
         for (break_it, want) in cases {

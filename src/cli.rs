@@ -251,6 +251,18 @@ struct DataArgs {
     /// Topic posterior at or above which an expert scores a prompt, in [0.5, 1].
     #[arg(long, default_value_t = ExpertOptions::default().gate)]
     expert_gate: f32,
+    /// Fit the experts' gain heads on every row of their topic, ties included, instead of
+    /// only the rows where the pair of tiers differ (the default; see the model card).
+    #[arg(long)]
+    expert_all_rows: bool,
+    /// Leading principal components of the prompt embedding, over the expert's topic rows,
+    /// that an expert reads besides --expert-features (0 for none).
+    #[arg(long, default_value_t = ExpertOptions::default().components)]
+    expert_components: usize,
+    /// Column weight of those components, in (0, 1]: below 1 penalizes them harder than the
+    /// hand-made features.
+    #[arg(long, default_value_t = ExpertOptions::default().component_weight)]
+    expert_component_weight: f32,
     /// Write the report as JSON here too.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -645,6 +657,9 @@ impl DataArgs {
                 features: d.expert_features.clone(),
                 alpha: d.expert_alpha,
                 gate: d.expert_gate,
+                on_differences: !d.expert_all_rows,
+                components: d.expert_components,
+                component_weight: d.expert_component_weight,
             },
         };
         if !(opts.embedding_weight.is_finite() && opts.embedding_weight > 0.0) {
@@ -675,6 +690,10 @@ impl DataArgs {
                 "--expert-gate must be in [0.5, 1], got {}",
                 opts.experts.gate
             );
+        }
+        let w = opts.experts.component_weight;
+        if !(w.is_finite() && w > 0.0 && w <= 1.0) {
+            bail!("--expert-component-weight must be in (0, 1], got {w}");
         }
         if !(opts.experts.alpha.is_finite() && opts.experts.alpha >= 0.0) {
             bail!(

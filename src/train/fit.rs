@@ -1,6 +1,7 @@
 //! Fitting the per-tier logistic heads with linfa-logistic on standardized features.
 
 use linfa::prelude::*;
+use linfa_linalg::eigh::EighInto;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2};
 
@@ -152,6 +153,142 @@ pub fn fit_labelled_heads(
     Ok((sc, heads))
 }
 
+/// Leading principal components of some columns of the feature vectors, over some rows.
+#[derive(Debug, Clone)]
+pub struct Components {
+    /// The columns they combine.
+    pub dims: Vec<usize>,
+    /// Those columns' means over the rows.
+    pub mean: Vec<f64>,
+    /// Unit directions over `dims`, largest variance first.
+    pub components: Vec<Vec<f64>>,
+}
+
+/// The `k` leading principal components of columns `dims` of `x` over `rows` (fewer when
+/// there are fewer columns). Deterministic: a symmetric eigendecomposition of the covariance,
+/// no random start.
+pub fn principal_components(
+    x: &[Vec<f32>],
+    rows: &[usize],
+    dims: &[usize],
+    k: usize,
+) -> Result<Components, TrainError> {
+    let failed = |message: String| TrainError::Fit {
+        tier: "expert components".into(),
+        message,
+    };
+    if rows.is_empty() || dims.is_empty() {
+        return Err(failed(format!(
+            "need rows and columns, got {} rows and {} columns",
+            rows.len(),
+            dims.len()
+        )));
+    }
+    let n = rows.len() as f64;
+    let mean: Vec<f64> = dims
+        .iter()
+        .map(|&j| rows.iter().map(|&r| f64::from(x[r][j])).sum::<f64>() / n)
+        .collect();
+    let centred = Array2::from_shape_fn((rows.len(), dims.len()), |(i, c)| {
+        f64::from(x[rows[i]][dims[c]]) - mean[c]
+    });
+    let covariance = centred.t().dot(&centred) / n;
+    let (values, vectors) = covariance.eigh_into().map_err(|e| failed(e.to_string()))?;
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    let components = order
+        .into_iter()
+        .take(k)
+        .map(|c| vectors.column(c).to_vec())
+        .collect();
+    Ok(Components {
+        dims: dims.to_vec(),
+        mean,
+        components,
+    })
+}
+
+impl Components {
+    /// The coordinates of feature vector `v` along the components.
+    pub fn project(&self, v: &[f32]) -> Vec<f32> {
+        self.components
+            .iter()
+            .map(|u| {
+                u.iter()
+                    .zip(&self.dims)
+                    .zip(&self.mean)
+                    .map(|((u, &j), m)| u * (f64::from(v[j]) - m))
+                    .sum::<f64>() as f32
+            })
+            .collect()
+    }
+
+    /// Rewrites heads fitted on `base` features followed by these components' coordinates as
+    /// heads on the `base` features followed by the columns the components combine (unscaled:
+    /// mean 0, std 1), giving the same score on every vector: the projection is linear.
+    pub fn fold_into(
+        &self,
+        scaling: Scaling,
+        heads: Vec<Option<Head>>,
+        base: usize,
+    ) -> (Scaling, Vec<Option<Head>>) {
+        let heads = heads
+            .into_iter()
+            .map(|h| {
+                h.map(|h| {
+                    // Weight of component c on its raw coordinate.
+                    let per_component: Vec<f64> = (0..self.components.len())
+                        .map(|c| f64::from(h.weights[base + c]) / f64::from(scaling.std[base + c]))
+                        .collect();
+                    let on_dims: Vec<f64> = (0..self.dims.len())
+                        .map(|i| {
+                            self.components
+                                .iter()
+                                .zip(&per_component)
+                                .map(|(u, w)| w * u[i])
+                                .sum()
+                        })
+                        .collect();
+                    let intercept = f64::from(h.intercept)
+                        - per_component
+                            .iter()
+                            .enumerate()
+                            .map(|(c, w)| w * f64::from(scaling.mean[base + c]))
+                            .sum::<f64>()
+                        - on_dims
+                            .iter()
+                            .zip(&self.mean)
+                            .map(|(w, m)| w * m)
+                            .sum::<f64>();
+                    Head {
+                        tier: h.tier,
+                        weights: h.weights[..base]
+                            .iter()
+                            .copied()
+                            .chain(on_dims.iter().map(|w| *w as f32))
+                            .collect(),
+                        intercept: intercept as f32,
+                    }
+                })
+            })
+            .collect();
+        let dims = self.dims.len();
+        let scaling = Scaling {
+            mean: scaling.mean[..base]
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0.0, dims))
+                .collect(),
+            std: scaling.std[..base]
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(1.0, dims))
+                .collect(),
+        };
+        (scaling, heads)
+    }
+}
+
 /// Fits a multinomial logistic classifier from unit embeddings to topic labels and returns it
 /// as (centres, biases) over the raw embedding: its standardization is folded in, so
 /// softmax(centre · x + bias) is the posterior of each topic.
@@ -293,6 +430,69 @@ mod tests {
         let m = p.expand(&a);
         // Classes are sorted, so "x" is the first membership.
         assert!(m[2] > 0.9, "{m:?}");
+    }
+
+    #[test]
+    fn principal_components_find_the_direction_of_largest_spread_and_fold_exactly() {
+        // Column 1 and 2 move together with a large spread, column 0 is small noise; column 3
+        // is a feature the components do not read.
+        let x: Vec<Vec<f32>> = (0..50)
+            .map(|i| {
+                let t = (i as f32 - 25.0) / 5.0;
+                let noise = ((i * 7) % 5) as f32 * 0.01;
+                vec![noise, t, t + noise, (i % 3) as f32]
+            })
+            .collect();
+        let rows: Vec<usize> = (0..50).collect();
+        let p = principal_components(&x, &rows, &[0, 1, 2], 1).unwrap();
+        let u = &p.components[0];
+        assert!((u.iter().map(|v| v * v).sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(
+            u[1].abs() > 0.7 && u[2].abs() > 0.7 && u[0].abs() < 0.1,
+            "{u:?}"
+        );
+        // A head over [column 3, component] folds into one over [column 3, columns 0-2].
+        let head = Head {
+            tier: "a".into(),
+            weights: vec![0.3, -1.2],
+            intercept: 0.4,
+        };
+        let scaling = Scaling {
+            mean: vec![1.0, 0.2],
+            std: vec![0.8, 2.5],
+        };
+        let before = |v: &[f32]| {
+            let z = [f64::from(v[3]), f64::from(p.project(v)[0])];
+            (0..2)
+                .map(|j| {
+                    f64::from(head.weights[j]) * (z[j] - f64::from(scaling.mean[j]))
+                        / f64::from(scaling.std[j])
+                })
+                .sum::<f64>()
+                + f64::from(head.intercept)
+        };
+        let (sc, heads) = p.fold_into(scaling.clone(), vec![Some(head.clone()), None], 1);
+        assert!(heads[1].is_none());
+        let folded = heads[0].as_ref().unwrap();
+        assert_eq!(folded.weights.len(), 4);
+        assert_eq!(sc.mean.len(), 4);
+        for v in &x {
+            let raw = [v[3], v[0], v[1], v[2]];
+            let after = (0..4)
+                .map(|j| {
+                    f64::from(folded.weights[j]) * (f64::from(raw[j]) - f64::from(sc.mean[j]))
+                        / f64::from(sc.std[j])
+                })
+                .sum::<f64>()
+                + f64::from(folded.intercept);
+            assert!((after - before(v)).abs() < 1e-4, "{after} vs {}", before(v));
+        }
+    }
+
+    #[test]
+    fn principal_components_refuse_an_empty_sample() {
+        let err = principal_components(&[vec![1.0]], &[], &[0], 1).unwrap_err();
+        assert!(err.to_string().contains("0 rows"), "{err}");
     }
 
     #[test]

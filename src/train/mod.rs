@@ -181,6 +181,17 @@ pub struct ExpertOptions {
     /// Topic posterior at or above which an expert scores a prompt (of a shape its rows had:
     /// see [`crate::classifier::Expert::options_range`]).
     pub gate: f32,
+    /// With gain heads, fit each pair of an expert's heads only on the rows where the two
+    /// tiers' outcomes differ, and store the share of such rows (see
+    /// [`crate::classifier::Expert::differ_rates`]); otherwise on every row.
+    pub on_differences: bool,
+    /// Leading principal components of the prompt embedding (over the topic's training rows)
+    /// that an expert reads besides `features`; 0 for none. They are folded back into weights
+    /// on the embedding's own dimensions, so serving needs nothing new.
+    pub components: usize,
+    /// Column weight of those components (see [`fit::fit_heads`]): below 1 penalizes them
+    /// harder than the hand-made features.
+    pub component_weight: f32,
 }
 
 impl Default for ExpertOptions {
@@ -193,8 +204,11 @@ impl Default for ExpertOptions {
                 .chain(crate::features::CUE_FEATURES)
                 .map(String::from)
                 .collect(),
-            alpha: 33.0,
+            alpha: 3.0,
             gate: 0.5,
+            on_differences: true,
+            components: 16,
+            component_weight: 0.5,
         }
     }
 }
@@ -343,21 +357,55 @@ fn fit_expert(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let x: Vec<Vec<f32>> = data
-        .x
-        .iter()
-        .map(|v| features.iter().map(|&j| v[j]).collect())
-        .collect();
     let mine: Vec<usize> = rows
         .iter()
         .copied()
         .filter(|&r| topic_of(&data.rows[r]) == topic)
         .collect();
+    let embedding: Vec<usize> = (0..names.len())
+        .filter(|&j| names[j].starts_with("emb_"))
+        .collect();
+    let pca = match opts.experts.components {
+        0 => None,
+        k => Some(fit::principal_components(&data.x, &mine, &embedding, k)?),
+    };
+    let x: Vec<Vec<f32>> = data
+        .x
+        .iter()
+        .map(|v| {
+            let mut row: Vec<f32> = features.iter().map(|&j| v[j]).collect();
+            if let Some(p) = &pca {
+                row.extend(p.project(v));
+            }
+            row
+        })
+        .collect();
+    let column_weight: Vec<f32> = features
+        .iter()
+        .map(|_| 1.0)
+        .chain(
+            pca.iter()
+                .flat_map(|p| p.components.iter().map(|_| opts.experts.component_weight)),
+        )
+        .collect();
     let fit = FitOptions {
         alpha: opts.experts.alpha,
         ..opts.fit
     };
-    let (scaling, heads) = fit::fit_labelled_heads(&x, labels, &mine, head_tiers, fit, &[])?;
+    let on_differences = opts.experts.on_differences && opts.heads == HeadsKind::Gain;
+    let (labels, differ_rates) = if on_differences {
+        differences_only(labels, &mine)
+    } else {
+        (labels.to_vec(), Vec::new())
+    };
+    let (mut scaling, mut heads) =
+        fit::fit_labelled_heads(&x, &labels, &mine, head_tiers, fit, &column_weight)?;
+    let mut expert_features = opts.experts.features.clone();
+    if let Some(p) = &pca {
+        // Serve the components as weights on the embedding dimensions they combine.
+        (scaling, heads) = p.fold_into(scaling, heads, features.len());
+        expert_features.extend(embedding.iter().map(|&j| names[j].clone()));
+    }
     let options_range = names
         .iter()
         .position(|n| n == crate::classifier::OPTIONS_FEATURE)
@@ -373,11 +421,60 @@ fn fit_expert(
         topic: topic.to_string(),
         membership,
         gate: opts.experts.gate,
-        features: opts.experts.features.clone(),
+        features: expert_features,
         scaling,
         heads,
         options_range,
+        differ_rates,
     })
+}
+
+/// Gain labels kept only where the pair of tiers differ (one of the pair's two labels is
+/// true), and for each head the share of `rows` with both outcomes where they did. A pair
+/// keeps every row, at rate 1, where the differences all go one way (or there are none):
+/// given a difference there is then nothing to rank by, and whether they differ is the only
+/// signal left. Empty rates when every pair kept every row.
+fn differences_only(
+    labels: &[Vec<Option<bool>>],
+    rows: &[usize],
+) -> (Vec<Vec<Option<bool>>>, Vec<f32>) {
+    let pairs = rows.first().map_or(0, |&r| labels[r].len()) / 2;
+    // Per pair: rows with both outcomes, rows where the dearest won, where the cheaper won.
+    let mut counts = vec![[0usize; 3]; pairs];
+    for &r in rows {
+        for (t, pair) in labels[r].chunks(2).enumerate().take(pairs) {
+            if let [Some(dearer), Some(cheaper)] = *pair {
+                counts[t][0] += 1;
+                counts[t][1] += usize::from(dearer);
+                counts[t][2] += usize::from(cheaper);
+            }
+        }
+    }
+    let conditional: Vec<bool> = counts.iter().map(|c| c[1] > 0 && c[2] > 0).collect();
+    if !conditional.contains(&true) {
+        return (labels.to_vec(), Vec::new());
+    }
+    let mut kept = labels.to_vec();
+    for &r in rows {
+        for (t, pair) in kept[r].chunks_mut(2).enumerate().take(pairs) {
+            if conditional[t] && *pair == [Some(false), Some(false)] {
+                pair.fill(None);
+            }
+        }
+    }
+    let rates = counts
+        .iter()
+        .zip(&conditional)
+        .flat_map(|(c, &on)| {
+            let rate = if on {
+                (c[1] + c[2]) as f32 / c[0] as f32
+            } else {
+                1.0
+            };
+            [rate, rate]
+        })
+        .collect();
+    (kept, rates)
 }
 
 /// Fits the heads with one extra indicator column per non-reference stand-in group, then
@@ -981,7 +1078,7 @@ pub fn train(
         "topic_alpha": opts.topic_alpha,
         "source_offsets": opts.source_offsets,
         "cue_weight": opts.cue_weight,
-        "experts": {"topics": opts.experts.topics, "alpha": opts.experts.alpha, "gate": opts.experts.gate},
+        "experts": {"topics": opts.experts.topics, "alpha": opts.experts.alpha, "gate": opts.experts.gate, "on_differences": opts.experts.on_differences, "components": opts.experts.components, "component_weight": opts.experts.component_weight},
         "seed": opts.seed,
         "prices": opts.prices,
         "target_quality": opts.target_quality,
@@ -1209,5 +1306,34 @@ mod tests {
         assert_eq!(labels[1], vec![f, t, f, f]);
         assert_eq!(labels[2], vec![None, None, t, f]);
         assert_eq!(labels[3], vec![None; 4]);
+    }
+
+    #[test]
+    fn differences_only_drops_ties_and_counts_the_share_that_differ() {
+        let data = prepared(vec![
+            vec![Some(0.0), Some(1.0), Some(1.0)],
+            vec![Some(1.0), Some(0.0), Some(0.0)],
+            vec![None, Some(0.6), Some(0.7)],
+            vec![Some(1.0), Some(1.0), None],
+            // Every tier ties.
+            vec![Some(1.0), Some(1.0), Some(1.0)],
+        ]);
+        let labels = gain_labels(&data);
+        let (kept, rates) = differences_only(&labels, &[0, 1, 2, 3, 4]);
+        let (t, f) = (Some(true), Some(false));
+        // fast and frontier differ on rows 0 and 1 (one win each) of their 3 labelled rows,
+        // so the fast pair keeps only those; standard differs only on row 2, a win for
+        // frontier, so it keeps every row at rate 1.
+        assert_eq!(kept[0], vec![t, f, f, f]);
+        assert_eq!(kept[1], vec![f, t, f, f]);
+        assert_eq!(kept[2], vec![None, None, t, f]);
+        assert_eq!(kept[3], vec![None; 4]);
+        assert_eq!(kept[4], vec![None, None, f, f]);
+        assert_eq!(rates, vec![2.0 / 3.0, 2.0 / 3.0, 1.0, 1.0]);
+        // Rows left out of the fold count for nothing: without row 1 only frontier ever wins,
+        // no pair is conditional, and there are no rates.
+        let (kept, rates) = differences_only(&labels, &[0, 2, 3, 4]);
+        assert_eq!(kept, labels);
+        assert!(rates.is_empty(), "{rates:?}");
     }
 }

@@ -344,6 +344,17 @@ fn a_topic_expert_learns_its_topic_and_leaves_the_others_alone() {
     assert!(x.heads[2].is_some() && x.heads[3].is_some());
     // Every word problem of the fixture is free-form: no lettered options.
     assert_eq!(x.options_range, Some([0.0, 0.0]));
+    // Here the standard tier never beats the dearest, so given a difference there is nothing
+    // to rank by: the pair is fitted on every row, not only where they differ.
+    assert!(x.differ_rates.is_empty(), "{:?}", x.differ_rates);
+    // The embedding's leading components are served as weights on its own dimensions.
+    let base = train::ExpertOptions::default().features.len();
+    assert_eq!(x.features.len(), base + emb);
+    assert!(x.features[base..].iter().all(|n| n.starts_with("emb_")));
+    assert_eq!(
+        x.heads[2].as_ref().map(|h| h.weights.len()),
+        Some(base + emb)
+    );
 
     let with = Classifier::new(file.clone(), f.schema()).unwrap();
     let without = Classifier::new(plain, f.schema()).unwrap();
