@@ -9,7 +9,9 @@ Compared: the word-problem cues (a Python rendering of src/features/cues.rs, clo
 byte-identical), also trained on a quarter, half and three quarters of each training fold
 (a learning curve: would more labelled word problems help?) or with MMLU-Pro's maths rows
 added (would borrowed rows help? also MMLU's own maths rows, answered by the same two models),
-a score of mixtral's failure alone instead of the gain, a random forest, word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
+the cues fitted only where the two models differ, alone and with the leading principal
+components of triage's static embedding (the shipped expert's recipe), a score of mixtral's
+failure alone instead of the gain, a random forest, word and character n-gram tf-idf, the full all-MiniLM-L6-v2 transformer
 (the model triage's static embeddings are distilled from), the transformer plus the cues,
 and gradient boosting on the cues. Run with training/gsm8k_ceiling.sh.
 """
@@ -19,6 +21,7 @@ import re
 import sys
 
 import numpy as np
+from sklearn.decomposition import PCA
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -91,6 +94,29 @@ def dense(X, make, fraction=1.0):
     return fit_score
 
 
+def where_they_differ(X, C, gap, components=None, weight=0.5):
+    """The logistic fitted only on the training rows where mixtral and gpt-4 differ (the
+    shipped expert's recipe): it ranks by who wins given a difference, since whether they
+    differ is mostly noise on a few hundred rows. components: an embedding matrix whose k
+    leading principal components (over the training rows) join the columns, standardized and
+    then shrunk by `weight` (a heavier penalty than the cues'), as in src/train/fit.rs."""
+    emb, k = components if components else (None, 0)
+
+    def fit_score(tr, te, y, _sign):
+        A, T = X[tr], X[te]
+        if k:
+            pca = PCA(k, svd_solver="full").fit(emb[tr])
+            A, T = np.c_[A, pca.transform(emb[tr])], np.c_[T, pca.transform(emb[te])]
+        scale = StandardScaler().fit(A)
+        cols = np.r_[np.ones(X.shape[1]), np.full(k, weight)]
+        A, T = scale.transform(A) * cols, scale.transform(T) * cols
+        differ = gap[tr] != 0
+        model = LogisticRegression(C=C, max_iter=3000).fit(A[differ], y[differ])
+        return model.predict_proba(T)[:, 1]
+
+    return fit_score
+
+
 def text(prompts, make_vectorizer, C):
     def fit_score(tr, te, y, _sign):
         v = make_vectorizer()
@@ -139,6 +165,18 @@ def main():
     logistic = lambda C_: (lambda: LogisticRegression(C=C_, max_iter=3000))
     for c in (0.03, 0.3):
         show(f"word-problem cues, logistic C={c}", dense(cues_matrix, logistic(c)))
+    gap = strong - weak
+    for c in (0.1, 0.3):
+        show(f"word-problem cues, C={c}, only rows where the two differ",
+             where_they_differ(cues_matrix, c, gap))
+    # triage's own static embeddings (models/embeddings), as model2vec encodes them.
+    from model2vec import StaticModel
+
+    static = StaticModel.from_pretrained("models/embeddings").encode(prompts)
+    static /= np.linalg.norm(static, axis=1, keepdims=True)
+    for k in (16, 32):
+        show(f"  the same (C=0.3) + {k} components of triage's static embedding",
+             where_they_differ(cues_matrix, 0.3, gap, (static, k)))
     # Ranking by P(mixtral fails) alone: hard problems that gpt-4 fails too rank high, for nothing.
     fails = []
     for seed in SEEDS:
