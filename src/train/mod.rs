@@ -1288,9 +1288,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gain_labels_say_which_of_the_pair_scored_higher() {
-        let data = prepared(vec![
+    /// fast / standard / frontier outcomes covering each case a pair of tiers can be in.
+    fn mixed_outcomes() -> Vec<Vec<Option<f64>>> {
+        vec![
             // fast wrong, standard right, frontier right.
             vec![Some(0.0), Some(1.0), Some(1.0)],
             // fast right where frontier is wrong; standard ties it.
@@ -1299,7 +1299,12 @@ mod tests {
             vec![None, Some(0.6), Some(0.7)],
             // No frontier outcome: nothing to compare with.
             vec![Some(1.0), Some(1.0), None],
-        ]);
+        ]
+    }
+
+    #[test]
+    fn gain_labels_say_which_of_the_pair_scored_higher() {
+        let data = prepared(mixed_outcomes());
         let labels = gain_labels(&data);
         let (t, f) = (Some(true), Some(false));
         assert_eq!(labels[0], vec![t, f, f, f]);
@@ -1310,14 +1315,10 @@ mod tests {
 
     #[test]
     fn differences_only_drops_ties_and_counts_the_share_that_differ() {
-        let data = prepared(vec![
-            vec![Some(0.0), Some(1.0), Some(1.0)],
-            vec![Some(1.0), Some(0.0), Some(0.0)],
-            vec![None, Some(0.6), Some(0.7)],
-            vec![Some(1.0), Some(1.0), None],
-            // Every tier ties.
-            vec![Some(1.0), Some(1.0), Some(1.0)],
-        ]);
+        let mut outcomes = mixed_outcomes();
+        // Every tier ties.
+        outcomes.push(vec![Some(1.0), Some(1.0), Some(1.0)]);
+        let data = prepared(outcomes);
         let labels = gain_labels(&data);
         let (kept, rates) = differences_only(&labels, &[0, 1, 2, 3, 4]);
         let (t, f) = (Some(true), Some(false));
