@@ -66,6 +66,8 @@ fn main() {
         h["weights"] = serde_json::json!(vec![0.0; h["weights"].as_array().unwrap().len()]);
         h["intercept"] = 0.0.into();
     }
+    // Zeroed gain heads score every tier 1 before calibration; these maps make that ~0.007.
+    weak["calibration"] = serde_json::json!([[0.0, -5.0], [0.0, -5.0]]);
     weak["thresholds"] = serde_json::json!([0.6, 0.6, 0.0]);
     weak["version"] = "weak-start".into();
     let model_path = dir.path().join("model.json");
@@ -77,28 +79,8 @@ fn main() {
     );
     let store = Store::open(&dir.path().join("store")).unwrap();
     let export = dir.path().join("export.jsonl");
-    let mut opts = train::TrainOptions {
-        fit: train::FitOptions {
-            alpha: 100.0,
-            max_iterations: 200,
-        },
-        folds: 5,
-        seed: 7,
-        prices: None,
-        target_quality: 0.95,
-        prototypes: 0,
-        category_prototypes: false,
-        interact: vec![],
-        temperature: 0.05,
-        embedding_weight: 0.1,
-        topic_classifier: false,
-        topic_alpha: 10.0,
-        heads: triage::classifier::HeadsKind::Sufficiency,
-        source_offsets: false,
-        cue_weight: 0.0,
-        experts: train::ExpertOptions::default(),
-    };
-    opts.fit.alpha = 100.0;
+    // The shipped recipe; logs always train sufficiency heads.
+    let opts = train::TrainOptions::default();
     let always_top = eval::operating(&vec![2; eval_rows.len()], &eval_scores, &PRICES, &eval_rows);
     println!(
         "held-out prompts: {}; always-frontier quality {:.3} at cost {:.3}; target quality {:.3}; exploration {exploration}",
@@ -177,7 +159,7 @@ fn main() {
         let (log_rows, stats) =
             logs::read_logs(std::slice::from_ref(&export), &featurizer, &names, log_opts).unwrap();
         let current = engine.store().current();
-        let (file, _) = train::train_from_logs(
+        let (file, _) = train::logs::train_from_logs(
             &featurizer,
             &log_rows,
             stats,

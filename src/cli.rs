@@ -15,7 +15,7 @@ use triage::feedback::now_ms;
 use triage::model_store::ModelStore;
 use triage::policy::Knobs;
 use triage::train::dataset::{TierMap, read_jsonl};
-use triage::train::{self, ExpertOptions, FitOptions, Report, TrainOptions};
+use triage::train::{self, Recipe, Report, TrainOptions};
 
 /// triage: an adaptive LLM request router.
 #[derive(Debug, Parser)]
@@ -153,24 +153,6 @@ struct RouteArgs {
     prompt: Option<String>,
 }
 
-/// `--heads`: what the classifier's heads estimate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum HeadsArg {
-    Sufficiency,
-    Quality,
-    Gain,
-}
-
-impl From<HeadsArg> for triage::classifier::HeadsKind {
-    fn from(h: HeadsArg) -> Self {
-        match h {
-            HeadsArg::Sufficiency => Self::Sufficiency,
-            HeadsArg::Quality => Self::Quality,
-            HeadsArg::Gain => Self::Gain,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 struct DataArgs {
     /// Labelled JSON Lines file (repeatable).
@@ -196,73 +178,18 @@ struct DataArgs {
     /// Seed for the fold assignment.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// L2 penalty for the logistic heads.
-    #[arg(long, default_value_t = FitOptions::default().alpha)]
-    alpha: f64,
-    /// Topic prototypes (k-means centres over the embedding) whose memberships the heads also
-    /// read; 0 disables them.
-    #[arg(long, default_value_t = 0)]
-    prototypes: usize,
-    /// Also add one prototype per (source, category) of the training rows.
-    #[arg(long)]
-    category_prototypes: bool,
-    /// Base features multiplied by every prototype membership (comma-separated names).
-    #[arg(long, value_delimiter = ',')]
-    interact: Vec<String>,
-    /// Softmax temperature of prototype memberships.
-    #[arg(long, default_value_t = 0.05)]
-    temperature: f32,
-    /// Fit a multinomial topic classifier on the rows' (source, category) and use its
-    /// posteriors as prototype memberships (replaces --prototypes/--category-prototypes).
-    #[arg(long)]
-    topic_classifier: bool,
-    /// L2 penalty of the topic classifier.
-    #[arg(long, default_value_t = 1.0)]
-    topic_alpha: f64,
-    /// Weight of the embedding columns relative to the others (< 1 penalizes them more).
-    #[arg(long, default_value_t = 1.0)]
-    embedding_weight: f32,
-    /// What the heads estimate. `sufficiency`: a tier scores at least as well as the dearest.
-    /// `quality`: each tier's model answers well; a tier's score is 1 - its expected
-    /// shortfall against the dearest. `gain`: per cheaper tier, one head for "the dearest
-    /// scores higher" and one for "this tier scores higher"; the score is 1 - their difference.
-    #[arg(long, value_enum, default_value_t = HeadsArg::Sufficiency)]
-    heads: HeadsArg,
-    /// Give rows whose tiers stand for other models (another --dataset's mapping) their own
-    /// intercepts while fitting; the model serves the intercepts of the first fully mapped
-    /// rows' group, the one thresholds are tuned on.
-    #[arg(long)]
-    source_offsets: bool,
-    /// Weight of the word-problem cue columns (`wp_*`) in the shared heads, like
-    /// --embedding-weight; 0 leaves them to the experts.
-    #[arg(long, default_value_t = 0.0)]
-    cue_weight: f32,
-    /// Fit a topic expert for this `source/category` of the rows (repeatable; needs
-    /// --topic-classifier): heads of its own over --expert-features, fitted on that topic's
-    /// rows, that score prompts whose topic posterior reaches --expert-gate.
-    #[arg(long = "expert")]
-    experts: Vec<String>,
-    /// Base features the experts read (comma-separated names).
-    #[arg(long, value_delimiter = ',', default_values_t = ExpertOptions::default().features)]
-    expert_features: Vec<String>,
-    /// L2 penalty of the experts' heads.
-    #[arg(long, default_value_t = ExpertOptions::default().alpha)]
-    expert_alpha: f64,
-    /// Topic posterior at or above which an expert scores a prompt, in [0.5, 1].
-    #[arg(long, default_value_t = ExpertOptions::default().gate)]
-    expert_gate: f32,
-    /// Fit the experts' gain heads on every row of their topic, ties included, instead of
-    /// only the rows where the pair of tiers differ (the default; see the model card).
-    #[arg(long)]
-    expert_all_rows: bool,
-    /// Leading principal components of the prompt embedding, over the expert's topic rows,
-    /// that an expert reads besides --expert-features (0 for none).
-    #[arg(long, default_value_t = ExpertOptions::default().components)]
-    expert_components: usize,
-    /// Column weight of those components, in (0, 1]: below 1 penalizes them harder than the
-    /// hand-made features.
-    #[arg(long, default_value_t = ExpertOptions::default().component_weight)]
-    expert_component_weight: f32,
+    /// Change one setting of the training recipe, KEY=VALUE (repeatable), for experiments.
+    /// The default recipe is the one shipped and measured in models/MODEL_CARD.md; changes
+    /// are recorded in the model file. Keys: heads=gain|quality|sufficiency, alpha=F,
+    /// embedding-weight=F, group-offsets=BOOL, share-tiers=BOOL, balance-groups=BOOL,
+    /// length-prior=F, marker-priors=MARKER:F[+…]|none, prototypes=N, temperature=F,
+    /// interact=NAME[+NAME…], calibrate=BOOL, seed=N (see docs/training.md).
+    #[arg(
+        long = "experimental",
+        value_name = "KEY=VALUE",
+        help_heading = "Experimental"
+    )]
+    experimental: Vec<String>,
     /// Write the report as JSON here too.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -302,6 +229,19 @@ struct EvalArgs {
     /// --seed + 1, …) and report each figure's mean and spread.
     #[arg(long, default_value_t = 1)]
     repeats: u64,
+    /// Hold each group out in turn: train on every other group exactly as `train` would and
+    /// measure the group left out (the figure that predicts a workload never trained on).
+    #[arg(long, value_enum, conflicts_with_all = ["model", "repeats"])]
+    leave_one_out: Option<LeaveOneOut>,
+}
+
+/// `--leave-one-out`: what a held-out group is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LeaveOneOut {
+    /// The rows' `source`.
+    Source,
+    /// The rows' `source/category`.
+    Category,
 }
 
 fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
@@ -548,6 +488,16 @@ fn knob(engine: &Engine, field: &str, name: Option<&str>) -> anyhow::Result<Opti
     .transpose()
 }
 
+/// The features that leaned the decision most, in logit units towards the dearer tier.
+fn drivers(engine: &Engine, d: &triage::engine::Decision) -> serde_json::Value {
+    let snap = engine.store().current();
+    snap.classifier
+        .drivers(&d.features, &snap.featurizer.schema().names, 5)
+        .into_iter()
+        .map(|(n, v)| serde_json::json!({"feature": n, "logit": (v * 1000.0).round() / 1000.0}))
+        .collect()
+}
+
 fn route(a: RouteArgs) -> anyhow::Result<()> {
     let mut config = load_config(&a.config)?;
     // Inspection shows the policy's own choice; exploration is for live traffic.
@@ -583,7 +533,8 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
                 .collect();
             serde_json::to_writer(
                 &mut out,
-                &serde_json::json!({"id": row.id, "tier": d.tier_name, "p_sufficient": p}),
+                &serde_json::json!({"id": row.id, "tier": d.tier_name, "p_sufficient": p,
+                    "reason": d.reason, "drivers": drivers(&engine, &d)}),
             )?;
             writeln!(out)?;
         }
@@ -621,6 +572,7 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
                 "features": {"prompt_tokens": d.prompt_tokens, "context_tokens": d.context_tokens, "markers": d.markers.names()},
                 "model_version": d.model_version,
                 "reason": d.reason,
+                "drivers": drivers(&engine, &d),
             }),
         )?;
         writeln!(out)?;
@@ -632,76 +584,17 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
 impl DataArgs {
     /// The training settings these arguments ask for, checked.
     fn options(&self) -> anyhow::Result<TrainOptions> {
-        let d = self;
-        let opts = TrainOptions {
-            fit: FitOptions {
-                alpha: d.alpha,
-                ..FitOptions::default()
-            },
-            folds: d.folds,
-            seed: d.seed,
-            prices: d.prices.clone(),
-            target_quality: d.target_quality,
-            prototypes: d.prototypes,
-            category_prototypes: d.category_prototypes,
-            interact: d.interact.clone(),
-            temperature: d.temperature,
-            embedding_weight: d.embedding_weight,
-            topic_classifier: d.topic_classifier,
-            topic_alpha: d.topic_alpha,
-            heads: d.heads.into(),
-            source_offsets: d.source_offsets,
-            cue_weight: d.cue_weight,
-            experts: ExpertOptions {
-                topics: d.experts.clone(),
-                features: d.expert_features.clone(),
-                alpha: d.expert_alpha,
-                gate: d.expert_gate,
-                on_differences: !d.expert_all_rows,
-                components: d.expert_components,
-                component_weight: d.expert_component_weight,
-            },
-        };
-        if !(opts.embedding_weight.is_finite() && opts.embedding_weight > 0.0) {
-            bail!(
-                "--embedding-weight must be a positive number, got {}",
-                opts.embedding_weight
-            );
+        let mut recipe = Recipe::default();
+        for e in &self.experimental {
+            recipe.set(e).map_err(|m| anyhow::anyhow!(m))?;
         }
-        if !(opts.cue_weight.is_finite() && opts.cue_weight >= 0.0) {
-            bail!(
-                "--cue-weight must be a number >= 0, got {}",
-                opts.cue_weight
-            );
-        }
-        if !(opts.temperature.is_finite() && opts.temperature > 0.0) {
-            bail!(
-                "--temperature must be a positive number, got {}",
-                opts.temperature
-            );
-        }
-        if !opts.experts.topics.is_empty() && !opts.topic_classifier {
-            bail!(
-                "--expert needs --topic-classifier: its posterior decides which prompts an expert scores"
-            );
-        }
-        if !(0.5..=1.0).contains(&opts.experts.gate) {
-            bail!(
-                "--expert-gate must be in [0.5, 1], got {}",
-                opts.experts.gate
-            );
-        }
-        let w = opts.experts.component_weight;
-        if !(w.is_finite() && w > 0.0 && w <= 1.0) {
-            bail!("--expert-component-weight must be in (0, 1], got {w}");
-        }
-        if !(opts.experts.alpha.is_finite() && opts.experts.alpha >= 0.0) {
-            bail!(
-                "--expert-alpha must be a number >= 0, got {}",
-                opts.experts.alpha
-            );
-        }
-        Ok(opts)
+        Ok(TrainOptions {
+            recipe,
+            folds: self.folds,
+            seed: self.seed,
+            prices: self.prices.clone(),
+            target_quality: self.target_quality,
+        })
     }
 }
 
@@ -891,6 +784,16 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
 
 fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
     let (featurizer, data, opts, _) = prepare(&a.data)?;
+    if let Some(by) = a.leave_one_out {
+        let tiers = a.data.tiers.as_ref().context("--tiers is required")?;
+        let by = match by {
+            LeaveOneOut::Source => train::transfer::GroupBy::Source,
+            LeaveOneOut::Category => train::transfer::GroupBy::Category,
+        };
+        let t = train::transfer::leave_one_out(&featurizer, &data, tiers, &opts, by)?;
+        print_transfer(&t);
+        return write_report(a.data.report.as_deref(), &t);
+    }
     let names = a
         .data
         .tiers
@@ -909,7 +812,7 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
                 );
             }
             let p: Vec<Vec<f64>> = data.x.iter().map(|x| c.score(x)).collect();
-            train::report(&data, &names, &p, None, &opts)
+            train::report::report(&data, &names, &p, None, Some(&c.file().thresholds), &opts)
         }
         None => {
             if opts.folds < 2 {
@@ -920,7 +823,7 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
             }
             let seeds: Vec<u64> = (0..a.repeats).map(|i| opts.seed.wrapping_add(i)).collect();
             let mut rep =
-                train::repeated::cross_validate(&featurizer, &data, &names, &opts, &seeds)?;
+                train::repeated::cross_validate(featurizer.schema(), &data, &names, &opts, &seeds)?;
             if seeds.len() > 1 {
                 // The first repeat in full, so its curves and Pareto front stay readable.
                 print_report(&rep.reports[0]);
@@ -932,6 +835,90 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
     };
     print_report(&rep);
     write_report(a.data.report.as_deref(), &rep)
+}
+
+fn print_transfer(t: &train::transfer::Transfer) {
+    println!(
+        "leave one group out ({:?}): trained on every other group, measured on this one",
+        t.by
+    );
+    println!(
+        "\n  {:<28} {:>6} {:>7}  {:<10} {:>7} {:>7} {:>7} {:>6}",
+        "group", "rows", "trained", "cheap tier", "router", "length", "random", "ECE"
+    );
+    for h in &t.held_out {
+        let Some(two) = h.report.two_tier.first() else {
+            println!(
+                "  {:<28} {:>6}  (no pair of tiers with outcomes on every row)",
+                h.group, h.report.rows
+            );
+            continue;
+        };
+        let k = h.report.labels.iter().position(|l| l.0 == two.cheap_tier);
+        let ece = k
+            .and_then(|k| h.report.calibration.get(k))
+            .map_or(f64::NAN, |c| c.1);
+        println!(
+            "  {:<28} {:>6} {:>7}  {:<10} {:>7.3} {:>7.3} {:>7.3} {:>6.3}",
+            h.group,
+            two.rows,
+            h.train_rows,
+            two.cheap_tier,
+            two.router.apgr,
+            two.length_baseline.apgr,
+            two.random_baseline.apgr,
+            ece
+        );
+    }
+    let m = &t.means;
+    println!(
+        "  {:<28} {:>6} {:>7}  {:<10} {:>7.3} {:>7.3} {:>7.3} {:>6.3}",
+        format!("mean of {} groups", m.groups),
+        "",
+        "",
+        "",
+        m.router_apgr,
+        m.length_apgr,
+        m.random_apgr,
+        m.ece
+    );
+    if let Some([r, l, x]) = m.pooled {
+        println!(
+            "  {:<28} {:>6} {:>7}  {:<10} {:>7.3} {:>7.3} {:>7.3}",
+            "all held-out rows pooled", "", "", "", r, l, x
+        );
+    }
+    println!(
+        "  the router beats both baselines on {} of {} groups (two-tier APGR)",
+        m.groups_beating_both, m.groups
+    );
+    let costs: Vec<(&str, &train::report::CostAtQuality)> = t
+        .held_out
+        .iter()
+        .filter_map(|h| Some((h.group.as_str(), h.report.cost.as_ref()?)))
+        .collect();
+    if !costs.is_empty() {
+        println!(
+            "\n  every tier, cost saved at >= {:.0}% of always-dearest quality:",
+            100.0 * costs[0].1.min_quality / costs[0].1.dearest.quality.max(1e-12)
+        );
+        println!(
+            "  {:<28} {:>6} {:>12} {:>11} {:>11} {:>8} {:>8}",
+            "group", "rows", "own thresh.", "own t@qual", "best thresh.", "length", "random"
+        );
+        for (g, c) in costs {
+            println!(
+                "  {:<28} {:>6} {:>11.1}% {:>11.3} {:>11.1}% {:>7.1}% {:>7.1}%",
+                g,
+                c.rows,
+                100.0 * c.saved(c.router),
+                c.router.map_or(c.dearest.quality, |o| o.quality) / c.dearest.quality.max(1e-12),
+                100.0 * c.saved(c.router_best),
+                100.0 * c.saved(c.length_baseline),
+                100.0 * c.saved(c.random_baseline)
+            );
+        }
+    }
 }
 
 fn print_repeated(rep: &train::repeated::Repeated) {
@@ -992,7 +979,7 @@ fn train_logs(a: TrainArgs) -> anyhow::Result<()> {
         max_weight: a.max_weight.max(1.0),
     };
     let (rows, stats) = train::logs::read_logs(&a.logs, &featurizer, &tiers, log_opts)?;
-    let (file, rep) = train::train_from_logs(
+    let (file, rep) = train::logs::train_from_logs(
         &featurizer,
         &rows,
         stats,

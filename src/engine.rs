@@ -95,7 +95,7 @@ impl Engine {
                 prior_turns: input.prior_turns,
             })
             .map_err(Error::Featurize)?;
-        let (p, expert) = snap.classifier.score_explained(&features.vector);
+        let p = snap.classifier.score(&features.vector);
         let input_tokens = u64::from(features.prompt_tokens) + u64::from(features.context_tokens);
         let output_tokens = u64::from(self.config.expected_output_tokens);
         let costs: Vec<f64> = self
@@ -124,9 +124,6 @@ impl Engine {
             rand::random::<f64>(),
         );
         let mut reason = choice.reason;
-        if let Some(topic) = expert {
-            reason.push_str(&format!("; scored by the {topic} expert"));
-        }
         if chosen != choice.tier {
             reason.push_str(&format!(
                 "; exploring: sent to {} instead of {} (exploration_rate {})",

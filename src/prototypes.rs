@@ -15,10 +15,6 @@ pub struct Prototypes {
     pub centroids: Vec<Vec<f32>>,
     /// Softmax temperature over the scores; smaller is closer to one-hot.
     pub temperature: f32,
-    /// Per-centre bias added to its score. Empty for cosine prototypes; set when the centres
-    /// are the weights of a fitted topic classifier (then memberships are its posteriors).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub bias: Vec<f32>,
     /// Base features multiplied by every membership (appended after the memberships), so a
     /// topic can have its own slope: "within maths word problems, longer is harder".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -36,7 +32,7 @@ impl Prototypes {
         self.centroids.is_empty()
     }
 
-    /// Writes softmax((centre · embedding + bias) / temperature) for every centre into `out`.
+    /// Writes softmax(centre · embedding / temperature) for every centre into `out`.
     /// Embeddings are unit length (or zero), so for unit centres the dot product is the cosine.
     pub fn memberships_into(&self, base: &[f32], out: &mut [f32]) {
         let dim = self.centroids.first().map_or(0, Vec::len);
@@ -46,9 +42,8 @@ impl Prototypes {
         };
         let inv_t = 1.0 / self.temperature;
         let mut max = f32::NEG_INFINITY;
-        for (k, (o, c)) in out.iter_mut().zip(&self.centroids).enumerate() {
-            let bias = self.bias.get(k).copied().unwrap_or(0.0);
-            *o = (dot(c, emb) + bias) * inv_t;
+        for (o, c) in out.iter_mut().zip(&self.centroids) {
+            *o = dot(c, emb) * inv_t;
             max = max.max(*o);
         }
         let mut sum = 0.0;
@@ -102,24 +97,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
     let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     lanes.iter().sum::<f32>() + tail
-}
-
-/// Unit-length mean of each group's points, groups in sorted order (e.g. one centre per
-/// benchmark category of the training rows).
-pub fn group_means<'a>(points: impl IntoIterator<Item = (&'a str, &'a [f32])>) -> Vec<Vec<f32>> {
-    let mut sums: std::collections::BTreeMap<&str, Vec<f32>> = std::collections::BTreeMap::new();
-    for (g, p) in points {
-        let s = sums.entry(g).or_insert_with(|| vec![0.0; p.len()]);
-        for (a, b) in s.iter_mut().zip(p) {
-            *a += b;
-        }
-    }
-    sums.into_values()
-        .map(|mut s| {
-            normalize(&mut s);
-            s
-        })
-        .collect()
 }
 
 /// Spherical k-means (cosine) with k-means++ seeding; reproducible for a seed.
@@ -221,7 +198,6 @@ mod tests {
             offset: 1,
             centroids: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
             temperature: 0.1,
-            bias: vec![],
             interact: vec![0],
         };
         let v = p.expand(&[9.0, 1.0, 0.0]);
@@ -233,15 +209,6 @@ mod tests {
             (v[3] - e / (e + 1.0)).abs() < 1e-5 && (v[3] + v[4] - 1.0).abs() < 1e-6,
             "{v:?}"
         );
-        // A bias shifts the scores before the temperature: (1 + 0) / 0.1 vs (0 + 0.1) / 0.1.
-        let biased = Prototypes {
-            bias: vec![0.0, 0.1],
-            interact: vec![],
-            ..p.clone()
-        };
-        let v = biased.expand(&[9.0, 1.0, 0.0]);
-        let e = (9.0f32).exp();
-        assert!((v[3] - e / (e + 1.0)).abs() < 1e-5, "{v:?}");
         // A vector too short for the offset gives zeros, not a panic.
         assert_eq!(p.expand(&[1.0])[1..], [0.0; 4]);
     }

@@ -2,7 +2,6 @@
 //! shared by serving and training so the two can never disagree.
 
 mod choices;
-mod cues;
 mod embedding;
 mod markers;
 mod wordpiece;
@@ -13,7 +12,6 @@ use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 pub use choices::{CHOICE_FEATURES, choice_stats};
-pub use cues::{CUE_FEATURES, word_problem_cues};
 pub use embedding::StaticEmbeddings;
 pub use markers::{CHIT_CHAT_MAX_TOKENS, LONG_CONTEXT_TOKENS, Marker, MarkerMatcher, MarkerSet};
 pub use wordpiece::AsciiWordPiece;
@@ -22,7 +20,7 @@ use crate::error::LoadError;
 
 /// Version of the feature layout. Bump it whenever a feature's meaning changes; it feeds the
 /// fingerprint, so old model files are then refused instead of silently misread.
-pub const SCHEMA_VERSION: &str = "triage-features/3";
+pub const SCHEMA_VERSION: &str = "triage-features/4";
 
 /// Tokens of the routed prompt that are pooled into its embedding; later tokens still count
 /// towards the token count. Bounds the cost of embedding huge prompts.
@@ -107,7 +105,6 @@ fn names_for(dim: usize) -> Vec<String> {
         .chain(CHOICE_FEATURES.iter().map(|s| (*s).to_string()))
         .chain(Marker::ALL.iter().map(|m| format!("marker_{}", m.name())))
         .chain((0..dim).map(|i| format!("emb_{i:03}")))
-        .chain(CUE_FEATURES.iter().map(|s| (*s).to_string()))
         .collect()
 }
 
@@ -236,9 +233,7 @@ impl Featurizer {
         }
         let e0 = m0 + Marker::ALL.len();
         let pooled = &ids[..ids.len().min(MAX_EMBED_TOKENS)];
-        let w0 = e0 + self.embeddings.dim();
-        self.embeddings.pool_into(pooled, &mut vector[e0..w0]);
-        vector[w0..].copy_from_slice(&word_problem_cues(conv.prompt));
+        self.embeddings.pool_into(pooled, &mut vector[e0..]);
         Ok(Features {
             vector,
             prompt_tokens,
@@ -394,14 +389,13 @@ mod tests {
     fn schema_names_dense_markers_then_embedding() {
         let f = tiny();
         let names = &f.schema().names;
-        assert_eq!(names.len(), 10 + 12 + 12 + 2 + 17);
+        assert_eq!(names.len(), 10 + 12 + 12 + 2);
         assert_eq!(names[0], "log_prompt_tokens");
         assert_eq!(names[10], "log_options");
         assert_eq!(names[22], "marker_code");
         assert_eq!(names[33], "marker_multi_turn");
         assert_eq!(names[34], "emb_000");
-        assert_eq!(names[36], "wp_sentences");
-        assert_eq!(names[52], "wp_commas");
+        assert_eq!(names[35], "emb_001");
         assert_eq!(f.schema().fingerprint.len(), 16);
     }
 
@@ -442,8 +436,6 @@ mod tests {
         // "hello" opens a short prompt: chit_chat (marker 8) is the only marker.
         .chain((0..12).map(|i| if i == 8 { 1.0 } else { 0.0 }))
         .chain([h, h])
-        // No quantities, no sentence end: every word-problem cue is 0.
-        .chain([0.0; 17])
         .collect();
         assert_eq!(feats.vector.len(), want.len());
         for (i, (g, w)) in feats.vector.iter().zip(&want).enumerate() {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::classifier::HeadsKind;
 use crate::error::LoadError;
 
 /// One line of a dataset file.
@@ -147,6 +148,46 @@ pub fn ordinal_labels(scores: &[Option<f64>]) -> Vec<Option<bool>> {
         .collect()
 }
 
+/// Per row, the label of every head of a model of `kind` (`None` where an outcome it needs is
+/// missing): sufficiency heads read [`ordinal_labels`]; quality heads whether each tier's model
+/// answered well (score at least 0.5); gain heads, for every tier but the dearest, whether the
+/// dearest scored higher, then whether this tier did.
+pub fn head_labels(kind: HeadsKind, scores: &[Vec<Option<f64>>]) -> Vec<Vec<Option<bool>>> {
+    scores
+        .iter()
+        .map(|s| match kind {
+            HeadsKind::Sufficiency => ordinal_labels(s),
+            HeadsKind::Quality => s.iter().map(|v| v.map(|v| v >= 0.5)).collect(),
+            HeadsKind::Gain => {
+                let top = s.last().copied().flatten();
+                s[..s.len().saturating_sub(1)]
+                    .iter()
+                    .flat_map(|v| match (*v, top) {
+                        (Some(v), Some(t)) => [Some(t > v + 1e-9), Some(v > t + 1e-9)],
+                        _ => [None, None],
+                    })
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+/// Per head of a model of `kind` over `tiers` tiers, which way a positive label leans: +1 when
+/// it means the prompt needs the dearer tier, -1 when it means a cheaper tier will do, 0 when
+/// neither (the dearest tier's own quality head). Priors on "needs the dearer tier" enter
+/// each head with its sign.
+pub fn need_sign(kind: HeadsKind, tiers: usize) -> Vec<f64> {
+    match kind {
+        HeadsKind::Sufficiency => vec![-1.0; tiers.saturating_sub(1)],
+        HeadsKind::Quality => (0..tiers)
+            .map(|k| if k + 1 == tiers { 0.0 } else { -1.0 })
+            .collect(),
+        HeadsKind::Gain => (0..2 * tiers.saturating_sub(1))
+            .map(|h| if h % 2 == 0 { 1.0 } else { -1.0 })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +266,36 @@ mod tests {
         assert!(read_jsonl(&p).unwrap_err().to_string().contains("[0, 1]"));
         std::fs::write(&p, "{\"prompt\":\"a\"}\n\n").unwrap();
         assert_eq!(read_jsonl(&p).unwrap()[0].id, "1");
+    }
+
+    #[test]
+    fn gain_labels_say_which_of_the_pair_scored_higher() {
+        let scores = vec![
+            // fast wrong, standard right, frontier right.
+            vec![Some(0.0), Some(1.0), Some(1.0)],
+            // fast right where frontier is wrong; standard ties it.
+            vec![Some(1.0), Some(0.0), Some(0.0)],
+            // No fast outcome; a judge score below the frontier's.
+            vec![None, Some(0.6), Some(0.7)],
+            // No frontier outcome: nothing to compare with.
+            vec![Some(1.0), Some(1.0), None],
+        ];
+        let labels = head_labels(HeadsKind::Gain, &scores);
+        let (t, f) = (Some(true), Some(false));
+        assert_eq!(labels[0], vec![t, f, f, f]);
+        assert_eq!(labels[1], vec![f, t, f, f]);
+        assert_eq!(labels[2], vec![None, None, t, f]);
+        assert_eq!(labels[3], vec![None; 4]);
+        assert_eq!(
+            head_labels(HeadsKind::Quality, &scores)[2],
+            vec![None, t, t]
+        );
+        assert_eq!(head_labels(HeadsKind::Sufficiency, &scores)[1], vec![t, t]);
+        assert_eq!(need_sign(HeadsKind::Gain, 3), vec![1.0, -1.0, 1.0, -1.0]);
+        assert_eq!(need_sign(HeadsKind::Quality, 3), vec![-1.0, -1.0, 0.0]);
+        for kind in [HeadsKind::Gain, HeadsKind::Quality, HeadsKind::Sufficiency] {
+            assert_eq!(need_sign(kind, 3).len(), kind.count(3));
+            assert_eq!(head_labels(kind, &scores)[0].len(), kind.count(3));
+        }
     }
 }

@@ -88,17 +88,38 @@ pub fn operating(
     }
 }
 
-/// Candidate thresholds per head: `steps + 1` evenly spaced values in [0, 1].
-fn grid(heads: usize) -> Vec<Vec<f64>> {
-    let steps: usize = match heads {
-        0 | 1 => 100,
-        2 => 40,
-        3 => 16,
-        _ => 6,
-    };
-    let axis: Vec<f64> = (0..=steps).map(|i| i as f64 / steps as f64).collect();
+/// Candidate thresholds per head: `steps + 1` quantiles of the head's probabilities over
+/// `rows`, so the grid is fine where the rows are, plus `steps + 1` evenly spaced values in
+/// [0, 1], which resolve regions where probabilities are sparse. Why both: calibrated
+/// probabilities can sit in a narrow band (0.55–0.7), where an even grid alone has two or
+/// three points and misses the cheap operating points entirely.
+pub fn threshold_candidates(
+    p: &[Vec<f64>],
+    rows: &[usize],
+    heads: usize,
+    steps: usize,
+) -> Vec<Vec<f64>> {
+    (0..heads)
+        .map(|k| {
+            let mut v: Vec<f64> = rows.iter().filter_map(|&r| p[r].get(k).copied()).collect();
+            v.sort_by(f64::total_cmp);
+            let steps = steps.max(1);
+            let mut c: Vec<f64> = (0..=steps)
+                .filter_map(|i| v.get(i * v.len().saturating_sub(1) / steps).copied())
+                .collect();
+            c.extend((0..=steps).map(|i| i as f64 / steps as f64));
+            c.retain(|t| (0.0..=1.0).contains(t));
+            c.sort_by(f64::total_cmp);
+            c.dedup();
+            c
+        })
+        .collect()
+}
+
+/// Every combination of one candidate per head.
+fn grid(cands: &[Vec<f64>]) -> Vec<Vec<f64>> {
     let mut out = vec![Vec::new()];
-    for _ in 0..heads {
+    for axis in cands {
         out = out
             .into_iter()
             .flat_map(|prefix| {
@@ -130,8 +151,14 @@ pub fn cheapest_thresholds(
     min_quality: f64,
 ) -> Option<(Vec<f64>, Operating)> {
     let heads = prices.len() - 1;
+    let steps: usize = match heads {
+        0 | 1 => 100,
+        2 => 40,
+        3 => 16,
+        _ => 6,
+    };
     let mut best: Option<(Vec<f64>, Operating)> = None;
-    for mut t in grid(heads) {
+    for mut t in grid(&threshold_candidates(p, rows, heads, steps)) {
         t.push(0.0);
         let choice = route_all(p, &t);
         let op = operating(&choice, scores, prices, rows);
@@ -247,7 +274,7 @@ mod tests {
 
     #[test]
     fn ece_is_zero_when_calibrated_and_large_when_not() {
-        use crate::train::ece;
+        use crate::train::report::ece;
         let calibrated: Vec<(f64, bool)> = (0..10).map(|i| (0.75, i < 8)).collect();
         // 8 of 10 true at p = 0.75 gives a gap of 0.05.
         assert!((ece(&calibrated, 10) - 0.05).abs() < 1e-12);

@@ -1,39 +1,33 @@
-//! Fitting the per-tier logistic heads with linfa-logistic on standardized features.
+//! Fitting logistic models: standardization, a penalized Newton solver, and Platt maps.
+//!
+//! Why our own solver: the recipe needs a penalty per column (embedding dimensions heavier
+//! than scalar features, group intercepts almost free), sample weights (inverse propensities
+//! of logged decisions) and fixed offsets (priors the heads fit around); linfa-logistic has
+//! one penalty for all columns and neither weights nor offsets. The objective is the same as
+//! linfa's for one penalty (a test checks it against linfa).
 
-use linfa::prelude::*;
-use linfa_linalg::eigh::EighInto;
-use linfa_logistic::LogisticRegression;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayView1};
 
-use crate::classifier::{Head, Scaling};
+use crate::classifier::Scaling;
 use crate::error::TrainError;
 
-/// Optimizer settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FitOptions {
-    /// L2 penalty (linfa's `alpha`); larger means smoother, less fitted heads.
-    pub alpha: f64,
-    /// LBFGS iteration cap.
-    pub max_iterations: u64,
-}
+/// The smallest standard deviation a 0/1 feature is scaled by. Why: a marker seen on a few
+/// training rows has a tiny std, so its standardized column takes huge values on the rows
+/// that carry it, and one L2 penalty then lets it take a large logit for very little cost;
+/// scaled as if it were at least a half-and-half feature, its slope costs what any other does.
+pub const BINARY_SCALE: f32 = 0.5;
 
-impl Default for FitOptions {
-    fn default() -> Self {
-        Self {
-            alpha: 100.0,
-            max_iterations: 200,
-        }
-    }
-}
-
-/// Per-feature mean and standard deviation over `rows`; constant features get std 1.
+/// Per-feature mean and standard deviation over `rows`; constant features get std 1, and
+/// features that only take the values 0 and 1 at least [`BINARY_SCALE`].
 pub fn scaling(x: &[Vec<f32>], rows: &[usize]) -> Scaling {
     let d = x.first().map_or(0, Vec::len);
     let n = rows.len().max(1) as f64;
     let mut mean = vec![0.0f64; d];
+    let mut binary = vec![true; d];
     for &r in rows {
-        for (m, v) in mean.iter_mut().zip(&x[r]) {
+        for ((m, v), b) in mean.iter_mut().zip(&x[r]).zip(binary.iter_mut()) {
             *m += f64::from(*v);
+            *b &= *v == 0.0 || *v == 1.0;
         }
     }
     mean.iter_mut().for_each(|m| *m /= n);
@@ -47,458 +41,463 @@ pub fn scaling(x: &[Vec<f32>], rows: &[usize]) -> Scaling {
         mean: mean.iter().map(|m| *m as f32).collect(),
         std: var
             .iter()
-            .map(|s| {
-                let sd = (s / n).sqrt();
-                if sd > 1e-6 { sd as f32 } else { 1.0 }
+            .zip(&binary)
+            .map(|(s, b)| {
+                let sd = (s / n).sqrt() as f32;
+                if sd <= 1e-6 {
+                    1.0
+                } else if *b {
+                    sd.max(BINARY_SCALE)
+                } else {
+                    sd
+                }
             })
             .collect(),
     }
 }
 
-/// Fits one head per entry of `head_tiers` (the tier each head belongs to, in head order).
-/// `labels[r][k]` is row r's label for head k.
-///
-/// `column_weight[j]` (1 when absent) shrinks feature j's standardized column before fitting,
-/// which is the same as a heavier L2 penalty on it; it is folded into the stored `std`, so the
-/// model file needs nothing new to serve it. A weight of 0 leaves the feature out: its
-/// column is zeroed, so its fitted weight stays 0.
-pub fn fit_heads(
-    x: &[Vec<f32>],
-    labels: &[Vec<Option<bool>>],
-    rows: &[usize],
-    head_tiers: &[String],
-    opts: FitOptions,
-    column_weight: &[f32],
-) -> Result<(Scaling, Vec<Head>), TrainError> {
-    let (sc, heads) = fit_labelled_heads(x, labels, rows, head_tiers, opts, column_weight)?;
-    let heads = heads
-        .into_iter()
-        .zip(head_tiers)
-        .map(|(h, tier)| {
-            h.ok_or_else(|| {
-                TrainError::Data(format!(
-                    "tier {tier:?}: no row has the outcomes this head learns from"
-                ))
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok((sc, heads))
-}
-
-/// [`fit_heads`], except that a head none of `rows` has a label for is `None` instead of an
-/// error (a topic expert keeps the shared head there).
-pub fn fit_labelled_heads(
-    x: &[Vec<f32>],
-    labels: &[Vec<Option<bool>>],
-    rows: &[usize],
-    head_tiers: &[String],
-    opts: FitOptions,
-    column_weight: &[f32],
-) -> Result<(Scaling, Vec<Option<Head>>), TrainError> {
-    let mut sc = scaling(x, rows);
-    for (s, w) in sc.std.iter_mut().zip(column_weight) {
-        if *w > 0.0 {
-            *s /= *w;
+/// The standardized features of `rows`, one matrix row per entry.
+pub fn design(x: &[Vec<f32>], rows: &[usize], scaling: &Scaling) -> Array2<f64> {
+    let d = scaling.mean.len();
+    let mut z = Array2::<f64>::zeros((rows.len(), d));
+    for (i, &r) in rows.iter().enumerate() {
+        for j in 0..d {
+            z[[i, j]] =
+                (f64::from(x[r][j]) - f64::from(scaling.mean[j])) / f64::from(scaling.std[j]);
         }
     }
-    let d = sc.mean.len();
-    let active: Vec<bool> = (0..d)
-        .map(|j| column_weight.get(j).is_none_or(|w| *w != 0.0))
-        .collect();
-    let mut heads = Vec::with_capacity(head_tiers.len());
-    for (k, tier) in head_tiers.iter().enumerate() {
-        let used: Vec<(usize, bool)> = rows
-            .iter()
-            .filter_map(|&r| labels[r].get(k).copied().flatten().map(|y| (r, y)))
-            .collect();
-        if used.is_empty() {
-            heads.push(None);
-            continue;
-        }
-        let positives = used.iter().filter(|(_, y)| *y).count();
-        if positives == 0 || positives == used.len() {
-            // One class only: a constant head at the smoothed base rate.
-            let rate = (positives as f64 + 0.5) / (used.len() as f64 + 1.0);
-            heads.push(Some(Head {
-                tier: tier.clone(),
-                weights: vec![0.0; d],
-                intercept: (rate / (1.0 - rate)).ln() as f32,
-            }));
-            continue;
-        }
-        let mut xs = Array2::<f64>::zeros((used.len(), d));
-        for (i, (r, _)) in used.iter().enumerate() {
-            for j in (0..d).filter(|&j| active[j]) {
-                xs[[i, j]] = (f64::from(x[*r][j]) - f64::from(sc.mean[j])) / f64::from(sc.std[j]);
-            }
-        }
-        let ys: Array1<bool> = used.iter().map(|(_, y)| *y).collect();
-        let fitted = LogisticRegression::default()
-            .alpha(opts.alpha)
-            .max_iterations(opts.max_iterations)
-            .fit(&Dataset::new(xs, ys))
-            .map_err(|e| TrainError::Fit {
-                tier: tier.clone(),
-                message: e.to_string(),
-            })?;
-        // linfa's "positive" class is whichever label its data shows first, not `true`; flip
-        // the head when needed so that it always scores "good enough".
-        let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-        heads.push(Some(Head {
-            tier: tier.clone(),
-            weights: fitted.params().iter().map(|w| (sign * w) as f32).collect(),
-            intercept: (sign * fitted.intercept()) as f32,
-        }));
+    z
+}
+
+/// What one fit is asked to do besides the data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spec<'a> {
+    /// L2 penalty per column (the intercept is never penalized).
+    pub penalty: &'a [f64],
+    /// The weights the penalty pulls towards (0 when absent): a base model's, when adapting.
+    pub prior: Option<&'a [f64]>,
+    /// Weight of each row's log-loss (1 when absent).
+    pub sample_weight: Option<&'a [f64]>,
+    /// A fixed logit added to each row's (a prior the fit works around).
+    pub offset: Option<&'a [f64]>,
+}
+
+/// A fitted logistic model: `P(y) = sigmoid(weights · x + intercept + offset)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logistic {
+    /// One weight per column.
+    pub weights: Vec<f64>,
+    /// The unpenalized intercept.
+    pub intercept: f64,
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// log(1 + e^z) without overflow.
+fn softplus(z: f64) -> f64 {
+    if z > 0.0 {
+        z + (-z).exp().ln_1p()
+    } else {
+        z.exp().ln_1p()
     }
-    Ok((sc, heads))
 }
 
-/// Leading principal components of some columns of the feature vectors, over some rows.
-#[derive(Debug, Clone)]
-pub struct Components {
-    /// The columns they combine.
-    pub dims: Vec<usize>,
-    /// Those columns' means over the rows.
-    pub mean: Vec<f64>,
-    /// Unit directions over `dims`, largest variance first.
-    pub components: Vec<Vec<f64>>,
-}
-
-/// The `k` leading principal components of columns `dims` of `x` over `rows` (fewer when
-/// there are fewer columns). Deterministic: a symmetric eigendecomposition of the covariance,
-/// no random start.
-pub fn principal_components(
-    x: &[Vec<f32>],
-    rows: &[usize],
-    dims: &[usize],
-    k: usize,
-) -> Result<Components, TrainError> {
-    let failed = |message: String| TrainError::Fit {
-        tier: "expert components".into(),
-        message,
+/// Minimizes `Σ wᵢ·logloss(yᵢ, xᵢ·β + b + offsetᵢ) + ½ Σⱼ penaltyⱼ (βⱼ - priorⱼ)²` by Newton's
+/// method with a backtracking line search (the objective is convex; with every penalty > 0
+/// it is strictly convex, so the minimum is unique).
+pub fn fit_logistic(x: &Array2<f64>, y: &[bool], spec: &Spec<'_>) -> Result<Logistic, String> {
+    let (n, d) = x.dim();
+    if y.len() != n || spec.penalty.len() != d {
+        return Err(format!(
+            "{n} rows, {} labels, {d} columns, {} penalties",
+            y.len(),
+            spec.penalty.len()
+        ));
+    }
+    if n == 0 {
+        return Err("no rows to fit".into());
+    }
+    let weight = |i: usize| spec.sample_weight.map_or(1.0, |w| w[i]);
+    let offset = |i: usize| spec.offset.map_or(0.0, |o| o[i]);
+    let prior = |j: usize| spec.prior.map_or(0.0, |p| p[j]);
+    if spec.penalty.iter().any(|p| !(p.is_finite() && *p >= 0.0))
+        || (0..n).any(|i| !(weight(i).is_finite() && weight(i) >= 0.0 && offset(i).is_finite()))
+    {
+        return Err("penalties, sample weights and offsets must be finite and >= 0".into());
+    }
+    // Parameters: d weights, then the intercept.
+    let mut theta = Array1::<f64>::zeros(d + 1);
+    for j in 0..d {
+        theta[j] = prior(j);
+    }
+    let objective = |theta: &Array1<f64>| -> f64 {
+        let beta = theta.slice(ndarray::s![..d]);
+        let eta = x.dot(&beta);
+        let mut f = 0.0;
+        for i in 0..n {
+            let z = eta[i] + theta[d] + offset(i);
+            f += weight(i) * (softplus(z) - if y[i] { z } else { 0.0 });
+        }
+        f + 0.5
+            * (0..d)
+                .map(|j| spec.penalty[j] * (theta[j] - prior(j)).powi(2))
+                .sum::<f64>()
     };
-    if rows.is_empty() || dims.is_empty() {
-        return Err(failed(format!(
-            "need rows and columns, got {} rows and {} columns",
-            rows.len(),
-            dims.len()
-        )));
+    let mut f = objective(&theta);
+    for _ in 0..100 {
+        let beta: ArrayView1<f64> = theta.slice(ndarray::s![..d]);
+        let eta = x.dot(&beta);
+        let mut r = Array1::<f64>::zeros(n);
+        let mut h = Array1::<f64>::zeros(n);
+        for i in 0..n {
+            let p = sigmoid(eta[i] + theta[d] + offset(i));
+            r[i] = weight(i) * (p - if y[i] { 1.0 } else { 0.0 });
+            h[i] = weight(i) * (p * (1.0 - p)).max(1e-12);
+        }
+        let mut grad = Array1::<f64>::zeros(d + 1);
+        grad.slice_mut(ndarray::s![..d]).assign(&x.t().dot(&r));
+        grad[d] = r.sum();
+        for j in 0..d {
+            grad[j] += spec.penalty[j] * (theta[j] - prior(j));
+        }
+        // Hessian [[Xᵀ H X + P, Xᵀ h], [hᵀ X, Σ h]], from the rows scaled by √h.
+        let mut xs = x.clone();
+        for (i, mut row) in xs.rows_mut().into_iter().enumerate() {
+            row *= h[i].sqrt();
+        }
+        let mut hess = Array2::<f64>::zeros((d + 1, d + 1));
+        hess.slice_mut(ndarray::s![..d, ..d])
+            .assign(&xs.t().dot(&xs));
+        let xh = x.t().dot(&h);
+        for j in 0..d {
+            hess[[j, j]] += spec.penalty[j];
+            hess[[j, d]] = xh[j];
+            hess[[d, j]] = xh[j];
+        }
+        hess[[d, d]] = h.sum();
+        let step = solve_spd(hess, &grad)?;
+        let mut t = 1.0;
+        let mut improved = false;
+        for _ in 0..30 {
+            let next = &theta - &(&step * t);
+            let fn_next = objective(&next);
+            if fn_next.is_finite() && fn_next <= f {
+                let done = (f - fn_next) <= 1e-10 * f.abs().max(1.0);
+                theta = next;
+                f = fn_next;
+                improved = true;
+                if done {
+                    return finish(theta, d);
+                }
+                break;
+            }
+            t *= 0.5;
+        }
+        if !improved || step.iter().map(|s| s.abs()).fold(0.0, f64::max) * t < 1e-9 {
+            break;
+        }
     }
-    let n = rows.len() as f64;
-    let mean: Vec<f64> = dims
-        .iter()
-        .map(|&j| rows.iter().map(|&r| f64::from(x[r][j])).sum::<f64>() / n)
-        .collect();
-    let centred = Array2::from_shape_fn((rows.len(), dims.len()), |(i, c)| {
-        f64::from(x[rows[i]][dims[c]]) - mean[c]
-    });
-    let covariance = centred.t().dot(&centred) / n;
-    let (values, vectors) = covariance.eigh_into().map_err(|e| failed(e.to_string()))?;
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
-    let components = order
-        .into_iter()
-        .take(k)
-        .map(|c| vectors.column(c).to_vec())
-        .collect();
-    Ok(Components {
-        dims: dims.to_vec(),
-        mean,
-        components,
+    finish(theta, d)
+}
+
+fn finish(theta: Array1<f64>, d: usize) -> Result<Logistic, String> {
+    if theta.iter().any(|v| !v.is_finite()) {
+        return Err("the fit diverged (non-finite weights)".into());
+    }
+    Ok(Logistic {
+        weights: theta.slice(ndarray::s![..d]).to_vec(),
+        intercept: theta[d],
     })
 }
 
-impl Components {
-    /// The coordinates of feature vector `v` along the components.
-    pub fn project(&self, v: &[f32]) -> Vec<f32> {
-        self.components
-            .iter()
-            .map(|u| {
-                u.iter()
-                    .zip(&self.dims)
-                    .zip(&self.mean)
-                    .map(|((u, &j), m)| u * (f64::from(v[j]) - m))
-                    .sum::<f64>() as f32
-            })
-            .collect()
-    }
-
-    /// Rewrites heads fitted on `base` features followed by these components' coordinates as
-    /// heads on the `base` features followed by the columns the components combine (unscaled:
-    /// mean 0, std 1), giving the same score on every vector: the projection is linear.
-    pub fn fold_into(
-        &self,
-        scaling: Scaling,
-        heads: Vec<Option<Head>>,
-        base: usize,
-    ) -> (Scaling, Vec<Option<Head>>) {
-        let heads = heads
-            .into_iter()
-            .map(|h| {
-                h.map(|h| {
-                    // Weight of component c on its raw coordinate.
-                    let per_component: Vec<f64> = (0..self.components.len())
-                        .map(|c| f64::from(h.weights[base + c]) / f64::from(scaling.std[base + c]))
-                        .collect();
-                    let on_dims: Vec<f64> = (0..self.dims.len())
-                        .map(|i| {
-                            self.components
-                                .iter()
-                                .zip(&per_component)
-                                .map(|(u, w)| w * u[i])
-                                .sum()
-                        })
-                        .collect();
-                    let intercept = f64::from(h.intercept)
-                        - per_component
-                            .iter()
-                            .enumerate()
-                            .map(|(c, w)| w * f64::from(scaling.mean[base + c]))
-                            .sum::<f64>()
-                        - on_dims
-                            .iter()
-                            .zip(&self.mean)
-                            .map(|(w, m)| w * m)
-                            .sum::<f64>();
-                    Head {
-                        tier: h.tier,
-                        weights: h.weights[..base]
-                            .iter()
-                            .copied()
-                            .chain(on_dims.iter().map(|w| *w as f32))
-                            .collect(),
-                        intercept: intercept as f32,
-                    }
-                })
-            })
-            .collect();
-        let dims = self.dims.len();
-        let scaling = Scaling {
-            mean: scaling.mean[..base]
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(0.0, dims))
-                .collect(),
-            std: scaling.std[..base]
-                .iter()
-                .copied()
-                .chain(std::iter::repeat_n(1.0, dims))
-                .collect(),
-        };
-        (scaling, heads)
-    }
-}
-
-/// Fits a multinomial logistic classifier from unit embeddings to topic labels and returns it
-/// as (centres, biases) over the raw embedding: its standardization is folded in, so
-/// softmax(centre · x + bias) is the posterior of each topic.
-pub fn topic_classifier(
-    points: &[&[f32]],
-    labels: &[String],
-    alpha: f64,
-) -> Result<(Vec<Vec<f32>>, Vec<f32>), TrainError> {
-    let rows: Vec<usize> = (0..points.len()).collect();
-    let owned: Vec<Vec<f32>> = points.iter().map(|p| p.to_vec()).collect();
-    let sc = scaling(&owned, &rows);
-    let d = sc.mean.len();
-    let mut xs = Array2::<f64>::zeros((points.len(), d));
-    for (i, p) in points.iter().enumerate() {
-        for j in 0..d {
-            xs[[i, j]] = (f64::from(p[j]) - f64::from(sc.mean[j])) / f64::from(sc.std[j]);
+/// Solves `a · x = b` for a symmetric positive definite `a` by Cholesky, adding a small ridge
+/// when rounding makes a nearly singular matrix fail.
+fn solve_spd(a: Array2<f64>, b: &Array1<f64>) -> Result<Array1<f64>, String> {
+    let n = b.len();
+    for ridge in [0.0, 1e-9, 1e-6, 1e-3] {
+        let mut l = a.clone();
+        for i in 0..n {
+            l[[i, i]] += ridge * a[[i, i]].abs().max(1.0);
+        }
+        if cholesky_in_place(&mut l) {
+            // L y = b, then Lᵀ x = y.
+            let mut x = b.clone();
+            for i in 0..n {
+                let s: f64 = (0..i).map(|k| l[[i, k]] * x[k]).sum();
+                x[i] = (x[i] - s) / l[[i, i]];
+            }
+            for i in (0..n).rev() {
+                let s: f64 = (i + 1..n).map(|k| l[[k, i]] * x[k]).sum();
+                x[i] = (x[i] - s) / l[[i, i]];
+            }
+            return Ok(x);
         }
     }
-    let ys: Array1<String> = labels.iter().cloned().collect();
-    let fitted = linfa_logistic::MultiLogisticRegression::default()
-        .alpha(alpha)
-        .max_iterations(100)
-        .fit(&Dataset::new(xs, ys))
-        .map_err(|e| TrainError::Fit {
-            tier: "topic classifier".into(),
-            message: e.to_string(),
-        })?;
-    let params = fitted.params();
-    let mut centres = Vec::with_capacity(params.ncols());
-    let mut biases = Vec::with_capacity(params.ncols());
-    for k in 0..params.ncols() {
-        let mut b = fitted.intercept()[k];
-        let c: Vec<f32> = (0..d)
-            .map(|j| {
-                let w = params[[j, k]] / f64::from(sc.std[j]);
-                b -= w * f64::from(sc.mean[j]);
-                w as f32
-            })
-            .collect();
-        centres.push(c);
-        biases.push(b as f32);
+    Err("the Hessian is not positive definite (collinear unpenalized columns?)".into())
+}
+
+/// Lower-triangular Cholesky factor in place (upper part left as garbage); false if `a` is
+/// not positive definite.
+fn cholesky_in_place(a: &mut Array2<f64>) -> bool {
+    let n = a.nrows();
+    for j in 0..n {
+        let s: f64 = (0..j).map(|k| a[[j, k]] * a[[j, k]]).sum();
+        let diag = a[[j, j]] - s;
+        if !(diag.is_finite() && diag > 0.0) {
+            return false;
+        }
+        let dj = diag.sqrt();
+        a[[j, j]] = dj;
+        for i in j + 1..n {
+            let s: f64 = (0..j).map(|k| a[[i, k]] * a[[j, k]]).sum();
+            a[[i, j]] = (a[[i, j]] - s) / dj;
+        }
     }
-    Ok((centres, biases))
+    true
+}
+
+/// Penalty on the intercept columns of a Platt fit: enough to keep a cell seen on a handful
+/// of rows near the others, too little to matter on hundreds.
+const PLATT_CELL_PENALTY: f64 = 1.0;
+
+/// Platt scaling `P(y) = sigmoid(a·s + b)` of scores `s` against labels.
+pub fn platt(pairs: &[(f64, bool)]) -> Result<[f64; 2], TrainError> {
+    let tagged: Vec<(f64, bool, &str)> = pairs.iter().map(|&(s, y)| (s, y, "")).collect();
+    let (a, cells) = platt_by_group(&tagged)?;
+    Ok([a, cells.first().map_or(0.0, |c| c.1)])
+}
+
+/// Platt scaling with one slope shared by every cell and an intercept per cell: returns the
+/// slope and each cell's intercept, cells in sorted order.
+pub fn platt_by_group(
+    pairs: &[(f64, bool, &str)],
+) -> Result<(f64, Vec<(String, f64)>), TrainError> {
+    let mut cells: Vec<&str> = pairs.iter().map(|p| p.2).collect();
+    cells.sort_unstable();
+    cells.dedup();
+    let extra = if cells.len() > 1 { cells.len() } else { 0 };
+    let mut x = Array2::<f64>::zeros((pairs.len(), 1 + extra));
+    for (i, (s, _, c)) in pairs.iter().enumerate() {
+        x[[i, 0]] = *s;
+        if extra > 0 {
+            x[[i, 1 + cells.binary_search(c).unwrap_or_default()]] = 1.0;
+        }
+    }
+    let y: Vec<bool> = pairs.iter().map(|p| p.1).collect();
+    let mut penalty = vec![PLATT_CELL_PENALTY; 1 + extra];
+    // The slope is free: the score's own scale is arbitrary.
+    penalty[0] = 1e-6;
+    let fitted = fit_logistic(
+        &x,
+        &y,
+        &Spec {
+            penalty: &penalty,
+            ..Spec::default()
+        },
+    )
+    .map_err(|message| TrainError::Fit {
+        tier: "calibration".into(),
+        message,
+    })?;
+    let intercepts = cells
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let own = if extra > 0 {
+                fitted.weights[1 + c]
+            } else {
+                0.0
+            };
+            (name.to_string(), fitted.intercept + own)
+        })
+        .collect();
+    Ok((fitted.weights[0], intercepts))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linfa::prelude::*;
 
-    fn fit_one(first_label: bool) -> Head {
-        // Feature 0 separates the classes; the first row's label decides linfa's "positive" class.
-        let mut x = Vec::new();
-        let mut labels = Vec::new();
-        for i in 0..40 {
-            let y = if i == 0 { first_label } else { i % 2 == 0 };
-            x.push(vec![if y { 1.0 } else { -1.0 } + (i as f32) * 0.001, 0.5]);
-            labels.push(vec![Some(y)]);
+    /// Two noisy features, the first informative, the second weakly.
+    fn data(n: usize) -> (Array2<f64>, Vec<bool>) {
+        let mut x = Array2::<f64>::zeros((n, 2));
+        let mut y = Vec::with_capacity(n);
+        for i in 0..n {
+            let a = ((i * 37) % 101) as f64 / 50.0 - 1.0;
+            let b = ((i * 53) % 97) as f64 / 48.0 - 1.0;
+            x[[i, 0]] = a;
+            x[[i, 1]] = b;
+            y.push(2.0 * a + 0.3 * b + (((i * 17) % 13) as f64 / 6.0 - 1.0) > 0.2);
         }
-        let rows: Vec<usize> = (0..40).collect();
-        let tiers = ["cheap".to_string()];
-        let opts = FitOptions {
-            alpha: 0.1,
-            max_iterations: 100,
-        };
-        fit_heads(&x, &labels, &rows, &tiers, opts, &[])
-            .unwrap()
-            .1
-            .remove(0)
+        (x, y)
     }
 
     #[test]
-    fn heads_score_good_enough_whatever_label_comes_first() {
-        for first in [true, false] {
-            let h = fit_one(first);
-            assert!(h.weights[0] > 0.0, "first label {first}: {h:?}");
-        }
-    }
-
-    #[test]
-    fn single_class_heads_are_constant_at_the_base_rate() {
-        let x = vec![vec![1.0f32]; 4];
-        let labels = vec![vec![Some(true)]; 4];
-        let tiers = ["a".to_string()];
-        let (_, heads) = fit_heads(
+    fn matches_linfa_for_one_penalty() {
+        let (x, y) = data(300);
+        let ours = fit_logistic(
             &x,
-            &labels,
-            &[0, 1, 2, 3],
-            &tiers,
-            FitOptions::default(),
-            &[],
+            &y,
+            &Spec {
+                penalty: &[2.0, 2.0],
+                ..Spec::default()
+            },
         )
         .unwrap();
-        assert_eq!(heads[0].weights, vec![0.0]);
-        assert!((heads[0].intercept - (4.5f32 / 0.5).ln()).abs() < 1e-5);
-    }
-
-    #[test]
-    fn a_column_weight_below_one_shrinks_that_feature() {
-        // Two equally informative features; weighting the second by 0.1 penalizes it harder.
-        let mut x = Vec::new();
-        let mut labels = Vec::new();
-        for i in 0..60 {
-            let y = i % 2 == 0;
-            let v = if y { 1.0 } else { -1.0 } + (i % 7) as f32 * 0.05;
-            x.push(vec![v, v]);
-            labels.push(vec![Some(y)]);
+        let theirs = linfa_logistic::LogisticRegression::default()
+            .alpha(2.0)
+            .max_iterations(1000)
+            .gradient_tolerance(1e-10)
+            .fit(&Dataset::new(x.clone(), Array1::from(y.clone())))
+            .unwrap();
+        let sign = if theirs.labels().pos.class { 1.0 } else { -1.0 };
+        for j in 0..2 {
+            let t = sign * theirs.params()[j];
+            assert!((ours.weights[j] - t).abs() < 1e-3, "{ours:?} vs {t}");
         }
-        let rows: Vec<usize> = (0..60).collect();
-        let tiers = ["a".to_string()];
-        let opts = FitOptions {
-            alpha: 5.0,
-            max_iterations: 100,
-        };
-        let (sc, heads) = fit_heads(&x, &labels, &rows, &tiers, opts, &[1.0, 0.1]).unwrap();
-        // Effective weight on the raw feature is weight / std; the stored std carries the 0.1.
-        let raw = |j: usize| heads[0].weights[j] / sc.std[j];
-        assert!(raw(0) > 5.0 * raw(1), "{heads:?} {sc:?}");
-        assert!(raw(1) > 0.0);
+        assert!((ours.intercept - sign * theirs.intercept()).abs() < 1e-3);
+        assert!(ours.weights[0] > 3.0 * ours.weights[1].abs());
     }
 
     #[test]
-    fn topic_classifier_posteriors_pick_the_right_topic() {
-        let a = [1.0f32, 0.0];
-        let b = [0.0f32, 1.0];
-        let points: Vec<&[f32]> = (0..20)
-            .map(|i| if i % 2 == 0 { &a[..] } else { &b[..] })
-            .collect();
-        let labels: Vec<String> = (0..20)
-            .map(|i| if i % 2 == 0 { "x".into() } else { "y".into() })
-            .collect();
-        let (centres, bias) = topic_classifier(&points, &labels, 0.1).unwrap();
-        let p = crate::prototypes::Prototypes {
-            offset: 0,
-            centroids: centres,
-            temperature: 1.0,
-            bias,
-            interact: vec![],
+    fn a_heavier_penalty_shrinks_its_column_and_a_prior_pulls_towards_itself() {
+        let (x, y) = data(300);
+        let fit = |penalty: &[f64], prior: Option<&[f64]>| {
+            fit_logistic(
+                &x,
+                &y,
+                &Spec {
+                    penalty,
+                    prior,
+                    ..Spec::default()
+                },
+            )
+            .unwrap()
         };
-        let m = p.expand(&a);
-        // Classes are sorted, so "x" is the first membership.
-        assert!(m[2] > 0.9, "{m:?}");
-    }
-
-    #[test]
-    fn principal_components_find_the_direction_of_largest_spread_and_fold_exactly() {
-        // Column 1 and 2 move together with a large spread, column 0 is small noise; column 3
-        // is a feature the components do not read.
-        let x: Vec<Vec<f32>> = (0..50)
-            .map(|i| {
-                let t = (i as f32 - 25.0) / 5.0;
-                let noise = ((i * 7) % 5) as f32 * 0.01;
-                vec![noise, t, t + noise, (i % 3) as f32]
-            })
-            .collect();
-        let rows: Vec<usize> = (0..50).collect();
-        let p = principal_components(&x, &rows, &[0, 1, 2], 1).unwrap();
-        let u = &p.components[0];
-        assert!((u.iter().map(|v| v * v).sum::<f64>() - 1.0).abs() < 1e-9);
+        let free = fit(&[0.1, 0.1], None);
+        let heavy = fit(&[1e4, 0.1], None);
         assert!(
-            u[1].abs() > 0.7 && u[2].abs() > 0.7 && u[0].abs() < 0.1,
-            "{u:?}"
+            heavy.weights[0].abs() < 0.1 * free.weights[0].abs(),
+            "{heavy:?}"
         );
-        // A head over [column 3, component] folds into one over [column 3, columns 0-2].
-        let head = Head {
-            tier: "a".into(),
-            weights: vec![0.3, -1.2],
-            intercept: 0.4,
-        };
-        let scaling = Scaling {
-            mean: vec![1.0, 0.2],
-            std: vec![0.8, 2.5],
-        };
-        let before = |v: &[f32]| {
-            let z = [f64::from(v[3]), f64::from(p.project(v)[0])];
-            (0..2)
-                .map(|j| {
-                    f64::from(head.weights[j]) * (z[j] - f64::from(scaling.mean[j]))
-                        / f64::from(scaling.std[j])
-                })
-                .sum::<f64>()
-                + f64::from(head.intercept)
-        };
-        let (sc, heads) = p.fold_into(scaling.clone(), vec![Some(head.clone()), None], 1);
-        assert!(heads[1].is_none());
-        let folded = heads[0].as_ref().unwrap();
-        assert_eq!(folded.weights.len(), 4);
-        assert_eq!(sc.mean.len(), 4);
-        for v in &x {
-            let raw = [v[3], v[0], v[1], v[2]];
-            let after = (0..4)
-                .map(|j| {
-                    f64::from(folded.weights[j]) * (f64::from(raw[j]) - f64::from(sc.mean[j]))
-                        / f64::from(sc.std[j])
-                })
-                .sum::<f64>()
-                + f64::from(folded.intercept);
-            assert!((after - before(v)).abs() < 1e-4, "{after} vs {}", before(v));
+        let pulled = fit(&[1e4, 0.1], Some(&[-3.0, 0.0]));
+        assert!((pulled.weights[0] + 3.0).abs() < 0.2, "{pulled:?}");
+    }
+
+    #[test]
+    fn offsets_and_weights_enter_the_objective() {
+        let (x, y) = data(200);
+        let pen = [1.0, 1.0];
+        let base = fit_logistic(
+            &x,
+            &y,
+            &Spec {
+                penalty: &pen,
+                ..Spec::default()
+            },
+        )
+        .unwrap();
+        // An offset carrying the first column's slope leaves less for the weight to learn.
+        let off: Vec<f64> = x.column(0).iter().map(|a| 2.0 * a).collect();
+        let with = fit_logistic(
+            &x,
+            &y,
+            &Spec {
+                penalty: &pen,
+                offset: Some(&off),
+                ..Spec::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            (with.weights[0] - (base.weights[0] - 2.0)).abs() < 0.5,
+            "{with:?} {base:?}"
+        );
+        // Weight 2 on every row is the same as each row twice.
+        let w = vec![2.0; 200];
+        let weighted = fit_logistic(
+            &x,
+            &y,
+            &Spec {
+                penalty: &pen,
+                sample_weight: Some(&w),
+                ..Spec::default()
+            },
+        )
+        .unwrap();
+        let doubled_x = ndarray::concatenate(ndarray::Axis(0), &[x.view(), x.view()]).unwrap();
+        let doubled_y: Vec<bool> = y.iter().chain(&y).copied().collect();
+        let doubled = fit_logistic(
+            &doubled_x,
+            &doubled_y,
+            &Spec {
+                penalty: &pen,
+                ..Spec::default()
+            },
+        )
+        .unwrap();
+        for j in 0..2 {
+            assert!((weighted.weights[j] - doubled.weights[j]).abs() < 1e-6);
         }
+        let err = fit_logistic(
+            &x,
+            &y[..3],
+            &Spec {
+                penalty: &pen,
+                ..Spec::default()
+            },
+        );
+        assert!(err.unwrap_err().contains("3 labels"));
     }
 
     #[test]
-    fn principal_components_refuse_an_empty_sample() {
-        let err = principal_components(&[vec![1.0]], &[], &[0], 1).unwrap_err();
-        assert!(err.to_string().contains("0 rows"), "{err}");
+    fn separable_data_stays_finite_under_a_penalty() {
+        let x = Array2::from_shape_vec((4, 1), vec![-1.0, -0.5, 0.5, 1.0]).unwrap();
+        let y = [false, false, true, true];
+        let f = fit_logistic(
+            &x,
+            &y,
+            &Spec {
+                penalty: &[0.01],
+                ..Spec::default()
+            },
+        )
+        .unwrap();
+        assert!(f.weights[0].is_finite() && f.weights[0] > 1.0, "{f:?}");
     }
 
     #[test]
-    fn constant_features_get_unit_scale() {
-        let s = scaling(&[vec![2.0, 1.0], vec![2.0, 3.0]], &[0, 1]);
-        assert_eq!(s.mean, vec![2.0, 2.0]);
-        assert_eq!(s.std, vec![1.0, 1.0]);
+    fn binary_features_are_scaled_at_least_by_half() {
+        let x: Vec<Vec<f32>> = (0..100)
+            .map(|i| vec![if i == 0 { 1.0 } else { 0.0 }, i as f32, 3.0])
+            .collect();
+        let rows: Vec<usize> = (0..100).collect();
+        let s = scaling(&x, &rows);
+        assert_eq!(s.std[0], BINARY_SCALE);
+        assert!((s.std[1] - 28.866).abs() < 0.01, "{s:?}");
+        assert_eq!(s.std[2], 1.0);
+        let z = design(&x, &[0], &s);
+        assert!((z[[0, 0]] - (1.0 - 0.01) / 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn platt_cells_share_a_slope_and_keep_their_base_rates() {
+        // Two cells with the same ranking but different base rates.
+        let mut pairs = Vec::new();
+        for i in 0..400 {
+            let s = (i % 20) as f64 / 20.0;
+            let cell = if i % 2 == 0 { "a" } else { "b" };
+            let cut = if cell == "a" { 0.3 } else { 0.7 };
+            pairs.push((s, s > cut, cell));
+        }
+        let (slope, cells) = platt_by_group(&pairs).unwrap();
+        assert!(slope > 5.0, "{slope}");
+        assert_eq!(cells[0].0, "a");
+        assert!(cells[0].1 > cells[1].1, "{cells:?}");
+        let [a, _] = platt(&pairs.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>()).unwrap();
+        assert!(a > 0.0);
     }
 }

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::dataset::Row;
+use super::prepare::Prepared;
+use super::{TrainOptions, model_file, recipe, scorer};
+use crate::classifier::{Classifier, HeadsKind, ModelFile};
 use crate::error::{LoadError, TrainError};
 use crate::features::{Conversation, Featurizer};
 use crate::feedback::{DecisionRecord, OutcomeRecord, Store};
@@ -210,6 +214,171 @@ pub fn read_logs(
     });
     stats.rows = rows.len();
     Ok((rows, stats))
+}
+
+/// Log-loss and accuracy of one head on held-out logged rows, weighted by inverse propensity.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadMetrics {
+    /// The head's tier.
+    pub tier: String,
+    /// Labelled held-out rows.
+    pub rows: usize,
+    /// Weighted mean log-loss (lower is better).
+    pub log_loss: f64,
+    /// Weighted accuracy at p = 0.5.
+    pub accuracy: f64,
+}
+
+/// A time split of the logs: fit on the older rows, measure on the newest ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct Holdout {
+    /// Logged rows fitted on.
+    pub train_rows: usize,
+    /// Logged rows held out (the newest).
+    pub test_rows: usize,
+    /// The new recipe fitted on the older rows.
+    pub new_model: Vec<HeadMetrics>,
+    /// The current model on the same rows.
+    pub current_model: Option<Vec<HeadMetrics>>,
+}
+
+/// What `triage train --log` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogReport {
+    /// Reading and joining.
+    pub logs: LogStats,
+    /// Per head: (tier, rows labelled good enough, rows labelled) over logged rows.
+    pub labels: Vec<(String, usize, usize)>,
+    /// Time-split comparison, when there are enough rows.
+    pub holdout: Option<Holdout>,
+}
+
+fn head_metrics(c: &Classifier, rows: &[&LoggedRow], tiers: &[String]) -> Vec<HeadMetrics> {
+    (0..tiers.len() - 1)
+        .map(|k| {
+            let (mut w, mut ll, mut acc, mut n) = (0.0, 0.0, 0.0, 0);
+            for r in rows {
+                let Some(y) = r.labels[k] else { continue };
+                let p = c.score(&r.features)[k].clamp(1e-6, 1.0 - 1e-6);
+                ll += r.weight * if y { -p.ln() } else { -(1.0 - p).ln() };
+                acc += r.weight * f64::from(u8::from((p >= 0.5) == y));
+                w += r.weight;
+                n += 1;
+            }
+            HeadMetrics {
+                tier: tiers[k].clone(),
+                rows: n,
+                log_loss: ll / w.max(1e-12),
+                accuracy: acc / w.max(1e-12),
+            }
+        })
+        .collect()
+}
+
+/// Appends logged rows to `data`, each weighted by its clipped inverse propensity, in one
+/// intercept group of their own (`log`).
+fn append_logged(data: &mut Prepared, rows: &[&LoggedRow], tiers: usize) {
+    for r in rows {
+        data.rows.push(Row {
+            id: r.decision_id.clone(),
+            source: Some("log".into()),
+            category: None,
+            prompt: String::new(),
+            outcomes: Default::default(),
+        });
+        data.x.push(r.features.clone());
+        data.tokens.push(r.prompt_tokens);
+        data.scores.push(vec![None; tiers]);
+        data.labels.push(r.labels.clone());
+        data.groups.push("log".into());
+        data.weight.push(r.weight);
+    }
+}
+
+/// Fits a model on logged traffic (plus optional labelled data), after measuring the recipe on
+/// a time split against the current model. A logged outcome is known only for the tier that
+/// answered, so the heads are sufficiency heads whatever the recipe says, uncalibrated (there
+/// are no out-of-fold scores to calibrate on). Thresholds are kept from `current` when its
+/// tiers and kind of heads match (tune them with `triage tune`), else 0.5.
+pub fn train_from_logs(
+    featurizer: &Featurizer,
+    logged: &[LoggedRow],
+    stats: LogStats,
+    extra: Option<&Prepared>,
+    tiers: &[String],
+    opts: &TrainOptions,
+    current: Option<&Classifier>,
+) -> Result<(ModelFile, LogReport), TrainError> {
+    let mut recipe = opts.recipe.clone();
+    recipe.heads = HeadsKind::Sufficiency;
+    recipe.calibrate = false;
+    let schema = featurizer.schema();
+    let heads = tiers.len() - 1;
+    let labels = (0..heads)
+        .map(|k| {
+            let ys: Vec<bool> = logged.iter().filter_map(|r| r.labels[k]).collect();
+            (
+                tiers[k].clone(),
+                ys.iter().filter(|y| **y).count(),
+                ys.len(),
+            )
+        })
+        .collect();
+    let base = extra.cloned().unwrap_or_default();
+    let cut = logged.len() * 4 / 5;
+    let holdout = if cut >= 10 && logged.len() - cut >= 5 {
+        let mut data = base.clone();
+        let older: Vec<&LoggedRow> = logged[..cut].iter().collect();
+        append_logged(&mut data, &older, tiers.len());
+        let all: Vec<usize> = (0..data.rows.len()).collect();
+        match recipe::fit(&schema.names, &data, &all, tiers, &recipe) {
+            Ok(fitted) => {
+                let c = scorer(schema, tiers, fitted)?;
+                let newest: Vec<&LoggedRow> = logged[cut..].iter().collect();
+                Some(Holdout {
+                    train_rows: cut,
+                    test_rows: newest.len(),
+                    new_model: head_metrics(&c, &newest, tiers),
+                    current_model: current
+                        .filter(|c| c.tiers() == tiers)
+                        .map(|c| head_metrics(c, &newest, tiers)),
+                })
+            }
+            // Too few labels of one kind in the older rows: report no split rather than fail.
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let mut data = base;
+    let all_logged: Vec<&LoggedRow> = logged.iter().collect();
+    append_logged(&mut data, &all_logged, tiers.len());
+    if data.rows.is_empty() {
+        return Err(TrainError::Data(
+            "no usable rows: no logged decision has an outcome, and no --dataset was given".into(),
+        ));
+    }
+    let all: Vec<usize> = (0..data.rows.len()).collect();
+    let fitted = recipe::fit(&schema.names, &data, &all, tiers, &recipe)?;
+    // Thresholds mean something else for another kind of head: they carry over only between
+    // models of one kind (retune with `triage tune` otherwise).
+    let thresholds = current
+        .filter(|c| c.tiers() == tiers && c.file().heads_kind == fitted.kind)
+        .map_or_else(|| vec![0.5; tiers.len()], |c| c.file().thresholds.clone());
+    let report = LogReport {
+        logs: stats,
+        labels,
+        holdout,
+    };
+    let training = serde_json::json!({
+        "logs": report,
+        "dataset_rows": extra.map_or(0, |e| e.rows.len()),
+        "recipe": recipe,
+    });
+    Ok((
+        model_file(schema, tiers, fitted, Vec::new(), thresholds, training),
+        report,
+    ))
 }
 
 #[cfg(test)]

@@ -5,8 +5,11 @@
 
 use serde::Serialize;
 
-use super::{Prepared, Report, TrainError, TrainOptions};
-use crate::features::Featurizer;
+use super::TrainOptions;
+use super::prepare::Prepared;
+use super::report::{self, CostAtQuality, Report};
+use crate::error::TrainError;
+use crate::features::Schema;
 
 /// One headline figure over the repeats.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -59,12 +62,6 @@ pub struct Repeated {
     pub reports: Vec<Report>,
 }
 
-/// Share of the always-dearest cost saved at an operating point. A target no threshold reaches
-/// counts as nothing saved: the router then falls back to the dearest tier for every request.
-fn saved(c: &super::CostAtQuality, op: Option<super::eval::Operating>) -> f64 {
-    op.map_or(0.0, |o| 1.0 - o.cost / c.dearest.cost.max(1e-12))
-}
-
 /// Collects the router's APGR per two-tier group and, with prices, the cost saved and quality
 /// kept at the quality target, from reports of the same data under different fold seeds.
 pub fn summarize(seeds: Vec<u64>, reports: Vec<Report>) -> Repeated {
@@ -78,11 +75,11 @@ pub fn summarize(seeds: Vec<u64>, reports: Vec<Report>) -> Repeated {
             summary.push(Spread::new(format!("{} router APGR", group.group), values));
         }
         if first.cost.is_some() {
-            let costs: Vec<&super::CostAtQuality> =
+            let costs: Vec<&CostAtQuality> =
                 reports.iter().filter_map(|r| r.cost.as_ref()).collect();
             summary.push(Spread::new(
                 "cost saved, thresholds from other folds".into(),
-                costs.iter().map(|c| saved(c, c.router)).collect(),
+                costs.iter().map(|c| c.saved(c.router)).collect(),
             ));
             summary.push(Spread::new(
                 "quality kept, thresholds from other folds".into(),
@@ -93,7 +90,7 @@ pub fn summarize(seeds: Vec<u64>, reports: Vec<Report>) -> Repeated {
             ));
             summary.push(Spread::new(
                 "cost saved, best threshold".into(),
-                costs.iter().map(|c| saved(c, c.router_best)).collect(),
+                costs.iter().map(|c| c.saved(c.router_best)).collect(),
             ));
         }
     }
@@ -107,7 +104,7 @@ pub fn summarize(seeds: Vec<u64>, reports: Vec<Report>) -> Repeated {
 /// Cross-validates the recipe in `opts` once per seed (each seed draws its own fold
 /// assignment, `opts.seed` is ignored) and summarizes the figures.
 pub fn cross_validate(
-    featurizer: &Featurizer,
+    schema: &Schema,
     data: &Prepared,
     tiers: &[String],
     opts: &TrainOptions,
@@ -115,9 +112,8 @@ pub fn cross_validate(
 ) -> Result<Repeated, TrainError> {
     let mut reports = Vec::with_capacity(seeds.len());
     for (i, &seed) in seeds.iter().enumerate() {
-        let fold = super::fold_assignment(data.rows.len(), opts.folds, seed);
-        let p = super::cross_validate(featurizer, data, tiers, opts, &fold)?;
-        let mut rep = super::report(data, tiers, &p, Some(&fold), opts);
+        let fold = report::fold_assignment(data.rows.len(), opts.folds, seed);
+        let (_, mut rep) = report::cross_validate(schema, data, tiers, opts, &fold)?;
         if i > 0 {
             rep.pareto.clear();
         }
@@ -130,7 +126,7 @@ pub fn cross_validate(
 mod tests {
     use super::*;
     use crate::train::eval::Operating;
-    use crate::train::{CostAtQuality, Curve, TwoTier};
+    use crate::train::report::{Curve, TwoTier};
 
     fn report(apgr: f64, router_cost: Option<f64>) -> Report {
         let curve = |a| Curve {
@@ -145,6 +141,7 @@ mod tests {
             two_tier: vec![TwoTier {
                 group: "mmlu".into(),
                 rows: 10,
+                cheap_tier: "cheap".into(),
                 cheap_quality: 0.5,
                 dear_quality: 0.8,
                 router: curve(apgr),

@@ -52,23 +52,9 @@ pub fn sweep(
 ) -> Vec<Point> {
     let heads = tiers - 1;
     let steps = axis_steps(heads);
-    // Candidate thresholds per head at quantiles of its probabilities, so the grid is fine
-    // where the rows are; 0 sends everything that far, above 1 sends nothing.
-    let cands: Vec<Vec<f64>> = (0..heads)
-        .map(|k| {
-            let mut v: Vec<f64> = rows.iter().map(|&r| p[r][k]).collect();
-            v.sort_by(f64::total_cmp);
-            let mut c: Vec<f64> = (0..=steps)
-                .filter_map(|i| v.get(i * v.len().saturating_sub(1) / steps.max(1)).copied())
-                .collect();
-            // Plus an even grid, which resolves regions where probabilities are sparse.
-            c.extend((0..=steps).map(|i| i as f64 / steps as f64));
-            c.push(1.0 + 1e-9);
-            c.sort_by(f64::total_cmp);
-            c.dedup();
-            c
-        })
-        .collect();
+    // Plus a value above 1, which sends nothing to that tier.
+    let mut cands = super::eval::threshold_candidates(p, rows, heads, steps);
+    cands.iter_mut().for_each(|c| c.push(1.0 + 1e-9));
     let total: usize = cands.iter().map(Vec::len).product();
     progress.set_length(total as u64);
     let n = rows.len().max(1) as f64;

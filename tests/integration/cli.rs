@@ -279,7 +279,7 @@ fn train_from_an_exported_log_writes_a_model_and_reports_labels() {
     std::fs::write(&file, &export.stdout).unwrap();
     let out = dir.path().join("from-logs.json");
     let run = triage()
-        .args(["train", "--alpha", "1", "--log"])
+        .args(["train", "--experimental", "alpha=1", "--log"])
         .arg(&file)
         .arg("--current")
         .arg(model_path())

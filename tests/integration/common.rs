@@ -9,7 +9,7 @@ use triage::features::Featurizer;
 use triage::model_store::ModelStore;
 use triage::proto::v1::router_client::RouterClient;
 use triage::train::dataset::{Row, TierMap};
-use triage::train::{self, FitOptions, TrainOptions};
+use triage::train::{self, TrainOptions};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -95,28 +95,15 @@ pub fn fixture_rows() -> Vec<Row> {
     rows
 }
 
+/// The shipped recipe with a light penalty: the fixture has 60 rows, not thousands.
 pub fn options() -> TrainOptions {
-    TrainOptions {
-        fit: FitOptions {
-            alpha: 1.0,
-            max_iterations: 100,
-        },
+    let mut opts = TrainOptions {
         folds: 3,
-        seed: 7,
         prices: Some(vec![1.0, 3.0, 10.0]),
-        target_quality: 0.95,
-        prototypes: 4,
-        category_prototypes: true,
-        interact: vec!["log_prompt_tokens".into()],
-        temperature: 0.05,
-        embedding_weight: 1.0,
-        topic_classifier: false,
-        topic_alpha: 1.0,
-        heads: triage::classifier::HeadsKind::Sufficiency,
-        source_offsets: false,
-        cue_weight: 0.0,
-        experts: triage::train::ExpertOptions::default(),
-    }
+        ..TrainOptions::default()
+    };
+    opts.recipe.alpha = 1.0;
+    opts
 }
 
 /// Trains the fixture model once per test binary and returns its path.

@@ -504,6 +504,8 @@ async fn retraining_on_explored_traffic_cuts_cost_at_equal_quality() {
         }
         h["intercept"] = 0.0.into();
     }
+    // Zeroed gain heads score every tier 1 before calibration; these maps make that ~0.007.
+    weak["calibration"] = serde_json::json!([[0.0, -5.0], [0.0, -5.0]]);
     weak["thresholds"] = serde_json::json!([0.6, 0.6, 0.0]);
     weak["version"] = "weak".into();
     let weak_path = dir.path().join("weak.json");
@@ -559,11 +561,8 @@ async fn retraining_on_explored_traffic_cuts_cost_at_equal_quality() {
         "explored rows carry inverse-propensity weights"
     );
     let weak_model = triage::classifier::Classifier::load(&weak_path, f.schema()).unwrap();
-    let mut train_opts = crate::common::options();
-    train_opts.prototypes = 0;
-    train_opts.category_prototypes = false;
-    train_opts.interact.clear();
-    let (file, report) = triage::train::train_from_logs(
+    let train_opts = crate::common::options();
+    let (file, report) = triage::train::logs::train_from_logs(
         &f,
         &logged,
         stats,

@@ -73,7 +73,11 @@ fn a_model_with_other_tiers_is_refused_and_reload_keeps_the_old_one() {
     let mut file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model_path()).unwrap()).unwrap();
     file["tiers"][1] = "medium".into();
-    file["heads"][1]["tier"] = "medium".into();
+    for h in file["heads"].as_array_mut().unwrap() {
+        if h["tier"] == "standard" {
+            h["tier"] = "medium".into();
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("tiers.json");
     std::fs::write(&bad, serde_json::to_vec(&file).unwrap()).unwrap();
@@ -137,108 +141,212 @@ fn the_ascii_fast_path_tokenizes_exactly_like_the_tokenizers_crate() {
 }
 
 #[test]
-fn quality_and_gain_heads_learn_the_fixture_and_route_it_as_well() {
+fn every_kind_of_head_learns_the_fixture_with_and_without_shared_tiers() {
     use triage::classifier::HeadsKind;
     let f = featurizer();
     let tiers: TierMap = TIERS.parse().unwrap();
     let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
-    // Quality: one head per tier, the dearest included; gain: a pair per cheaper tier.
-    for (kind, n_heads) in [(HeadsKind::Quality, 3), (HeadsKind::Gain, 4)] {
-        let mut opts = options();
-        opts.heads = kind;
-        let (file, rep) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
-        assert_eq!(file.heads_kind, kind);
-        assert_eq!(file.heads.len(), n_heads, "{kind:?}");
-        let all = rep.two_tier.iter().find(|g| g.group == "all").unwrap();
-        assert!(
-            all.router.apgr > 0.95 * (2.0 / 3.0),
-            "{kind:?}: {:?}",
-            all.router
-        );
-        let c = Classifier::new(file.clone(), f.schema()).unwrap();
-        let score = |text: &str| {
-            c.score(
-                &f.featurize(triage::features::Conversation::single(text))
-                    .unwrap()
-                    .vector,
-            )
-        };
-        let chat = score("Hi! How are you? Let's chat about the weather.");
-        let proof = score(
-            "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
-        );
-        for p in [&chat, &proof] {
+    for (kind, n_heads) in [
+        (HeadsKind::Sufficiency, 2),
+        (HeadsKind::Quality, 3),
+        (HeadsKind::Gain, 4),
+    ] {
+        for share in [true, false] {
+            let mut opts = options();
+            opts.recipe.heads = kind;
+            opts.recipe.share_tiers = share;
+            let (file, rep) =
+                train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
+            assert_eq!(file.heads_kind, kind);
+            assert_eq!(file.heads.len(), n_heads, "{kind:?}");
+            assert_eq!(file.training["recipe"]["share_tiers"], share);
+            let all = rep.two_tier.iter().find(|g| g.group == "all").unwrap();
             assert!(
-                p.windows(2).all(|w| w[0] <= w[1]) && p[2] == 1.0,
-                "{kind:?}: {p:?}"
+                all.router.apgr > 0.95 * (2.0 / 3.0),
+                "{kind:?} share {share}: {:?}",
+                all.router
+            );
+            let c = Classifier::new(file.clone(), f.schema()).unwrap();
+            let score = |text: &str| {
+                c.score(
+                    &f.featurize(triage::features::Conversation::single(text))
+                        .unwrap()
+                        .vector,
+                )
+            };
+            let chat = score("Hi! How are you? Let's chat about the weather.");
+            let proof = score(
+                "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
+            );
+            for p in [&chat, &proof] {
+                assert!(
+                    p.windows(2).all(|w| w[0] <= w[1]) && p[2] == 1.0,
+                    "{kind:?}: {p:?}"
+                );
+            }
+            assert!(
+                chat[0] > proof[0] + 0.3 && chat[1] > proof[1] + 0.3,
+                "{kind:?} share {share}: {chat:?} {proof:?}"
             );
         }
-        assert!(
-            chat[0] > 0.8 && proof[0] < chat[0] - 0.3,
-            "{kind:?}: {chat:?} {proof:?}"
-        );
-        // Logs cannot train these heads (only the answering tier's outcome is known): refused.
-        let stats = Default::default();
-        let err = train::train_from_logs(
-            &f,
-            &[],
-            stats,
-            Some(&data),
-            &["fast".into(), "standard".into(), "frontier".into()],
-            &opts,
-            None,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("--heads quality|gain"), "{err}");
     }
 }
 
 #[test]
-fn source_offsets_serve_the_reference_mapping_intercept() {
+fn logs_train_sufficiency_heads_whatever_the_recipe_asks() {
     use triage::classifier::HeadsKind;
-    // The fixture (every tier mapped), plus a second "file" where other models stand in for
-    // standard and frontier, and the standard one never matches the frontier one, even on the
-    // translations the fixture's standard model always gets right.
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
+    let mut opts = options();
+    opts.recipe.heads = HeadsKind::Gain;
+    // A logged outcome is only known for the tier that answered: gain heads cannot learn
+    // from it, so the logs' model has sufficiency heads and no calibration.
+    let (file, _) = train::logs::train_from_logs(
+        &f,
+        &[],
+        Default::default(),
+        Some(&data),
+        &tiers.names(),
+        &opts,
+        None,
+    )
+    .unwrap();
+    assert_eq!(file.heads_kind, HeadsKind::Sufficiency);
+    assert_eq!(file.heads.len(), 2);
+    assert!(file.calibration.is_empty());
+    assert_eq!(file.training["recipe"]["heads"], "sufficiency");
+    let err = train::logs::train_from_logs(
+        &f,
+        &[],
+        Default::default(),
+        None,
+        &tiers.names(),
+        &opts,
+        None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no usable rows"), "{err}");
+}
+
+/// The fixture, plus the same prompts judged by a harsh judge (another source, other models
+/// standing in): its standard model never matches its frontier one.
+fn rows_with_a_harsh_judge() -> Vec<triage::train::dataset::Row> {
     let mut rows = fixture_rows();
     for (i, r) in fixture_rows().into_iter().enumerate() {
         rows.push(triage::train::dataset::Row {
-            id: format!("other-{i}"),
+            id: format!("harsh-{i}"),
+            source: Some("harsh".into()),
             outcomes: [("medium-2".to_string(), 0.0), ("large-2".to_string(), 1.0)]
                 .into_iter()
                 .collect(),
             ..r
         });
     }
+    rows
+}
+
+#[test]
+fn group_offsets_keep_a_harsh_source_from_flattening_what_the_prompts_say() {
     let tiers: TierMap = "fast=small,standard=medium|medium-2,frontier=large|large-2"
         .parse()
         .unwrap();
     let f = featurizer();
-    let data = train::prepare(&f, rows, &tiers, false).unwrap();
-    assert_eq!(data.stand_ins[0], "small|medium|large");
-    assert_eq!(data.stand_ins.last().unwrap(), "-|medium-2|large-2");
-    let translate = f
-        .featurize(triage::features::Conversation::single(
-            "Translate into French: I would like to talk about lunch tomorrow.",
-        ))
-        .unwrap()
-        .vector;
-    let standard = |offsets: bool| {
-        let mut opts = options();
-        opts.heads = HeadsKind::Gain;
-        opts.source_offsets = offsets;
-        let (file, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
-        // Offsets are fitted and then dropped: the file has the usual shape.
-        assert_eq!(file.scaling.mean.len(), file.heads[0].weights.len());
-        Classifier::new(file, f.schema()).unwrap().score(&translate)[1]
+    let data = train::prepare(&f, rows_with_a_harsh_judge(), &tiers, false).unwrap();
+    assert_eq!(data.groups[0], "chat|small|medium|large");
+    assert_eq!(data.groups.last().unwrap(), "harsh|-|medium-2|large-2");
+    let vector = |text: &str| {
+        f.featurize(triage::features::Conversation::single(text))
+            .unwrap()
+            .vector
     };
-    let (pooled, offset) = (standard(false), standard(true));
-    // Pooled, the other file's failures drag the translation's standard score down; with
-    // offsets the served score is the reference mapping's, where standard is good enough.
-    assert!(offset > 0.8, "with offsets {offset}");
+    let translate = vector("Translate into French: I would like to talk about lunch tomorrow.");
+    let proof = vector(
+        "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
+    );
+    let gap = |offsets: bool| {
+        let mut opts = options();
+        opts.recipe.group_offsets = offsets;
+        opts.recipe.calibrate = false;
+        let (file, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
+        // Group intercepts are fitted and then folded into one: the file has the usual shape.
+        assert_eq!(file.scaling.mean.len(), file.heads[0].weights.len());
+        let c = Classifier::new(file, f.schema()).unwrap();
+        c.raw_scores(&translate)[1] - c.raw_scores(&proof)[1]
+    };
+    let (pooled, offset) = (gap(false), gap(true));
+    // Pooled, half the translations' standard outcomes are the harsh judge's failures, which
+    // the slopes must explain; with an intercept of its own the harsh source's base rate is
+    // set apart and the slopes keep the fixture's contrast.
     assert!(
-        offset > pooled + 0.15,
+        offset > pooled + 0.05,
         "with offsets {offset}, pooled {pooled}"
     );
+    assert!(offset > 0.3, "with offsets {offset}");
+}
+
+/// The fixture split into two sources, each holding every kind of prompt.
+fn rows_in_two_sources() -> Vec<triage::train::dataset::Row> {
+    fixture_rows()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| triage::train::dataset::Row {
+            category: r.source.clone(),
+            source: Some(if i < 30 { "a" } else { "b" }.into()),
+            ..r
+        })
+        .collect()
+}
+
+#[test]
+fn leave_one_out_trains_without_each_group_and_measures_it() {
+    use triage::train::transfer::{GroupBy, leave_one_out};
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let data = train::prepare(&f, rows_in_two_sources(), &tiers, false).unwrap();
+    let t = leave_one_out(&f, &data, &tiers, &options(), GroupBy::Source).unwrap();
+    let groups: Vec<&str> = t.held_out.iter().map(|h| h.group.as_str()).collect();
+    assert_eq!(groups, ["a", "b"]);
+    for h in &t.held_out {
+        assert_eq!(h.train_rows, 30);
+        assert_eq!(h.report.rows, 30);
+        let two = &h.report.two_tier[0];
+        assert_eq!(two.cheap_tier, "fast");
+        // The other source has the same kinds of prompts: the signal transfers.
+        assert!(
+            two.router.apgr > two.length_baseline.apgr && two.router.apgr > 0.6,
+            "{}: {:?}",
+            h.group,
+            two
+        );
+        assert!(h.report.cost.is_some());
+    }
+    assert_eq!(t.means.groups, 2);
+    assert_eq!(t.means.groups_beating_both, 2);
+    let mean = t
+        .held_out
+        .iter()
+        .map(|h| h.report.two_tier[0].router.apgr)
+        .sum::<f64>()
+        / 2.0;
+    assert!((t.means.router_apgr - mean).abs() < 1e-12);
+    let [router, length, random] = t.means.pooled.unwrap();
+    assert!(router > length && router > random, "{:?}", t.means.pooled);
+
+    // By category: six groups (source/kind), each trained on the other 50 rows.
+    let t = leave_one_out(&f, &data, &tiers, &options(), GroupBy::Category).unwrap();
+    assert_eq!(t.held_out.len(), 6);
+    assert_eq!(t.held_out[0].group, "a/chat");
+    assert!(t.held_out.iter().all(|h| h.train_rows == 50));
+
+    // One group cannot be left out of itself.
+    let one = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
+    let chat: Vec<usize> = (0..one.rows.len())
+        .filter(|&r| one.rows[r].source.as_deref() == Some("chat"))
+        .collect();
+    let single = one.subset(&chat);
+    let err = leave_one_out(&f, &single, &tiers, &options(), GroupBy::Source).unwrap_err();
+    assert!(err.to_string().contains("at least two groups"), "{err}");
 }
 
 #[test]
@@ -247,13 +355,14 @@ fn repeated_cross_validation_reports_every_seed_and_their_mean() {
     let tiers: TierMap = TIERS.parse().unwrap();
     let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
     let names = tiers.names();
-    let rep = train::repeated::cross_validate(&f, &data, &names, &options(), &[3, 4]).unwrap();
+    let rep =
+        train::repeated::cross_validate(f.schema(), &data, &names, &options(), &[3, 4]).unwrap();
     assert_eq!(rep.seeds, vec![3, 4]);
     assert_eq!(rep.reports.len(), 2);
     // Each repeat is the plain cross-validation with that seed's folds.
-    let fold = train::fold_assignment(data.rows.len(), options().folds, 4);
-    let p = train::cross_validate(&f, &data, &names, &options(), &fold).unwrap();
-    let single = train::report(&data, &names, &p, Some(&fold), &options());
+    let fold = train::report::fold_assignment(data.rows.len(), options().folds, 4);
+    let (_, single) =
+        train::report::cross_validate(f.schema(), &data, &names, &options(), &fold).unwrap();
     let all = |r: &train::Report| r.two_tier.iter().find(|g| g.group == "all").unwrap().router;
     assert_eq!(all(&rep.reports[1]).apgr, all(&single).apgr);
     let spread = rep
@@ -272,131 +381,4 @@ fn repeated_cross_validation_reports_every_seed_and_their_mean() {
     // Only the first repeat keeps its (long) Pareto front.
     assert!(!rep.reports[0].pareto.is_empty());
     assert!(rep.reports[1].pareto.is_empty());
-}
-
-/// The fixture plus a "word problem" topic where the standard tier fails exactly when a
-/// price has decimals, and which has no outcome for the fast tier.
-fn rows_with_word_problems() -> Vec<triage::train::dataset::Row> {
-    let mut rows = fixture_rows();
-    let people = [
-        "Sam", "Ana", "Lee", "Mia", "Tom", "Ivy", "Max", "Zoe", "Kai", "Eva",
-    ];
-    let items = ["pencils", "apples", "tickets"];
-    for (i, who) in people.iter().enumerate() {
-        for (j, item) in items.iter().enumerate() {
-            let n = 2 + i + j;
-            let decimals = (i + j) % 2 == 0;
-            let price = if decimals {
-                format!("{}.{}5", 1 + j, i)
-            } else {
-                format!("{}", 11 + i)
-            };
-            rows.push(triage::train::dataset::Row {
-                id: format!("wp-{i}-{j}"),
-                source: Some("wp".into()),
-                category: Some("arith".into()),
-                prompt: format!(
-                    "{who} buys {n} boxes of {item} at {price} dollars each. How much does {who} spend in total?"
-                ),
-                outcomes: [
-                    ("medium".to_string(), if decimals { 0.0 } else { 1.0 }),
-                    ("large".to_string(), 1.0),
-                ]
-                .into_iter()
-                .collect(),
-            });
-        }
-    }
-    rows
-}
-
-#[test]
-fn a_topic_expert_learns_its_topic_and_leaves_the_others_alone() {
-    use triage::classifier::HeadsKind;
-    let f = featurizer();
-    let tiers: TierMap = TIERS.parse().unwrap();
-    let data = train::prepare(&f, rows_with_word_problems(), &tiers, false).unwrap();
-    let mut opts = options();
-    opts.heads = HeadsKind::Gain;
-    opts.topic_classifier = true;
-    opts.experts.alpha = 1.0;
-    let (plain, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
-    opts.experts.topics = vec!["wp/arith".into()];
-    let (file, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
-
-    // The topic classifier reads the embedding only, not the features that follow it.
-    let p = file.prototypes.as_ref().unwrap();
-    let emb = f
-        .schema()
-        .names
-        .iter()
-        .filter(|n| n.starts_with("emb_"))
-        .count();
-    assert!(p.centroids.iter().all(|c| c.len() == emb));
-    let x = &file.experts[0];
-    assert_eq!(x.topic, "wp/arith");
-    // No fast outcomes in the topic: its pair stays with the shared heads.
-    assert!(
-        x.heads[0].is_none() && x.heads[1].is_none(),
-        "{:?}",
-        x.heads
-    );
-    assert!(x.heads[2].is_some() && x.heads[3].is_some());
-    // Every word problem of the fixture is free-form: no lettered options.
-    assert_eq!(x.options_range, Some([0.0, 0.0]));
-    // Here the standard tier never beats the dearest, so given a difference there is nothing
-    // to rank by: the pair is fitted on every row, not only where they differ.
-    assert!(x.differ_rates.is_empty(), "{:?}", x.differ_rates);
-    // The embedding's leading components are served as weights on its own dimensions.
-    let base = train::ExpertOptions::default().features.len();
-    assert_eq!(x.features.len(), base + emb);
-    assert!(x.features[base..].iter().all(|n| n.starts_with("emb_")));
-    assert_eq!(
-        x.heads[2].as_ref().map(|h| h.weights.len()),
-        Some(base + emb)
-    );
-
-    let with = Classifier::new(file.clone(), f.schema()).unwrap();
-    let without = Classifier::new(plain, f.schema()).unwrap();
-    let score = |c: &Classifier, text: &str| {
-        c.score(
-            &f.featurize(triage::features::Conversation::single(text))
-                .unwrap()
-                .vector,
-        )
-    };
-    let hard = "Noa buys 6 boxes of pens at 2.75 dollars each. How much does Noa spend in total?";
-    let easy = "Noa buys 6 boxes of pens at 14 dollars each. How much does Noa spend in total?";
-    let (h, e) = (score(&with, hard)[1], score(&with, easy)[1]);
-    assert!(h < 0.4 && e > 0.7, "standard: decimals {h}, integers {e}");
-    // The same problem with lettered options is a shape the expert never saw: whatever the
-    // topic posterior, the shared heads score it.
-    let choices = format!("{hard}\nA. 16.50\nB. 18.00\nC. 16.00\nD. 15.50\nAnswer:");
-    let v = f
-        .featurize(triage::features::Conversation::single(&choices))
-        .unwrap()
-        .vector;
-    assert_eq!(with.score_explained(&v).1, None);
-    assert_eq!(with.score(&v), without.score(&v));
-    // ...and it is the shape that keeps it away: without the range the expert claims it.
-    let mut shapeless = file.clone();
-    shapeless.experts[0].options_range = None;
-    let shapeless = Classifier::new(shapeless, f.schema()).unwrap();
-    assert_eq!(shapeless.score_explained(&v).1, Some("wp/arith"));
-    let v = f
-        .featurize(triage::features::Conversation::single(hard))
-        .unwrap()
-        .vector;
-    assert_eq!(with.score_explained(&v).1, Some("wp/arith"));
-    // Elsewhere the shared heads score, and they are the same as without the expert.
-    for text in [
-        "Hi! How are you? Let's chat about the beach.",
-        "Prove rigorously that every bounded monotone sequence converges.",
-    ] {
-        assert_eq!(score(&with, text), score(&without, text), "{text}");
-    }
-
-    opts.experts.topics = vec!["wp/geometry".into()];
-    let err = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap_err();
-    assert!(err.to_string().contains("\"wp/geometry\""), "{err}");
 }

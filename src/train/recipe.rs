@@ -1,0 +1,604 @@
+//! The training recipe: what `triage train` fits on labelled rows, with the choices that held
+//! up when a whole benchmark was left out of training (see `models/MODEL_CARD.md`).
+
+use serde::Serialize;
+
+use super::dataset::{head_labels, need_sign};
+use super::fit::{self, Logistic, Spec};
+use super::prepare::Prepared;
+use crate::classifier::{Head, HeadsKind, Scaling};
+use crate::error::TrainError;
+use crate::prototypes::Prototypes;
+
+/// The feature the length prior acts on.
+pub const LENGTH_FEATURE: &str = "log_prompt_tokens";
+
+/// The shipped recipe's task-marker priors ([`Recipe::marker_priors`]), in logit units for a
+/// prompt that carries the marker: general knowledge of what language models find easy or
+/// hard, set by hand, not fitted to the benchmarks (the card measures what they cost there).
+pub const MARKER_PRIORS: [(&str, f64); 6] = [
+    ("chit_chat", -1.0),
+    ("translation", -0.5),
+    ("summarization", -0.5),
+    ("extraction", -0.5),
+    ("multi_step_reasoning", 0.5),
+    ("code", 0.25),
+];
+
+/// How a classifier is fitted. [`Recipe::default`] is the shipped recipe; the other values are
+/// for experiments (`triage train --experimental-…`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recipe {
+    /// What the heads estimate.
+    pub heads: HeadsKind,
+    /// L2 penalty of the heads (the sum of log-losses plus alpha/2 ‖w‖²).
+    pub alpha: f64,
+    /// Weight of the embedding columns relative to the others: their penalty is
+    /// `alpha / embedding_weight²`, so 256 embedding dimensions cannot drown a handful of
+    /// scalar signals such as length.
+    pub embedding_weight: f64,
+    /// Fit one intercept per intercept group ([`Prepared::groups`]: source and tier mapping)
+    /// and serve their mean. Why: pooled benchmarks differ in how often the cheap model
+    /// suffices (AlpacaEval's judge almost never prefers gemma; MMLU's easy subjects almost
+    /// always accept mixtral) for reasons the prompt does not carry, and without their own
+    /// intercepts the heads learn those differences as slopes ("a chat prompt needs the
+    /// frontier", "long prompts are easy"), which then misroute every other workload.
+    pub group_offsets: bool,
+    /// Fit the heads of every cheaper tier together: one set of slopes shared by the tiers,
+    /// with an intercept per tier (and per group). Why: a benchmark's rows often have outcomes
+    /// for some tiers only (RouteLLM's have no `fast` model), and a head fitted on one tier's
+    /// rows alone learns that tier's benchmarks, not what makes prompts hard.
+    pub share_tiers: bool,
+    /// Give every intercept group the same total weight, so a benchmark of 7,000 rows does not
+    /// set the slopes alone.
+    pub balance_groups: bool,
+    /// Logit units per standard deviation of `log_prompt_tokens` by which longer prompts lean
+    /// to the dearer tier in every head, whatever the data say; the heads are fitted around it
+    /// and may only steepen it. Length is the one signal that held up on every benchmark left
+    /// out of training, so it is kept as a prior the heads cannot unlearn. 0 disables it.
+    pub length_prior: f64,
+    /// Logit units by which a prompt carrying a task marker leans to the dearer (> 0) or a
+    /// cheaper (< 0) tier, fitted around like the length prior. Why: the labelled benchmarks
+    /// have almost no small talk, translation, summaries or proofs, so the heads cannot learn
+    /// what everyone knows of them (a greeting does not need the frontier; a pasted email is
+    /// long but easy to summarize; a proof is short but hard). See [`MARKER_PRIORS`].
+    pub marker_priors: Vec<(String, f64)>,
+    /// k-means prototypes over the training prompts' embeddings whose soft memberships the
+    /// heads also read; 0 for none.
+    pub prototypes: usize,
+    /// Softmax temperature of prototype memberships.
+    pub temperature: f32,
+    /// Base features multiplied by every prototype membership.
+    pub interact: Vec<String>,
+    /// Map each tier's score to the probability that it scores as well as the dearest
+    /// (Platt scaling fitted on out-of-fold predictions).
+    pub calibrate: bool,
+    /// Seed for k-means.
+    pub seed: u64,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            heads: HeadsKind::Gain,
+            alpha: 100.0,
+            embedding_weight: 0.1,
+            group_offsets: true,
+            share_tiers: true,
+            balance_groups: false,
+            length_prior: 0.6,
+            marker_priors: MARKER_PRIORS
+                .iter()
+                .map(|(m, v)| (format!("marker_{m}"), *v))
+                .collect(),
+            prototypes: 0,
+            temperature: 0.05,
+            interact: Vec::new(),
+            calibrate: true,
+            seed: 7,
+        }
+    }
+}
+
+impl Recipe {
+    /// Checks the values a user can set.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(format!(
+                "alpha must be a positive number, got {}",
+                self.alpha
+            ));
+        }
+        if !(self.embedding_weight.is_finite() && self.embedding_weight > 0.0) {
+            return Err(format!(
+                "embedding weight must be a positive number, got {}",
+                self.embedding_weight
+            ));
+        }
+        if !(self.length_prior.is_finite() && self.length_prior >= 0.0) {
+            return Err(format!(
+                "length prior must be a number >= 0, got {}",
+                self.length_prior
+            ));
+        }
+        if let Some((m, v)) = self.marker_priors.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(format!("marker prior {m} must be a finite number, got {v}"));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(format!(
+                "temperature must be a positive number, got {}",
+                self.temperature
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A fitted model before it becomes a file.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// What the heads estimate.
+    pub kind: HeadsKind,
+    /// Prototypes, when the recipe asks for them.
+    pub prototypes: Option<Prototypes>,
+    /// Standardization of the (expanded) features.
+    pub scaling: Scaling,
+    /// The heads, in file order.
+    pub heads: Vec<Head>,
+}
+
+/// Penalty on a group's intercept column: weak, so a group's own base rate is free to differ.
+const GROUP_PENALTY: f64 = 1.0;
+
+/// Fits the recipe on `rows` of `data` only, so cross-validation never sees the held-out
+/// rows, not even through the prototypes.
+pub fn fit(
+    names: &[String],
+    data: &Prepared,
+    rows: &[usize],
+    tiers: &[String],
+    recipe: &Recipe,
+) -> Result<Fitted, TrainError> {
+    recipe.validate().map_err(TrainError::Data)?;
+    let kind = recipe.heads;
+    // Sufficiency labels are the rows' own: logged decisions carry them without scores.
+    let labels = match kind {
+        HeadsKind::Sufficiency => data.labels.clone(),
+        _ => head_labels(kind, &data.scores),
+    };
+    let head_tiers = kind.head_tiers(tiers);
+    let signs = need_sign(kind, tiers.len());
+    let prototypes = fit_prototypes(names, data, rows, recipe)?;
+    let expanded: Vec<Vec<f32>>;
+    let x: &[Vec<f32>] = match &prototypes {
+        Some(p) => {
+            expanded = data.x.iter().map(|v| p.expand(v)).collect();
+            &expanded
+        }
+        None => &data.x,
+    };
+    let scaling = fit::scaling(x, rows);
+    let z = fit::design(x, rows, &scaling);
+    let d = scaling.mean.len();
+    let penalty: Vec<f64> = (0..d)
+        .map(|j| {
+            let emb = names.get(j).is_some_and(|n| n.starts_with("emb_"));
+            if emb {
+                recipe.alpha / recipe.embedding_weight.powi(2)
+            } else {
+                recipe.alpha
+            }
+        })
+        .collect();
+    // Prior slopes on the standardized columns, in the direction of "needs the dearer tier".
+    let mut prior = vec![0.0f64; d];
+    if let Some(j) = names.iter().position(|n| n == LENGTH_FEATURE) {
+        prior[j] = recipe.length_prior;
+    }
+    for (m, v) in &recipe.marker_priors {
+        let j = names
+            .iter()
+            .position(|n| n == m)
+            .ok_or_else(|| TrainError::Data(format!("marker prior: no feature named {m:?}")))?;
+        // A marker's prior is per presence; on the standardized column that is v · std.
+        prior[j] = v * f64::from(scaling.std[j]);
+    }
+    let mut groups: Vec<&str> = rows.iter().map(|&r| data.groups[r].as_str()).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let group_of: Vec<usize> = rows
+        .iter()
+        .map(|&r| {
+            groups
+                .binary_search(&data.groups[r].as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    // Which heads are fitted together: each head alone, or with shared tiers every head of
+    // one event ("the dearest scores higher", "this tier scores higher") across the tiers.
+    let families: Vec<Vec<usize>> = match (recipe.share_tiers, kind) {
+        (true, HeadsKind::Gain) => vec![
+            (0..head_tiers.len()).step_by(2).collect(),
+            (1..head_tiers.len()).step_by(2).collect(),
+        ],
+        (true, HeadsKind::Sufficiency) => vec![(0..head_tiers.len()).collect()],
+        _ => (0..head_tiers.len()).map(|k| vec![k]).collect(),
+    };
+    let problem = Problem {
+        z: &z,
+        rows,
+        data,
+        labels: &labels,
+        group_of: &group_of,
+        groups: groups.len(),
+        penalty: &penalty,
+        prior: &prior,
+        recipe,
+    };
+    // Families are independent: fit them on all cores.
+    let fitted: Vec<Result<Vec<(usize, Head)>, TrainError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = families
+            .iter()
+            .map(|family| {
+                let (problem, head_tiers, signs) = (&problem, &head_tiers, &signs);
+                s.spawn(move || problem.fit_family(family, head_tiers, signs))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(TrainError::Data("a fitting thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut heads: Vec<Option<Head>> = vec![None; head_tiers.len()];
+    for family in fitted {
+        for (k, h) in family? {
+            heads[k] = Some(h);
+        }
+    }
+    Ok(Fitted {
+        kind,
+        prototypes,
+        scaling,
+        heads: heads
+            .into_iter()
+            .map(|h| h.ok_or_else(|| TrainError::Data("a head was not fitted".into())))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// What every head's fit reads: the standardized design of the training rows and their labels.
+struct Problem<'a> {
+    /// Standardized features, one row per entry of `rows`.
+    z: &'a ndarray::Array2<f64>,
+    rows: &'a [usize],
+    data: &'a Prepared,
+    /// Per data row, per head.
+    labels: &'a [Vec<Option<bool>>],
+    /// Per entry of `rows`, its intercept group.
+    group_of: &'a [usize],
+    groups: usize,
+    penalty: &'a [f64],
+    /// Prior slopes towards the dearer tier per standardized column (0 for most).
+    prior: &'a [f64],
+    recipe: &'a Recipe,
+}
+
+impl Problem<'_> {
+    /// Fits the heads in `family` as one logistic model: shared slopes, one intercept per
+    /// (group, head) the rows have, served as each head's mean over its groups.
+    fn fit_family(
+        &self,
+        family: &[usize],
+        head_tiers: &[String],
+        signs: &[f64],
+    ) -> Result<Vec<(usize, Head)>, TrainError> {
+        let d = self.z.ncols();
+        let name = family
+            .iter()
+            .map(|&k| head_tiers[k].as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        // (position in rows, head, label)
+        let used: Vec<(usize, usize, bool)> = family
+            .iter()
+            .flat_map(|&k| {
+                self.rows.iter().enumerate().filter_map(move |(i, &r)| {
+                    self.labels[r].get(k).copied().flatten().map(|y| (i, k, y))
+                })
+            })
+            .collect();
+        let missing: Vec<usize> = family
+            .iter()
+            .copied()
+            .filter(|&k| !used.iter().any(|u| u.1 == k))
+            .collect();
+        if let Some(&k) = missing.first() {
+            return Err(TrainError::Data(format!(
+                "tier {:?}: no row has the outcomes this head learns from",
+                head_tiers[k]
+            )));
+        }
+        let positives = used.iter().filter(|u| u.2).count();
+        if positives == 0 || positives == used.len() {
+            // One class only: constant heads at the smoothed base rate.
+            let rate = (positives as f64 + 0.5) / (used.len() as f64 + 1.0);
+            let z = (rate / (1.0 - rate)).ln() as f32;
+            return Ok(family
+                .iter()
+                .map(|&k| {
+                    (
+                        k,
+                        Head {
+                            tier: head_tiers[k].clone(),
+                            weights: vec![0.0; d],
+                            intercept: z,
+                        },
+                    )
+                })
+                .collect());
+        }
+        // Intercept columns: one per (group, head) present, when there is more than one and
+        // the recipe keeps groups apart (heads fitted together always keep their own).
+        let key = |i: usize, k: usize| {
+            let g = if self.recipe.group_offsets {
+                self.group_of[i]
+            } else {
+                0
+            };
+            g * head_tiers.len() + k
+        };
+        let mut cells: Vec<usize> = used.iter().map(|&(i, k, _)| key(i, k)).collect();
+        cells.sort_unstable();
+        cells.dedup();
+        let extra = if cells.len() > 1 { cells.len() } else { 0 };
+        let mut design = ndarray::Array2::<f64>::zeros((used.len(), d + extra));
+        for (row, &(i, k, _)) in used.iter().enumerate() {
+            design
+                .slice_mut(ndarray::s![row, ..d])
+                .assign(&self.z.row(i));
+            if extra > 0 {
+                let c = cells.binary_search(&key(i, k)).unwrap_or_default();
+                design[[row, d + c]] = 1.0;
+            }
+        }
+        let y: Vec<bool> = used.iter().map(|u| u.2).collect();
+        let mut pen = self.penalty.to_vec();
+        pen.resize(d + extra, GROUP_PENALTY);
+        let mut weight: Vec<f64> = used
+            .iter()
+            .map(|&(i, _, _)| self.data.weight[self.rows[i]])
+            .collect();
+        if self.recipe.balance_groups {
+            let mut total = vec![0f64; self.groups];
+            for (&(i, _, _), w) in used.iter().zip(&weight) {
+                total[self.group_of[i]] += w;
+            }
+            let present = total.iter().filter(|t| **t > 0.0).count().max(1);
+            let per_group = weight.iter().sum::<f64>() / present as f64;
+            for (&(i, _, _), w) in used.iter().zip(weight.iter_mut()) {
+                *w *= per_group / total[self.group_of[i]];
+            }
+        }
+        let uniform = weight.iter().all(|w| *w == 1.0);
+        // Heads fitted together lean the same way (one event): +1 towards the dearer tier.
+        let sign = signs[family[0]];
+        let prior: Vec<f64> = self.prior.iter().map(|p| sign * p).collect();
+        let offset: Option<Vec<f64>> = prior.iter().any(|p| *p != 0.0).then(|| {
+            used.iter()
+                .map(|&(i, _, _)| {
+                    let row = self.z.row(i);
+                    prior
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| **p != 0.0)
+                        .map(|(j, p)| p * row[j])
+                        .sum()
+                })
+                .collect()
+        });
+        let Logistic { weights, intercept } = fit::fit_logistic(
+            &design,
+            &y,
+            &Spec {
+                penalty: &pen,
+                prior: None,
+                sample_weight: (!uniform).then_some(weight.as_slice()),
+                offset: offset.as_deref(),
+            },
+        )
+        .map_err(|message| TrainError::Fit {
+            tier: name.clone(),
+            message,
+        })?;
+        let mut slopes = weights[..d].to_vec();
+        for (w, p) in slopes.iter_mut().zip(&prior).filter(|(_, p)| **p != 0.0) {
+            // The heads fit around a prior and may steepen it, never flatten or reverse it.
+            let residual = *w;
+            *w = p + if residual * p > 0.0 { residual } else { 0.0 };
+        }
+        let slopes: Vec<f32> = slopes.iter().map(|w| *w as f32).collect();
+        Ok(family
+            .iter()
+            .map(|&k| {
+                // Serve the head's mean intercept over its groups: no benchmark's base rate
+                // is privileged.
+                let own: Vec<f64> = cells
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| *c % head_tiers.len() == k)
+                    .map(|(c, _)| weights.get(d + c).copied().unwrap_or(0.0))
+                    .collect();
+                let shift = if extra > 0 && !own.is_empty() {
+                    own.iter().sum::<f64>() / own.len() as f64
+                } else {
+                    0.0
+                };
+                (
+                    k,
+                    Head {
+                        tier: head_tiers[k].clone(),
+                        weights: slopes.clone(),
+                        intercept: (intercept + shift) as f32,
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// k-means prototypes over the embeddings of `rows`; `None` when the recipe asks for none.
+fn fit_prototypes(
+    names: &[String],
+    data: &Prepared,
+    rows: &[usize],
+    recipe: &Recipe,
+) -> Result<Option<Prototypes>, TrainError> {
+    if recipe.prototypes == 0 {
+        return Ok(None);
+    }
+    let offset = names
+        .iter()
+        .position(|n| n.starts_with("emb_"))
+        .ok_or_else(|| {
+            TrainError::Data("the featurizer has no embedding features for prototypes".into())
+        })?;
+    let dim = names.iter().filter(|n| n.starts_with("emb_")).count();
+    let points: Vec<&[f32]> = rows
+        .iter()
+        .map(|&r| &data.x[r][offset..offset + dim])
+        .collect();
+    let centroids = crate::prototypes::kmeans(&points, recipe.prototypes, 10, recipe.seed);
+    let interact = recipe
+        .interact
+        .iter()
+        .map(|name| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| TrainError::Data(format!("interact: no feature named {name:?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Prototypes {
+        offset,
+        centroids,
+        temperature: recipe.temperature,
+        interact,
+    }))
+}
+
+/// The keys [`Recipe::set`] accepts, with what each takes (for `--experimental` help).
+pub const EXPERIMENTAL_KEYS: &str = "heads=gain|quality|sufficiency, alpha=F, embedding-weight=F, group-offsets=BOOL, share-tiers=BOOL, balance-groups=BOOL, length-prior=F, marker-priors=MARKER:F[+…]|none, prototypes=N, temperature=F, interact=NAME[+NAME…], calibrate=BOOL, seed=N";
+
+impl Recipe {
+    /// Overrides one setting from a `KEY=VALUE` string (`triage train --experimental …`).
+    pub fn set(&mut self, assignment: &str) -> Result<(), String> {
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| format!("--experimental {assignment:?}: expected KEY=VALUE"))?;
+        let (key, value) = (key.trim(), value.trim());
+        let bad = |what: &str| format!("--experimental {key}={value:?}: expected {what}");
+        let float = |v: &str| v.parse::<f64>().map_err(|_| bad("a number"));
+        let boolean = |v: &str| match v {
+            "true" | "on" | "1" => Ok(true),
+            "false" | "off" | "0" => Ok(false),
+            _ => Err(bad("true or false")),
+        };
+        match key {
+            "heads" => {
+                self.heads = match value {
+                    "gain" => HeadsKind::Gain,
+                    "quality" => HeadsKind::Quality,
+                    "sufficiency" => HeadsKind::Sufficiency,
+                    _ => return Err(bad("gain, quality or sufficiency")),
+                }
+            }
+            "alpha" => self.alpha = float(value)?,
+            "embedding-weight" => self.embedding_weight = float(value)?,
+            "group-offsets" => self.group_offsets = boolean(value)?,
+            "balance-groups" => self.balance_groups = boolean(value)?,
+            "share-tiers" => self.share_tiers = boolean(value)?,
+            "length-prior" => self.length_prior = float(value)?,
+            "marker-priors" => {
+                self.marker_priors = value
+                    .split('+')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && *s != "none")
+                    .map(|kv| {
+                        let (m, v) = kv
+                            .split_once(':')
+                            .ok_or_else(|| bad("MARKER:F[+MARKER:F…] or none"))?;
+                        Ok((format!("marker_{}", m.trim()), float(v)?))
+                    })
+                    .collect::<Result<_, String>>()?
+            }
+            "prototypes" => self.prototypes = value.parse().map_err(|_| bad("a count"))?,
+            "temperature" => self.temperature = float(value)? as f32,
+            "interact" => {
+                self.interact = value
+                    .split('+')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            }
+            "calibrate" => self.calibrate = boolean(value)?,
+            "seed" => self.seed = value.parse().map_err(|_| bad("an integer"))?,
+            _ => {
+                return Err(format!(
+                    "--experimental: unknown key {key:?}; known keys: {EXPERIMENTAL_KEYS}"
+                ));
+            }
+        }
+        self.validate()
+            .map_err(|e| format!("--experimental {assignment}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn experimental_settings_parse_or_name_what_is_wrong() {
+        let mut r = Recipe::default();
+        for a in [
+            "heads=quality",
+            "alpha=30",
+            "group-offsets=off",
+            "length-prior=0",
+            "marker-priors=code:0.5+chit_chat:-2",
+            "prototypes=16",
+            "interact=log_prompt_tokens+log_lines",
+            "calibrate=false",
+        ] {
+            r.set(a).unwrap();
+        }
+        assert_eq!(r.heads, HeadsKind::Quality);
+        assert_eq!(r.alpha, 30.0);
+        assert!(!r.group_offsets && !r.calibrate);
+        assert_eq!(r.length_prior, 0.0);
+        assert_eq!(
+            r.marker_priors,
+            [
+                ("marker_code".to_string(), 0.5),
+                ("marker_chit_chat".to_string(), -2.0)
+            ]
+        );
+        r.set("marker-priors=none").unwrap();
+        assert!(r.marker_priors.is_empty());
+        assert_eq!(r.prototypes, 16);
+        assert_eq!(r.interact, ["log_prompt_tokens", "log_lines"]);
+        let err = |a: &str| Recipe::default().set(a).unwrap_err();
+        assert!(err("alpha").contains("KEY=VALUE"));
+        assert!(err("alpha=x").contains("a number"));
+        assert!(err("alpha=-1").contains("positive"));
+        assert!(err("heads=topic").contains("gain, quality or sufficiency"));
+        assert!(
+            err("experts=gsm8k").contains("unknown key")
+                && err("experts=1").contains("length-prior=F")
+        );
+    }
+}

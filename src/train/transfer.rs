@@ -1,0 +1,190 @@
+//! Leave-one-group-out evaluation: for every source (or category), train on all the others
+//! exactly as `triage train` would and measure the held-out group, beside its baselines.
+//!
+//! This is the figure to optimise. A user's traffic is never one of our benchmarks, so what
+//! counts is how a router trained on some kinds of prompts ranks a kind it has never seen;
+//! cross-validation inside one file rewards memorising that file's topics instead.
+
+use serde::Serialize;
+
+use super::dataset::TierMap;
+use super::prepare::Prepared;
+use super::report::{self, CostAtQuality, Report};
+use super::{TrainOptions, train};
+use crate::classifier::Classifier;
+use crate::error::TrainError;
+use crate::features::Featurizer;
+
+/// What a held-out group is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// The rows' `source` (a benchmark or a traffic source).
+    Source,
+    /// The rows' `source/category`.
+    Category,
+}
+
+impl GroupBy {
+    fn key(self, row: &super::dataset::Row) -> String {
+        let source = row.source.as_deref().unwrap_or("-");
+        match self {
+            Self::Source => source.to_string(),
+            Self::Category => format!("{source}/{}", row.category.as_deref().unwrap_or("-")),
+        }
+    }
+}
+
+/// One held-out group.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOut {
+    /// The group.
+    pub group: String,
+    /// Rows the model was trained on (every other group's).
+    pub train_rows: usize,
+    /// The held-out group measured with the model trained without it: two-tier figures
+    /// (its cheapest tier vs the dearest), calibration, and with prices and every tier's
+    /// outcome the cost at the quality target (`router` there is the model's own thresholds,
+    /// tuned on the other groups; `router_best` the best thresholds for this group).
+    pub report: Report,
+}
+
+/// Means over the held-out groups.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Means {
+    /// Groups with a two-tier figure.
+    pub groups: usize,
+    /// Mean router APGR.
+    pub router_apgr: f64,
+    /// Mean length-baseline APGR.
+    pub length_apgr: f64,
+    /// Mean random APGR (0.5 by construction).
+    pub random_apgr: f64,
+    /// Groups where the router beats both baselines' APGR.
+    pub groups_beating_both: usize,
+    /// Mean ECE of the cheap tier of each group's pair.
+    pub ece: f64,
+    /// Every held-out row together, each with its own group's pair and the prediction of the
+    /// model trained without its group: a mixed workload of kinds of prompts none of the
+    /// models saw, which also measures whether scores compare across kinds (the router's APGR
+    /// against the length baseline's and random's).
+    pub pooled: Option<[f64; 3]>,
+}
+
+/// Everything `triage eval --leave-one-out` measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transfer {
+    /// What a group is.
+    pub by: GroupBy,
+    /// One entry per group, in name order.
+    pub held_out: Vec<HeldOut>,
+    /// Means over the groups.
+    pub means: Means,
+}
+
+/// Trains on every group but one, for each group, and measures the one left out.
+pub fn leave_one_out(
+    featurizer: &Featurizer,
+    data: &Prepared,
+    tiers: &TierMap,
+    opts: &TrainOptions,
+    by: GroupBy,
+) -> Result<Transfer, TrainError> {
+    let keys: Vec<String> = data.rows.iter().map(|r| by.key(r)).collect();
+    let mut groups = keys.clone();
+    groups.sort();
+    groups.dedup();
+    if groups.len() < 2 {
+        return Err(TrainError::Data(format!(
+            "leave-one-out needs at least two groups by {by:?}; the rows have {}",
+            groups.len()
+        )));
+    }
+    let names = tiers.names();
+    let top = names.len() - 1;
+    let mut held_out = Vec::with_capacity(groups.len());
+    // (weak score, strong score, router need, prompt tokens) of every held-out row.
+    let mut pooled: Vec<(f64, f64, f64, u32)> = Vec::new();
+    for g in &groups {
+        let train_rows: Vec<usize> = (0..keys.len()).filter(|&r| keys[r] != *g).collect();
+        let test_rows: Vec<usize> = (0..keys.len()).filter(|&r| keys[r] == *g).collect();
+        let train_data = data.subset(&train_rows);
+        let test = data.subset(&test_rows);
+        tracing::info!(group = %g, train = train_rows.len(), test = test_rows.len(), "leave-one-out");
+        let (file, _) = train(
+            featurizer,
+            &train_data,
+            tiers,
+            opts,
+            serde_json::Value::Null,
+        )?;
+        let thresholds = file.thresholds.clone();
+        let c = Classifier::new(file, featurizer.schema()).map_err(TrainError::Data)?;
+        let p = report::score_all(&c, &test);
+        let rep = report::report(&test, &names, &p, None, Some(&thresholds), opts);
+        if let Some(k) = rep
+            .two_tier
+            .first()
+            .and_then(|t| names.iter().position(|n| *n == t.cheap_tier))
+        {
+            for (r, pr) in p.iter().enumerate() {
+                if let (Some(w), Some(st)) = (test.scores[r][k], test.scores[r][top]) {
+                    pooled.push((w, st, 1.0 - pr[k], test.tokens[r]));
+                }
+            }
+        }
+        held_out.push(HeldOut {
+            group: g.clone(),
+            train_rows: train_rows.len(),
+            report: rep,
+        });
+    }
+    let mut means = means(&held_out, &names);
+    if !pooled.is_empty() {
+        let weak: Vec<f64> = pooled.iter().map(|r| r.0).collect();
+        let strong: Vec<f64> = pooled.iter().map(|r| r.1).collect();
+        let need: Vec<f64> = pooled.iter().map(|r| r.2).collect();
+        let length: Vec<f64> = pooled.iter().map(|r| f64::from(r.3)).collect();
+        let apgr = |n: &[f64]| super::eval::apgr(&super::eval::pgr_curve(&weak, &strong, n));
+        means.pooled = Some([apgr(&need), apgr(&length), apgr(&vec![0.0; weak.len()])]);
+    }
+    Ok(Transfer {
+        by,
+        held_out,
+        means,
+    })
+}
+
+fn means(held_out: &[HeldOut], tiers: &[String]) -> Means {
+    let pairs: Vec<(&report::TwoTier, f64)> = held_out
+        .iter()
+        .filter_map(|h| {
+            let t = h.report.two_tier.first()?;
+            let k = tiers.iter().position(|n| *n == t.cheap_tier)?;
+            let ece = h.report.calibration.get(k).map_or(0.0, |c| c.1);
+            Some((t, ece))
+        })
+        .collect();
+    let n = pairs.len().max(1) as f64;
+    let mean =
+        |f: &dyn Fn(&report::TwoTier) -> f64| pairs.iter().map(|(t, _)| f(t)).sum::<f64>() / n;
+    Means {
+        groups: pairs.len(),
+        router_apgr: mean(&|t| t.router.apgr),
+        length_apgr: mean(&|t| t.length_baseline.apgr),
+        random_apgr: mean(&|t| t.random_baseline.apgr),
+        groups_beating_both: pairs
+            .iter()
+            .filter(|(t, _)| {
+                t.router.apgr > t.length_baseline.apgr && t.router.apgr > t.random_baseline.apgr
+            })
+            .count(),
+        ece: pairs.iter().map(|(_, e)| e).sum::<f64>() / n,
+        pooled: None,
+    }
+}
+
+/// The held-out group's cost figures, when it has every tier's outcome and prices were given.
+pub fn cost(h: &HeldOut) -> Option<&CostAtQuality> {
+    h.report.cost.as_ref()
+}
