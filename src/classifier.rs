@@ -389,8 +389,8 @@ impl Classifier {
         let s = &self.file.scaling;
         let mut by_name: Vec<(String, f64)> = Vec::new();
         let mut embedding = 0.0;
-        for j in 0..s.mean.len().min(x.len()) {
-            let z = f64::from((x[j] - s.mean[j]) / s.std[j]);
+        for (j, ((xj, mean), std)) in x.iter().zip(&s.mean).zip(&s.std).enumerate() {
+            let z = f64::from((xj - mean) / std);
             let c: f64 = pick
                 .iter()
                 .filter_map(|&(h, sign)| Some(sign * f64::from(*heads.get(h)?.weights.get(j)?)))

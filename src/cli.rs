@@ -494,7 +494,7 @@ fn drivers(engine: &Engine, d: &triage::engine::Decision) -> serde_json::Value {
     snap.classifier
         .drivers(&d.features, &snap.featurizer.schema().names, 5)
         .into_iter()
-        .map(|(n, v)| serde_json::json!({"feature": n, "logit": (v * 1000.0).round() / 1000.0}))
+        .map(|(n, v)| serde_json::json!({"feature": n, "towards_dearest": (v * 1000.0).round() / 1000.0}))
         .collect()
 }
 
