@@ -1,11 +1,12 @@
-//! Running a tier's chain of models in order: per-attempt deadlines, bounded retries with
-//! backoff and jitter, Retry-After, and every attempt's outcome collected.
+//! Running a tier's chain of models: one attempt loop for unary and streamed calls, owning
+//! admission, breakers, deadlines, retries with backoff and Retry-After, latency estimates
+//! and every attempt's outcome.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::health::{Breaker, BreakerState, Ewma};
+use crate::health::{Admission, Breaker, BreakerState, Ewma};
 
 use crate::config::{Config, RawGateway, RawModelRef};
 use crate::providers::{ChatRequest, ChatResponse, Provider, ProviderError};
@@ -41,8 +42,52 @@ pub enum ChainError {
         attempts: Vec<Attempt>,
     },
     /// Every member failed.
-    #[error("all {} attempts failed: {}", .0.len(), .0.iter().map(|a| format!("{}/{}: {} after {} ms", a.provider, a.model, a.outcome, a.latency_ms)).collect::<Vec<_>>().join("; "))]
+    #[error("all {} attempts failed: {}", .0.len(), describe(.0))]
     Exhausted(Vec<Attempt>),
+    /// The call's deadline passed before a member answered.
+    #[error("no answer within the call's deadline; attempts: {}", describe(.0))]
+    DeadlineExceeded(Vec<Attempt>),
+    /// The caller went away; nothing more was tried.
+    #[error("the caller went away")]
+    Cancelled(Vec<Attempt>),
+}
+
+fn describe(attempts: &[Attempt]) -> String {
+    if attempts.is_empty() {
+        return "none".into();
+    }
+    attempts
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}: {} after {} ms",
+                a.provider, a.model, a.outcome, a.latency_ms
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ChainError {
+    /// Every attempt made.
+    pub fn attempts(&self) -> &[Attempt] {
+        match self {
+            Self::Invalid { attempts, .. }
+            | Self::Exhausted(attempts)
+            | Self::DeadlineExceeded(attempts)
+            | Self::Cancelled(attempts) => attempts,
+        }
+    }
+
+    /// A short class for outcomes and logs.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "invalid_request",
+            Self::Exhausted(_) => "all_providers_failed",
+            Self::DeadlineExceeded(_) => "deadline_exceeded",
+            Self::Cancelled(_) => "cancelled",
+        }
+    }
 }
 
 /// How a streamed chain run ended badly.
@@ -253,25 +298,29 @@ impl Gateway {
         Some(Duration::from_millis(jittered))
     }
 
-    /// The members to try, in order: breaker-admitted ones (skipped ones are recorded as
-    /// attempts), or the least recently failed one when every breaker is open.
-    fn admit(
+    /// The members to try, in order: those whose breaker is not open (skipped ones are
+    /// recorded as attempts), or the least recently failed one when every breaker is open.
+    /// Nothing is claimed here: a half-open provider's probe is claimed by [`Self::begin`]
+    /// right before its attempt, so a member never reached never holds a probe.
+    fn members(
         &self,
         chain: &[RawModelRef],
         latency_sensitive: bool,
         attempts: &mut Vec<Attempt>,
-    ) -> Vec<usize> {
+    ) -> Vec<(usize, bool)> {
         let order = self.order(chain, latency_sensitive);
         let now = Instant::now();
-        let mut allowed: Vec<usize> = {
-            let mut b = self.breakers();
-            order
-                .iter()
-                .copied()
-                .filter(|&i| b.get_mut(&chain[i].provider).is_none_or(|br| br.allow(now)))
-                .collect()
-        };
-        for &i in order.iter().filter(|i| !allowed.contains(i)) {
+        let b = self.breakers();
+        let mut allowed: Vec<(usize, bool)> = order
+            .iter()
+            .copied()
+            .filter(|&i| {
+                b.get(&chain[i].provider)
+                    .is_none_or(|br| br.state(now) != BreakerState::Open)
+            })
+            .map(|i| (i, false))
+            .collect();
+        for &i in order.iter().filter(|i| !allowed.iter().any(|a| a.0 == **i)) {
             attempts.push(Attempt {
                 provider: chain[i].provider.clone(),
                 model: chain[i].model.clone(),
@@ -279,46 +328,69 @@ impl Gateway {
                 latency_ms: 0,
             });
         }
-        if allowed.is_empty() && !order.is_empty() {
-            let b = self.breakers();
+        if allowed.is_empty() {
             let least_recent = order
                 .iter()
                 .copied()
                 .min_by_key(|&i| b.get(&chain[i].provider).and_then(|br| br.last_failure));
-            allowed.extend(least_recent);
+            // Forced: tried although its breaker is open, which nothing else would try.
+            allowed.extend(least_recent.map(|i| (i, true)));
         }
         allowed
     }
 
-    fn record(&self, provider: &str, model: &str, ok: bool, invalid: bool, elapsed: Duration) {
-        // The caller's own bad request says nothing about the provider's health.
-        if !invalid && let Some(b) = self.breakers().get_mut(provider) {
-            b.record(ok, Instant::now());
-        }
-        if ok {
-            self.latencies()
-                .entry((provider.to_string(), model.to_string()))
-                .or_default()
-                .add(
-                    elapsed.as_secs_f64() * 1e3,
-                    self.settings.latency_ewma_alpha,
-                );
-        }
+    /// Admits one attempt on `provider`: `None` when its breaker refuses (open, or another
+    /// call is probing), else a ticket that must carry the attempt's verdict back.
+    fn begin(&self, provider: &str, forced: bool) -> Option<Ticket<'_>> {
+        let probe = match self
+            .breakers()
+            .get_mut(provider)
+            .map(|b| b.admit(Instant::now()))
+        {
+            None | Some(Admission::Call) => false,
+            Some(Admission::Probe) => true,
+            Some(Admission::Refused) if forced => false,
+            Some(Admission::Refused) => return None,
+        };
+        Some(Ticket {
+            gateway: self,
+            provider: provider.to_string(),
+            probe,
+        })
     }
 
-    /// Streams `chain` into `out` (text pieces). Falls back to the next member while nothing
-    /// has been sent; after the first piece, a failure ends the run with `Interrupted`.
-    pub async fn run_stream(
+    fn record_latency(&self, provider: &str, model: &str, elapsed: Duration) {
+        self.latencies()
+            .entry((provider.to_string(), model.to_string()))
+            .or_default()
+            .add(
+                elapsed.as_secs_f64() * 1e3,
+                self.settings.latency_ewma_alpha,
+            );
+    }
+
+    /// The one attempt loop. Tries the members of `chain` in order (with retries of the same
+    /// member for retryable failures) until `attempt` succeeds, fails finally, the caller
+    /// goes away or `deadline` passes. Each attempt gets at most `attempt_timeout_ms` and at
+    /// most an equal share of the time left for the members not yet tried, so one hanging
+    /// member cannot use up the call. `attempt` returns its value and the latency to record
+    /// (total time for unary calls, time to first content for streams).
+    async fn attempts<T, F, Fut>(
         &self,
         chain: &[RawModelRef],
-        req: &ChatRequest,
         latency_sensitive: bool,
-        out: &tokio::sync::mpsc::Sender<String>,
-    ) -> Result<Streamed, StreamError> {
-        use crate::providers::StreamEvent;
-        let timeout = Duration::from_millis(self.settings.attempt_timeout_ms);
+        deadline: Instant,
+        mut attempt: F,
+    ) -> Result<(usize, T, Vec<Attempt>), ChainError>
+    where
+        F: FnMut(&Provider, String, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Duration), ProviderError>>,
+    {
         let mut attempts = Vec::new();
-        for member in self.admit(chain, latency_sensitive, &mut attempts) {
+        let members = self.members(chain, latency_sensitive, &mut attempts);
+        let max_attempt = Duration::from_millis(self.settings.attempt_timeout_ms);
+        let mut deadline_hit = false;
+        for (position, &(member, forced)) in members.iter().enumerate() {
             let m = &chain[member];
             let Some(provider) = self.providers.get(&m.provider) else {
                 attempts.push(Attempt {
@@ -331,183 +403,270 @@ impl Gateway {
             };
             let mut retry = 0;
             loop {
-                let start = Instant::now();
-                let mut delivered = 0u64;
-                let mut first_piece: Option<Duration> = None;
-                let result: Result<Streamed, ProviderError> = async {
-                    let mut events = provider.stream(&self.http, &m.model, req, timeout).await?;
-                    while let Some(ev) = events.recv().await {
-                        match ev? {
-                            StreamEvent::Delta(t) => {
-                                delivered += 1;
-                                first_piece.get_or_insert_with(|| start.elapsed());
-                                if out.send(t).await.is_err() {
-                                    // The caller went away: stop reading, nothing more to deliver.
-                                    return Err(ProviderError::Interrupted);
-                                }
-                            }
-                            StreamEvent::Done {
-                                finish_reason,
-                                input_tokens,
-                                output_tokens,
-                                tool_calls,
-                            } => {
-                                return Ok(Streamed {
-                                    member,
-                                    finish_reason,
-                                    input_tokens,
-                                    output_tokens,
-                                    tool_calls,
-                                    attempts: Vec::new(),
-                                });
-                            }
-                        }
-                    }
-                    Err(ProviderError::Interrupted)
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    deadline_hit = true;
+                    break;
                 }
-                .await;
-                let elapsed = start.elapsed();
-                let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-                let outcome = match &result {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => e.to_string(),
+                let Some(ticket) = self.begin(&m.provider, forced) else {
+                    attempts.push(Attempt {
+                        provider: m.provider.clone(),
+                        model: m.model.clone(),
+                        outcome: "skipped: circuit open".into(),
+                        latency_ms: 0,
+                    });
+                    break;
                 };
+                let untried = u32::try_from(members.len() - position).unwrap_or(u32::MAX);
+                let budget = max_attempt
+                    .min(left / untried.max(1))
+                    .max(Duration::from_millis(1));
+                let start = Instant::now();
+                let result =
+                    match tokio::time::timeout(budget, attempt(provider, m.model.clone(), budget))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(ProviderError::Timeout(
+                            u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+                        )),
+                    };
+                let elapsed = start.elapsed();
                 attempts.push(Attempt {
                     provider: m.provider.clone(),
                     model: m.model.clone(),
-                    outcome,
-                    latency_ms,
+                    outcome: match &result {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                    latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                 });
-                let invalid = matches!(&result, Err(e) if e.is_final());
-                // For streams the latency that matters is time to the first piece.
-                self.record(
-                    &m.provider,
-                    &m.model,
-                    result.is_ok(),
-                    invalid,
-                    first_piece.unwrap_or(elapsed),
-                );
                 match result {
-                    Ok(mut s) => {
-                        s.attempts = attempts;
-                        return Ok(s);
+                    Ok((value, latency)) => {
+                        ticket.settle(Verdict::Ok);
+                        self.record_latency(&m.provider, &m.model, latency);
+                        return Ok((member, value, attempts));
                     }
-                    Err(error) if delivered > 0 => {
-                        return Err(StreamError::Interrupted {
-                            delivered,
-                            provider: m.provider.clone(),
-                            model: m.model.clone(),
-                            error,
-                            attempts,
-                        });
+                    Err(ProviderError::Cancelled) => {
+                        ticket.settle(Verdict::Neutral);
+                        return Err(ChainError::Cancelled(attempts));
                     }
                     Err(error) if error.is_final() => {
+                        // The caller's own bad request says nothing about the provider.
+                        ticket.settle(Verdict::Neutral);
                         return Err(ChainError::Invalid {
                             provider: m.provider.clone(),
                             model: m.model.clone(),
                             error,
                             attempts,
-                        }
-                        .into());
-                    }
-                    Err(e)
-                        if e.is_retryable()
-                            && retry < self.settings.max_retries
-                            && !self.is_open(&m.provider) =>
-                    {
-                        let Some(wait) = self.backoff(retry, &e) else {
-                            break;
-                        };
-                        tokio::time::sleep(wait).await;
-                        retry += 1;
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        Err(ChainError::Exhausted(attempts).into())
-    }
-
-    /// Tries `chain` until a member answers, skipping providers whose breaker is open; when
-    /// every member is cooling down, the least recently failed one is tried anyway.
-    pub async fn run(
-        &self,
-        chain: &[RawModelRef],
-        req: &ChatRequest,
-        latency_sensitive: bool,
-    ) -> Result<Answered, ChainError> {
-        let timeout = Duration::from_millis(self.settings.attempt_timeout_ms);
-        let mut attempts = Vec::new();
-        let allowed = self.admit(chain, latency_sensitive, &mut attempts);
-        for member in allowed {
-            let m = &chain[member];
-            let Some(provider) = self.providers.get(&m.provider) else {
-                attempts.push(Attempt {
-                    provider: m.provider.clone(),
-                    model: m.model.clone(),
-                    outcome: "provider not configured".into(),
-                    latency_ms: 0,
-                });
-                continue;
-            };
-            let mut retry = 0;
-            loop {
-                let start = Instant::now();
-                let result = provider.complete(&self.http, &m.model, req, timeout).await;
-                let elapsed = start.elapsed();
-                let latency_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-                let outcome = match &result {
-                    Ok(_) => "ok".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                attempts.push(Attempt {
-                    provider: m.provider.clone(),
-                    model: m.model.clone(),
-                    outcome,
-                    latency_ms,
-                });
-                self.record(
-                    &m.provider,
-                    &m.model,
-                    result.is_ok(),
-                    matches!(&result, Err(e) if e.is_final()),
-                    elapsed,
-                );
-                match result {
-                    Ok(response) => {
-                        return Ok(Answered {
-                            response,
-                            member,
-                            attempts,
                         });
                     }
-                    Err(e) if e.is_final() => {
-                        return Err(ChainError::Invalid {
-                            provider: m.provider.clone(),
-                            model: m.model.clone(),
-                            error: e,
-                            attempts,
-                        });
-                    }
-                    Err(e)
-                        if e.is_retryable()
+                    Err(e) => {
+                        ticket.settle(Verdict::Failed);
+                        let wait = (e.is_retryable()
                             && retry < self.settings.max_retries
-                            && !self.is_open(&m.provider) =>
-                    {
-                        let Some(wait) = self.backoff(retry, &e) else {
+                            && !self.is_open(&m.provider))
+                        .then(|| self.backoff(retry, &e))
+                        .flatten()
+                        .filter(|w| Instant::now() + *w < deadline);
+                        let Some(wait) = wait else {
+                            tracing::warn!(provider = %m.provider, model = %m.model, error = %e, "moving on to the next member");
                             break;
                         };
                         tracing::debug!(provider = %m.provider, model = %m.model, error = %e, ?wait, "retrying");
                         tokio::time::sleep(wait).await;
                         retry += 1;
                     }
-                    Err(e) => {
-                        tracing::warn!(provider = %m.provider, model = %m.model, error = %e, "moving on to the next member");
-                        break;
-                    }
                 }
             }
+            if deadline_hit {
+                break;
+            }
         }
-        Err(ChainError::Exhausted(attempts))
+        if deadline_hit || Instant::now() >= deadline {
+            Err(ChainError::DeadlineExceeded(attempts))
+        } else {
+            Err(ChainError::Exhausted(attempts))
+        }
+    }
+
+    /// Tries `chain` until a member answers or `deadline` passes.
+    pub async fn run(
+        &self,
+        chain: &[RawModelRef],
+        req: &ChatRequest,
+        latency_sensitive: bool,
+        deadline: Instant,
+    ) -> Result<Answered, ChainError> {
+        let http = &self.http;
+        let (member, response, attempts) = self
+            .attempts(
+                chain,
+                latency_sensitive,
+                deadline,
+                move |provider, model, budget| {
+                    let provider = provider.clone();
+                    async move {
+                        let start = Instant::now();
+                        let r = provider.complete(http, &model, req, budget).await?;
+                        Ok((r, start.elapsed()))
+                    }
+                },
+            )
+            .await?;
+        Ok(Answered {
+            response,
+            member,
+            attempts,
+        })
+    }
+
+    /// Streams `chain` into `out` (text pieces). A member is committed to only once it sends
+    /// content (text, or a finished answer) within `first_content_timeout_ms`; until then a
+    /// failure or silence moves on to the next member. After that, a failure ends the run with
+    /// `Interrupted`. The upstream request is dropped as soon as `out`'s receiver is, and the
+    /// whole stream ends at `deadline`.
+    pub async fn run_stream(
+        &self,
+        chain: &[RawModelRef],
+        req: &ChatRequest,
+        latency_sensitive: bool,
+        deadline: Instant,
+        out: &tokio::sync::mpsc::Sender<String>,
+    ) -> Result<Streamed, StreamError> {
+        use crate::providers::StreamEvent;
+        let http = &self.http;
+        let first_content = Duration::from_millis(self.settings.first_content_timeout_ms);
+        let (member, (first, mut events), mut attempts) = self
+            .attempts(chain, latency_sensitive, deadline, move |provider, model, budget| {
+                let provider = provider.clone();
+                async move {
+                    let start = Instant::now();
+                    let opened = async {
+                        let mut events = provider.stream(http, &model, req, budget).await?;
+                        loop {
+                            match events.recv().await {
+                                Some(Ok(StreamEvent::Delta(t))) if t.is_empty() => continue,
+                                Some(Ok(ev)) => return Ok((ev, events)),
+                                Some(Err(e)) => return Err(e),
+                                None => return Err(ProviderError::Interrupted),
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        r = tokio::time::timeout(first_content.min(budget), opened) => match r {
+                            Ok(Ok(first)) => Ok((first, start.elapsed())),
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(ProviderError::Timeout(
+                                u64::try_from(first_content.min(budget).as_millis()).unwrap_or(u64::MAX),
+                            )),
+                        },
+                        () = out.closed() => Err(ProviderError::Cancelled),
+                    }
+                }
+            })
+            .await?;
+        let m = &chain[member];
+        let mut delivered = 0u64;
+        let mut next = Some(Ok(first));
+        loop {
+            let ev = match next.take() {
+                Some(ev) => Some(ev),
+                None => tokio::select! {
+                    ev = events.recv() => ev,
+                    () = out.closed() => Some(Err(ProviderError::Cancelled)),
+                    () = tokio::time::sleep_until(deadline.into()) => Some(Err(ProviderError::Timeout(
+                        self.settings.call_timeout_ms,
+                    ))),
+                },
+            };
+            let error = match ev {
+                Some(Ok(StreamEvent::Delta(t))) => {
+                    if t.is_empty() {
+                        continue;
+                    }
+                    if out.send(t).await.is_err() {
+                        ProviderError::Cancelled
+                    } else {
+                        delivered += 1;
+                        continue;
+                    }
+                }
+                Some(Ok(StreamEvent::Done {
+                    finish_reason,
+                    input_tokens,
+                    output_tokens,
+                    tool_calls,
+                })) => {
+                    return Ok(Streamed {
+                        member,
+                        finish_reason,
+                        input_tokens,
+                        output_tokens,
+                        tool_calls,
+                        attempts,
+                    });
+                }
+                Some(Err(e)) => e,
+                None => ProviderError::Interrupted,
+            };
+            if error != ProviderError::Cancelled
+                && let Some(b) = self.breakers().get_mut(&m.provider)
+            {
+                b.record(false, Instant::now());
+            }
+            if let Some(last) = attempts.last_mut() {
+                last.outcome = format!("failed after {delivered} pieces: {error}");
+            }
+            return Err(StreamError::Interrupted {
+                delivered,
+                provider: m.provider.clone(),
+                model: m.model.clone(),
+                error,
+                attempts,
+            });
+        }
+    }
+}
+
+/// What an attempt says about its provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Failed,
+    /// Nothing: the caller's own bad request, or the caller went away.
+    Neutral,
+}
+
+/// One admitted attempt. Dropped without a verdict (the call was cancelled mid-attempt) it
+/// releases a probe it holds, so a half-open breaker always gets another probe.
+struct Ticket<'a> {
+    gateway: &'a Gateway,
+    provider: String,
+    probe: bool,
+}
+
+impl Ticket<'_> {
+    fn settle(mut self, verdict: Verdict) {
+        if let Some(b) = self.gateway.breakers().get_mut(&self.provider) {
+            match verdict {
+                Verdict::Ok => b.record(true, Instant::now()),
+                Verdict::Failed => b.record(false, Instant::now()),
+                Verdict::Neutral if self.probe => b.release_probe(),
+                Verdict::Neutral => {}
+            }
+        }
+        // Resolved: nothing left for `drop` to release.
+        self.probe = false;
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.probe
+            && let Some(b) = self.gateway.breakers().get_mut(&self.provider)
+        {
+            b.release_probe();
+        }
     }
 }

@@ -54,8 +54,18 @@ pub struct RawProvider {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawGateway {
-    /// Deadline of one provider attempt, in milliseconds.
+    /// Deadline of a whole `Complete` / `CompleteStream` / HTTP completion, every attempt,
+    /// retry and fallback included, in milliseconds; a caller's shorter deadline (gRPC's
+    /// `grpc-timeout`) wins. For a stream it bounds the whole stream.
+    pub call_timeout_ms: u64,
+    /// Deadline of one provider attempt, in milliseconds (at most `call_timeout_ms`). An
+    /// attempt also gets at most an equal share of what is left of the call for the members
+    /// not yet tried, so a hanging member leaves time for the next one.
     pub attempt_timeout_ms: u64,
+    /// A streaming attempt that has sent no content (text or a finished answer) this long
+    /// after it started is abandoned for the next member; keep-alives and empty deltas do not
+    /// count. Milliseconds, at most `attempt_timeout_ms`.
+    pub first_content_timeout_ms: u64,
     /// Retries of the same member after a retryable failure (timeout, connection, 429, 5xx).
     pub max_retries: u32,
     /// First backoff before a retry, in milliseconds; doubles each retry, with jitter.
@@ -79,7 +89,9 @@ pub struct RawGateway {
 impl Default for RawGateway {
     fn default() -> Self {
         Self {
-            attempt_timeout_ms: 30_000,
+            call_timeout_ms: 60_000,
+            attempt_timeout_ms: 20_000,
+            first_content_timeout_ms: 10_000,
             max_retries: 1,
             backoff_initial_ms: 100,
             backoff_max_ms: 2_000,
@@ -563,6 +575,18 @@ impl RawConfig {
         let g = &self.gateway;
         if g.attempt_timeout_ms == 0 {
             errors.push("gateway.attempt_timeout_ms: must be at least 1".into());
+        }
+        if g.attempt_timeout_ms > g.call_timeout_ms {
+            errors.push(format!(
+                "gateway.attempt_timeout_ms: must not exceed gateway.call_timeout_ms ({}), got {}",
+                g.call_timeout_ms, g.attempt_timeout_ms
+            ));
+        }
+        if g.first_content_timeout_ms == 0 || g.first_content_timeout_ms > g.attempt_timeout_ms {
+            errors.push(format!(
+                "gateway.first_content_timeout_ms: must be between 1 and gateway.attempt_timeout_ms ({}), got {}",
+                g.attempt_timeout_ms, g.first_content_timeout_ms
+            ));
         }
         if g.backoff_initial_ms > g.backoff_max_ms {
             errors.push(format!(

@@ -86,42 +86,120 @@ pub enum TrainError {
     Load(#[from] LoadError),
 }
 
-/// Every error a gRPC handler can return.
+/// Every error the application core returns, whichever door the request came through.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The caller's fault.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// Something the caller named does not exist here (a model, a route).
+    #[error("{0}")]
+    NotFound(String),
     /// Featurizing failed (tokenizer error); the server's fault, not the caller's.
     #[error("featurizer: {0}")]
     Featurize(String),
     /// A blocking task was cancelled or panicked.
     #[error("internal: {0}")]
     Internal(String),
-    /// The operation needs something the server is not set up for, or was refused as a whole
-    /// (feedback disabled, a model file that does not fit).
-    #[error("{0}")]
-    FailedPrecondition(String),
+    /// `Complete` was asked of a server with no providers configured.
+    #[error("no providers are configured on this server ([providers.NAME] in the config)")]
+    NoGateway,
+    /// An outcome was sent to a server that does not keep them.
+    #[error("feedback is disabled on this server (feedback.enabled = false)")]
+    FeedbackDisabled,
+    /// A model file that does not fit was refused; the old model keeps serving.
+    #[error("model not reloaded, the old one keeps serving: {0}")]
+    Reload(String),
     /// A transient failure: the caller should retry (e.g. an outcome that could not be made durable).
     #[error("{0}")]
     Unavailable(String),
+    /// The call's deadline passed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// No member of the tier's chain answered.
+    #[error(transparent)]
+    Chain(#[from] crate::chain::ChainError),
+    /// A stream broke after content was sent.
+    #[error(transparent)]
+    Stream(#[from] crate::chain::StreamError),
+}
+
+/// How one error is answered on each transport: the one table every door reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// gRPC status code.
+    pub grpc: tonic::Code,
+    /// HTTP status.
+    pub http: u16,
+    /// OpenAI's error `type`.
+    pub kind: &'static str,
+}
+
+impl Error {
+    /// The transport answers for this error.
+    pub fn answer(&self) -> Answer {
+        use crate::chain::{ChainError, StreamError};
+        use tonic::Code;
+        let (grpc, http, kind) = match self {
+            Self::Request(RequestError::Invalid { .. }) => {
+                (Code::InvalidArgument, 400, "invalid_request_error")
+            }
+            Self::Request(RequestError::NoEligibleTier(_)) => {
+                (Code::FailedPrecondition, 422, "invalid_request_error")
+            }
+            Self::NotFound(_) => (Code::NotFound, 404, "not_found_error"),
+            Self::NoGateway => (Code::Unimplemented, 501, "not_implemented"),
+            Self::FeedbackDisabled => (Code::FailedPrecondition, 503, "service_unavailable"),
+            Self::Reload(_) => (Code::FailedPrecondition, 409, "invalid_request_error"),
+            Self::Unavailable(_) => (Code::Unavailable, 503, "service_unavailable"),
+            Self::DeadlineExceeded(_)
+            | Self::Chain(ChainError::DeadlineExceeded(_))
+            | Self::Stream(StreamError::Chain(ChainError::DeadlineExceeded(_))) => {
+                (Code::DeadlineExceeded, 504, "timeout")
+            }
+            Self::Chain(ChainError::Invalid { .. })
+            | Self::Stream(StreamError::Chain(ChainError::Invalid { .. })) => {
+                (Code::InvalidArgument, 400, "invalid_request_error")
+            }
+            Self::Chain(ChainError::Exhausted(_))
+            | Self::Stream(StreamError::Chain(ChainError::Exhausted(_)))
+            | Self::Stream(StreamError::Interrupted { .. }) => {
+                (Code::Unavailable, 502, "upstream_error")
+            }
+            Self::Chain(ChainError::Cancelled(_))
+            | Self::Stream(StreamError::Chain(ChainError::Cancelled(_))) => {
+                (Code::Cancelled, 499, "cancelled")
+            }
+            Self::Featurize(_) | Self::Internal(_) => (Code::Internal, 500, "server_error"),
+        };
+        Answer { grpc, http, kind }
+    }
+
+    /// The message shown to the caller: the error itself, except for the server's own
+    /// faults, which are logged and answered without detail.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Featurize(_) | Self::Internal(_) => {
+                tracing::error!(error = %self, "internal error");
+                "internal error; see the server log".into()
+            }
+            _ => self.to_string(),
+        }
+    }
+
+    /// A short class for outcomes and logs.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::Chain(e) | Self::Stream(crate::chain::StreamError::Chain(e)) => e.class(),
+            Self::Stream(crate::chain::StreamError::Interrupted { .. }) => "interrupted",
+            Self::DeadlineExceeded(_) => "deadline_exceeded",
+            _ => "error",
+        }
+    }
 }
 
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
-        match &err {
-            Error::Request(RequestError::Invalid { .. }) => {
-                tonic::Status::invalid_argument(err.to_string())
-            }
-            Error::Request(RequestError::NoEligibleTier(_)) => {
-                tonic::Status::failed_precondition(err.to_string())
-            }
-            Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m.clone()),
-            Error::Unavailable(m) => tonic::Status::unavailable(m.clone()),
-            Error::Featurize(_) | Error::Internal(_) => {
-                tracing::error!(error = %err, "internal error while routing");
-                tonic::Status::internal("internal error while routing; see server log")
-            }
-        }
+        tonic::Status::new(err.answer().grpc, err.public_message())
     }
 }

@@ -25,6 +25,17 @@ impl BreakerState {
     }
 }
 
+/// What a breaker says to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The breaker is closed: call.
+    Call,
+    /// The breaker is half-open and this call is its one probe.
+    Probe,
+    /// Open, or a probe is already out: skip this provider.
+    Refused,
+}
+
 /// A failure-rate circuit breaker over the last `window` calls.
 #[derive(Debug, Clone)]
 pub struct Breaker {
@@ -63,17 +74,25 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go out now; in half-open state only one probe at a time.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    /// Whether a call may go out now; in half-open state only one probe at a time. A probe
+    /// must be resolved: by [`Self::record`] with its verdict, or by [`Self::release_probe`]
+    /// when it says nothing of the provider (the caller's own bad request, a cancelled call),
+    /// else the breaker would stay half-open with nobody allowed to probe.
+    pub fn admit(&mut self, now: Instant) -> Admission {
         match self.state(now) {
-            BreakerState::Closed => true,
-            BreakerState::Open => false,
-            BreakerState::HalfOpen if self.probing => false,
+            BreakerState::Closed => Admission::Call,
+            BreakerState::Open => Admission::Refused,
+            BreakerState::HalfOpen if self.probing => Admission::Refused,
             BreakerState::HalfOpen => {
                 self.probing = true;
-                true
+                Admission::Probe
             }
         }
+    }
+
+    /// Ends a probe without a verdict: the next call after it may probe again.
+    pub fn release_probe(&mut self) {
+        self.probing = false;
     }
 
     /// Records a call's result.
@@ -145,15 +164,22 @@ mod tests {
         assert_eq!(b.state(t0), BreakerState::Closed, "3 calls < min_calls 4");
         b.record(false, t0);
         assert_eq!(b.state(t0), BreakerState::Open, "2 of 4 failed");
-        assert!(!b.allow(t0 + Duration::from_secs(5)));
+        assert_eq!(b.admit(t0 + Duration::from_secs(5)), Admission::Refused);
         let later = t0 + Duration::from_secs(11);
         assert_eq!(b.state(later), BreakerState::HalfOpen);
-        assert!(b.allow(later), "one probe");
-        assert!(!b.allow(later), "only one probe at a time");
+        assert_eq!(b.admit(later), Admission::Probe, "one probe");
+        assert_eq!(
+            b.admit(later),
+            Admission::Refused,
+            "only one probe at a time"
+        );
+        // A probe that says nothing (a 400, a cancelled call) lets the next call probe.
+        b.release_probe();
+        assert_eq!(b.admit(later), Admission::Probe);
         b.record(false, later);
         assert_eq!(b.state(later), BreakerState::Open, "a failed probe reopens");
         let again = later + Duration::from_secs(11);
-        assert!(b.allow(again));
+        assert_eq!(b.admit(again), Admission::Probe);
         b.record(true, again);
         assert_eq!(b.state(again), BreakerState::Closed, "a good probe closes");
         assert_eq!(b.failures(), 0);

@@ -1,5 +1,5 @@
 //! The OpenAI-compatible HTTP front door: `/v1/chat/completions` (JSON and server-sent events),
-//! `/v1/models` and `/v1/feedback`, answered by the same service methods as gRPC.
+//! `/v1/models` and `/v1/feedback`; it parses, calls the core ([`crate::app`]) and converts.
 
 use std::convert::Infallible;
 
@@ -11,36 +11,59 @@ use axum::routing::{get, post};
 use axum::{Json, Router as Http};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tonic::{Code, Request, Status};
 
+use crate::app::{Piece, Triage};
+use crate::error::{Error, RequestError};
 use crate::proto::v1 as pb;
-use crate::proto::v1::router_server::Router;
-use crate::service::RouterService;
+use crate::providers::ToolCall;
 
 /// Header carrying the decision id, for later feedback.
 pub const DECISION_HEADER: &str = "x-triage-decision-id";
 
-/// The routes, over one service.
-pub fn router(service: RouterService, max_body_bytes: usize) -> Http {
+/// The routes, over the core. Unknown paths and methods answer in OpenAI's error shape too.
+pub fn router(core: Triage, max_body_bytes: usize) -> Http {
     Http::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
         .route("/v1/feedback", post(feedback))
+        .fallback(|| async {
+            error(&Error::NotFound(
+                "no such route; this server answers POST /v1/chat/completions, GET /v1/models, POST /v1/feedback".into(),
+            ))
+        })
+        .method_not_allowed_fallback(|| async {
+            let mut r = error(&Error::Request(RequestError::invalid(
+                "method",
+                "not allowed on this route",
+            )));
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            r
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(service)
+        .with_state(core)
 }
 
-/// OpenAI's error shape, with the HTTP status that matches the gRPC code.
-fn error(status: &Status) -> Response {
-    let (http, kind) = match status.code() {
-        Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-        Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-        Code::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
-        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
-        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
-    };
-    (http, Json(json!({"error": {"message": status.message(), "type": kind, "code": format!("{:?}", status.code())}}))).into_response()
+/// OpenAI's error shape, with the status from the one error table ([`Error::answer`]).
+pub fn error(e: &Error) -> Response {
+    let a = e.answer();
+    let status = StatusCode::from_u16(a.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        Json(json!({"error": {"message": e.public_message(), "type": a.kind, "code": format!("{:?}", a.grpc)}})),
+    )
+        .into_response()
+}
+
+/// A body that did not parse: 413 when it was too large, else 400, naming the problem.
+fn body_error(e: &axum::extract::rejection::JsonRejection) -> Response {
+    let mut r = error(&Error::Request(RequestError::invalid(
+        "body",
+        e.body_text(),
+    )));
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+    }
+    r
 }
 
 #[derive(Deserialize)]
@@ -128,7 +151,7 @@ struct ChatBody {
 }
 
 /// OpenAI's `tool_choice`: a mode string or `{"type": "function", "function": {"name": ...}}`.
-fn tool_choice(v: &Value) -> Result<pb::ToolChoice, Status> {
+fn tool_choice(v: &Value) -> Result<pb::ToolChoice, RequestError> {
     match v {
         Value::String(mode) if mode != "function" => Ok(pb::ToolChoice {
             mode: mode.clone(),
@@ -139,17 +162,19 @@ fn tool_choice(v: &Value) -> Result<pb::ToolChoice, Status> {
                 mode: "function".into(),
                 function: name.to_string(),
             }),
-            _ => Err(Status::invalid_argument(
-                "tool_choice: expected {\"type\": \"function\", \"function\": {\"name\": ...}}",
+            _ => Err(RequestError::invalid(
+                "tool_choice",
+                "expected {\"type\": \"function\", \"function\": {\"name\": ...}}",
             )),
         },
-        _ => Err(Status::invalid_argument(
-            "tool_choice: expected \"auto\", \"none\", \"required\" or a function object",
+        _ => Err(RequestError::invalid(
+            "tool_choice",
+            "expected \"auto\", \"none\", \"required\" or a function object",
         )),
     }
 }
 
-fn tools(wire: Vec<WireTool>) -> Result<Vec<pb::Tool>, Status> {
+fn tools(wire: Vec<WireTool>) -> Result<Vec<pb::Tool>, RequestError> {
     wire.into_iter()
         .enumerate()
         .map(|(i, t)| match (t.kind.as_str(), t.function) {
@@ -158,21 +183,23 @@ fn tools(wire: Vec<WireTool>) -> Result<Vec<pb::Tool>, Status> {
                 description: f.description,
                 parameters_json: f.parameters.map(|p| p.to_string()).unwrap_or_default(),
             }),
-            ("function", None) => Err(Status::invalid_argument(format!(
-                "tools[{i}].function: missing"
-            ))),
-            (other, _) => Err(Status::invalid_argument(format!(
-                "tools[{i}].type: {other:?} is not supported (only \"function\")"
-            ))),
+            ("function", None) => Err(RequestError::invalid(
+                format!("tools[{i}].function"),
+                "missing",
+            )),
+            (other, _) => Err(RequestError::invalid(
+                format!("tools[{i}].type"),
+                format!("{other:?} is not supported (only \"function\")"),
+            )),
         })
         .collect()
 }
 
-fn tool_calls_to_wire(calls: &[pb::ToolCall]) -> Vec<Value> {
+fn tool_calls_to_wire(calls: &[ToolCall]) -> Vec<Value> {
     calls
         .iter()
         .enumerate()
-        .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}))
+        .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
         .collect()
 }
 
@@ -190,7 +217,7 @@ fn text(content: &Value) -> String {
     }
 }
 
-fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Status> {
+fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Error> {
     let (mut min_tier, mut max_tier) = (body.min_tier, body.max_tier);
     match body.model.as_str() {
         "triage" => {}
@@ -200,7 +227,7 @@ fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Status> {
                 max_tier = Some(tier.to_string());
             }
             _ => {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::NotFound(format!(
                     "model: {m:?} is not served here; use \"triage\" (routed) or \"triage:<tier>\" (pinned)"
                 )));
             }
@@ -212,20 +239,24 @@ fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Status> {
         } else {
             "function_call"
         };
-        return Err(Status::invalid_argument(format!(
-            "{field}: the deprecated function-calling fields are not supported; use tools and tool_choice"
-        )));
+        return Err(RequestError::invalid(
+            field,
+            "the deprecated function-calling fields are not supported; use tools and tool_choice",
+        )
+        .into());
     }
     let tool_choice = body.tool_choice.as_ref().map(tool_choice).transpose()?;
+    let tools = tools(body.tools)?;
     let mut messages = Vec::with_capacity(body.messages.len());
     for (i, m) in body.messages.into_iter().enumerate() {
         let mut calls = Vec::with_capacity(m.tool_calls.len());
         for (j, c) in m.tool_calls.into_iter().enumerate() {
             if c.kind != "function" {
-                return Err(Status::invalid_argument(format!(
-                    "messages[{i}].tool_calls[{j}].type: {:?} is not supported (only \"function\")",
-                    c.kind
-                )));
+                return Err(RequestError::invalid(
+                    format!("messages[{i}].tool_calls[{j}].type"),
+                    format!("{:?} is not supported (only \"function\")", c.kind),
+                )
+                .into());
             }
             calls.push(pb::ToolCall {
                 id: c.id,
@@ -241,7 +272,7 @@ fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Status> {
         });
     }
     Ok(pb::CompleteRequest {
-        tools: tools(body.tools)?,
+        tools,
         tool_choice,
         route: Some(pb::RouteRequest {
             messages,
@@ -269,37 +300,35 @@ fn now_s() -> u64 {
     crate::feedback::now_ms() / 1000
 }
 
-fn triage_extra(d: &pb::RouteDecision, provider: &str, cost: f64) -> Value {
-    json!({"decision_id": d.decision_id, "tier": d.tier, "provider": provider, "reason": d.reason,
+fn triage_extra(d: &crate::engine::Decision, provider: &str, cost: f64) -> Value {
+    json!({"decision_id": d.decision_id.to_string(), "tier": d.tier_name, "provider": provider, "reason": d.reason,
            "model_version": d.model_version, "cost_usd": cost})
 }
 
 async fn chat(
-    State(svc): State<RouterService>,
+    State(core): State<Triage>,
     body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let body = match body {
         Ok(Json(b)) => b,
-        Err(e) => {
-            return error(&Status::invalid_argument(format!(
-                "body: {}",
-                e.body_text()
-            )));
-        }
+        Err(e) => return body_error(&e),
     };
     let stream = body.stream;
-    let req = match complete_request(body) {
-        Ok(r) => r,
-        Err(s) => return error(&s),
+    let parsed = complete_request(body)
+        .and_then(|req| crate::service::parse_complete(req, core.config()).map_err(Error::from));
+    let (input, chat) = match parsed {
+        Ok(p) => p,
+        Err(e) => return error(&e),
     };
+    let deadline = core.call_deadline(None);
     if stream {
-        return chat_stream(svc, req).await;
+        return chat_stream(core, input, chat, deadline).await;
     }
-    let r = match svc.complete(Request::new(req)).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return error(&s),
+    let c = match core.complete(input, chat, deadline).await {
+        Ok(c) => c,
+        Err(e) => return error(&e),
     };
-    let d = r.decision.clone().unwrap_or_default();
+    let r = &c.response;
     let mut message = json!({"role": "assistant", "content": r.text});
     if !r.tool_calls.is_empty() {
         message["tool_calls"] = json!(tool_calls_to_wire(&r.tool_calls));
@@ -307,39 +336,36 @@ async fn chat(
             message["content"] = Value::Null;
         }
     }
+    let id = c.decision.decision_id.to_string();
     let mut resp = Json(json!({
-        "id": format!("chatcmpl-{}", d.decision_id),
+        "id": format!("chatcmpl-{id}"),
         "object": "chat.completion",
         "created": now_s(),
-        "model": r.model,
+        "model": c.model,
         "choices": [{"index": 0, "message": message, "finish_reason": r.finish_reason}],
         "usage": {"prompt_tokens": r.input_tokens, "completion_tokens": r.output_tokens, "total_tokens": r.input_tokens + r.output_tokens},
-        "triage": triage_extra(&d, &r.provider, r.cost_usd),
+        "triage": triage_extra(&c.decision, &c.provider, c.cost_usd),
     }))
     .into_response();
-    if let Ok(v) = HeaderValue::from_str(&d.decision_id) {
+    if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(DECISION_HEADER, v);
     }
     resp
 }
 
-async fn chat_stream(svc: RouterService, req: pb::CompleteRequest) -> Response {
-    use pb::complete_chunk::Kind;
-    let mut chunks = match svc.complete_stream(Request::new(req)).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return error(&s),
+async fn chat_stream(
+    core: Triage,
+    input: crate::engine::RouteInput,
+    chat: crate::providers::ChatRequest,
+    deadline: std::time::Instant,
+) -> Response {
+    let (decision, mut pieces) = match core.complete_stream(input, chat, deadline).await {
+        Ok(r) => r,
+        Err(e) => return error(&e),
     };
-    // The decision comes first; it names the stream and goes in the header.
-    let decision = match tokio_stream::StreamExt::next(&mut chunks).await {
-        Some(Ok(pb::CompleteChunk {
-            kind: Some(Kind::Decision(d)),
-        })) => d,
-        Some(Err(s)) => return error(&s),
-        _ => return error(&Status::internal("stream did not start with a decision")),
-    };
-    let id = format!("chatcmpl-{}", decision.decision_id);
+    let decision_id = decision.decision_id.to_string();
+    let id = format!("chatcmpl-{decision_id}");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(64);
-    let decision_id = decision.decision_id.clone();
     tokio::spawn(async move {
         let created = now_s();
         let chunk = |delta: Value, finish: Option<&str>, extra: Option<Value>| {
@@ -351,11 +377,9 @@ async fn chat_stream(svc: RouterService, req: pb::CompleteRequest) -> Response {
             Event::default().data(v.to_string())
         };
         let mut first = true;
-        while let Some(item) = tokio_stream::StreamExt::next(&mut chunks).await {
-            let event = match item {
-                Ok(pb::CompleteChunk {
-                    kind: Some(Kind::Delta(t)),
-                }) => {
+        while let Some(piece) = pieces.recv().await {
+            let event = match piece {
+                Piece::Text(t) => {
                     let delta = if first {
                         json!({"role": "assistant", "content": t})
                     } else {
@@ -364,9 +388,7 @@ async fn chat_stream(svc: RouterService, req: pb::CompleteRequest) -> Response {
                     first = false;
                     chunk(delta, None, None)
                 }
-                Ok(pb::CompleteChunk {
-                    kind: Some(Kind::Done(d)),
-                }) => {
+                Piece::Done(d) => {
                     let extra = triage_extra(&decision, &d.provider, d.cost_usd);
                     if !d.tool_calls.is_empty() {
                         // Calls arrive whole, so they go out as one delta.
@@ -382,14 +404,15 @@ async fn chat_stream(svc: RouterService, req: pb::CompleteRequest) -> Response {
                     let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
                     return;
                 }
-                Ok(_) => continue,
-                Err(s) => {
+                Piece::Failed(e) => {
                     // OpenAI clients raise on an `error` payload: the caller learns the stream broke.
-                    let _ = tx.send(Ok(Event::default().data(json!({"error": {"message": s.message(), "type": "stream_error", "code": format!("{:?}", s.code())}}).to_string()))).await;
+                    let a = e.answer();
+                    let _ = tx.send(Ok(Event::default().data(json!({"error": {"message": e.public_message(), "type": "stream_error", "code": format!("{:?}", a.grpc)}}).to_string()))).await;
                     return;
                 }
             };
             if tx.send(Ok(event)).await.is_err() {
+                // The client went away: dropping `pieces` cancels the upstream call.
                 return;
             }
         }
@@ -401,10 +424,10 @@ async fn chat_stream(svc: RouterService, req: pb::CompleteRequest) -> Response {
     resp
 }
 
-async fn models(State(svc): State<RouterService>) -> Response {
+async fn models(State(core): State<Triage>) -> Response {
     let mut data =
         vec![json!({"id": "triage", "object": "model", "created": 0, "owned_by": "triage"})];
-    for t in svc.tier_names() {
+    for t in core.config().tier_names() {
         data.push(json!({"id": format!("triage:{t}"), "object": "model", "created": 0, "owned_by": "triage"}));
     }
     Json(json!({"object": "list", "data": data})).into_response()
@@ -425,17 +448,12 @@ struct FeedbackBody {
 }
 
 async fn feedback(
-    State(svc): State<RouterService>,
+    State(core): State<Triage>,
     body: Result<Json<FeedbackBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let b = match body {
         Ok(Json(b)) => b,
-        Err(e) => {
-            return error(&Status::invalid_argument(format!(
-                "body: {}",
-                e.body_text()
-            )));
-        }
+        Err(e) => return body_error(&e),
     };
     let source = match b.source.as_deref().unwrap_or("user") {
         "user" => pb::OutcomeSource::User,
@@ -443,8 +461,9 @@ async fn feedback(
         "validator" => pb::OutcomeSource::Validator,
         "escalation" => pb::OutcomeSource::Escalation,
         other => {
-            return error(&Status::invalid_argument(format!(
-                "source: {other:?} (use user, judge, validator or escalation)"
+            return error(&Error::Request(RequestError::invalid(
+                "source",
+                format!("{other:?} (use user, judge, validator or escalation)"),
             )));
         }
     };
@@ -459,11 +478,13 @@ async fn feedback(
         labels: b.labels,
         ..Default::default()
     };
-    match svc.record_outcome(Request::new(req)).await {
-        Ok(r) => {
-            let a = r.into_inner();
-            Json(json!({"duplicate": a.duplicate, "orphan": a.orphan})).into_response()
-        }
-        Err(s) => error(&s),
+    let record =
+        match crate::service::validate_outcome(req, core.config(), crate::feedback::now_ms()) {
+            Ok(r) => r,
+            Err(e) => return error(&e.into()),
+        };
+    match core.record_outcome(record).await {
+        Ok(a) => Json(json!({"duplicate": a.duplicate, "orphan": a.orphan})).into_response(),
+        Err(e) => error(&e),
     }
 }

@@ -1,10 +1,12 @@
 //! triage: an adaptive LLM request router. Featurize a prompt, estimate which cost tier is good
 //! enough, and answer over gRPC with the tier, its model chain and the reasons.
 //!
-//! The data flow is the module map: [`service`] validates and converts, [`engine`] runs
+//! The data flow is the module map: the doors ([`service`] for gRPC, [`http`]) parse and
+//! convert, [`app`] owns every step, [`engine`] runs
 //! [`features`] → [`classifier`] → [`policy`] on the [`model_store`]'s current snapshot;
 //! [`train`] fits and evaluates classifiers offline with the same featurizer.
 
+pub mod app;
 pub mod chain;
 pub mod classifier;
 pub mod config;

@@ -40,11 +40,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let watcher = spawn_model_watch(engine.clone());
-    let service = RouterService::new(engine, feedback, gateway);
+    let core = crate::app::Triage::new(engine, feedback, gateway);
+    let service = RouterService::new(core.clone());
     // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http.map(|l| {
-        let app = crate::http::router(service.clone(), limits.max_request_bytes);
+        let app = crate::http::router(core.clone(), limits.max_request_bytes);
         tokio::spawn(async move {
             let stop = async move {
                 let _ = stop_rx.changed().await;
@@ -59,8 +60,9 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     };
     let router = RouterServer::new(service).max_decoding_message_size(limits.max_request_bytes);
+    // No server-wide timeout: completions have their own deadline (gateway.call_timeout_ms)
+    // and the other RPCs theirs (server.request_timeout_ms), each answered DEADLINE_EXCEEDED.
     tonic::transport::Server::builder()
-        .timeout(limits.request_timeout)
         .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
         .add_service(health)
         .add_service(reflection)

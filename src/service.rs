@@ -1,84 +1,79 @@
-//! The tonic handlers: validate the request, call the engine, convert to protobuf. No decisions here.
+//! The gRPC door: parse each request at the edge, call the core ([`crate::app`]), convert back.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
+use crate::app::{Completion, Piece, Triage};
 use crate::config::Config;
-use crate::engine::{Decision, Engine, RouteInput};
+use crate::engine::{Decision, RouteInput};
 use crate::error::{Error, RequestError};
-use crate::feedback::{DecisionRecord, Feedback, KnobsRecord, OutcomeRecord, now_ms};
+use crate::feedback::{OutcomeRecord, now_ms};
 use crate::policy::Knobs;
 use crate::proto::v1 as pb;
 use crate::proto::v1::router_server::Router;
+use crate::providers::ChatRequest;
 
 /// Roles a message may have.
 pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
-/// The `triage.v1.Router` service.
+/// The `triage.v1.Router` service: parses each request, calls the core, converts back.
 #[derive(Debug, Clone)]
 pub struct RouterService {
-    engine: Arc<Engine>,
-    feedback: Option<Arc<Feedback>>,
-    gateway: Option<Arc<crate::chain::Gateway>>,
+    core: Triage,
 }
 
 impl RouterService {
-    /// Tier names, cheapest first.
-    pub fn tier_names(&self) -> Vec<String> {
-        self.engine.config().tier_names()
+    /// The gRPC door over the core.
+    pub fn new(core: Triage) -> Self {
+        Self { core }
     }
 
-    /// A service over an engine; with `feedback`, decisions are logged and outcomes accepted;
-    /// with `gateway`, `Complete` calls providers.
-    pub fn new(
-        engine: Arc<Engine>,
-        feedback: Option<Arc<Feedback>>,
-        gateway: Option<Arc<crate::chain::Gateway>>,
-    ) -> Self {
-        Self {
-            engine,
-            feedback,
-            gateway,
-        }
-    }
-
-    /// Validates, routes (off the async workers for large requests) and logs one request.
-    async fn decide(&self, req: pb::RouteRequest) -> Result<(Decision, RouteInput), Error> {
-        let input = validate_route(req, self.engine.config())?;
-        let bytes = input.prompt.len() + input.context.iter().map(String::len).sum::<usize>();
-        // Featurizing is CPU work proportional to the text: large requests go to the blocking
-        // pool so they cannot stall the async workers that serve everyone else.
-        let (decision, input) = if bytes >= self.engine.config().server.blocking_threshold_bytes {
-            let engine = self.engine.clone();
-            tokio::task::spawn_blocking(move || (engine.route(&input), input))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
-        } else {
-            (self.engine.route(&input), input)
-        };
-        let decision = decision?;
-        if let Some(fb) = &self.feedback {
-            fb.log_decision(decision_record(
-                &decision,
-                &input,
-                self.engine.config(),
-                fb.store_prompts,
-            ));
-        }
-        tracing::debug!(
-            decision_id = %decision.decision_id,
-            tier = %decision.tier_name,
-            prompt_tokens = decision.prompt_tokens,
-            "routed"
-        );
-        Ok((decision, input))
+    /// The non-gateway RPCs' deadline (`server.request_timeout_ms`), answered with
+    /// `DEADLINE_EXCEEDED` rather than a bare cancellation.
+    async fn within<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let limit = self.core.config().server.request_timeout;
+        tokio::time::timeout(limit, f).await.unwrap_or_else(|_| {
+            Err(Error::DeadlineExceeded(format!(
+                "no answer within server.request_timeout_ms ({} ms)",
+                limit.as_millis()
+            )))
+        })
     }
 }
 
-/// Parses a JSON text that must be an object; empty means `{}`.
+/// The caller's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`), less a
+/// little, so the core answers `DEADLINE_EXCEEDED` before the transport cancels the call.
+pub fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(d.mul_f64(0.98).saturating_sub(Duration::from_millis(5)))
+}
+
+/// A `CompleteRequest` parsed into the core's inputs.
+pub fn parse_complete(
+    req: pb::CompleteRequest,
+    config: &Config,
+) -> Result<(RouteInput, ChatRequest), RequestError> {
+    let route = req.route.clone().unwrap_or_default();
+    let chat = chat_request(&req, &route.messages, config)?;
+    Ok((validate_route(route, config)?, chat))
+}
+
 fn json_object(field: &str, text: &str) -> Result<serde_json::Value, RequestError> {
     if text.trim().is_empty() {
         return Ok(serde_json::json!({}));
@@ -393,41 +388,6 @@ pub fn validate_outcome(
     })
 }
 
-fn decision_record(
-    d: &Decision,
-    input: &RouteInput,
-    config: &Config,
-    store_prompt: bool,
-) -> DecisionRecord {
-    let name = |i: Option<usize>| i.map(|i| config.tiers[i].name.clone());
-    let digest = Sha256::digest(input.prompt.as_bytes());
-    DecisionRecord {
-        decision_id: d.decision_id.to_string(),
-        time_unix_ms: now_ms(),
-        model_version: d.model_version.clone(),
-        tiers: d.tiers.iter().map(|(n, _)| n.clone()).collect(),
-        tier: d.tier_name.clone(),
-        p_sufficient: d.tiers.iter().map(|(_, v)| v.p_sufficient).collect(),
-        propensity: d.propensity,
-        schema_fingerprint: d.schema_fingerprint.clone(),
-        knobs: KnobsRecord {
-            min_tier: name(input.knobs.min_tier),
-            max_tier: name(input.knobs.max_tier),
-            max_cost_usd: input.knobs.max_cost_usd,
-            latency_sensitive: input.knobs.latency_sensitive,
-            quality_target: input.knobs.quality_target,
-        },
-        tenant: input.tenant.clone(),
-        labels: input.labels.clone(),
-        features: d.features.clone(),
-        prompt_tokens: d.prompt_tokens,
-        context_tokens: d.context_tokens,
-        estimated_cost_usd: d.estimated_cost_usd,
-        prompt_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
-        prompt: store_prompt.then(|| input.prompt.clone()),
-    }
-}
-
 fn tier_knob(
     config: &Config,
     field: &str,
@@ -629,144 +589,67 @@ fn attempts_to_proto(a: &[crate::chain::Attempt]) -> Vec<pb::Attempt> {
         .collect()
 }
 
-impl RouterService {
-    /// Records a gateway call's facts as an outcome, off the caller's path.
-    fn record_call(
-        &self,
-        decision_id: String,
-        latency_ms: u64,
-        tokens: Option<(u64, u64)>,
-        cost: f64,
-        error_class: Option<&str>,
-    ) {
-        let Some(fb) = &self.feedback else { return };
-        // The call's facts, not a quality judgement: success and quality stay unset so that
-        // training does not mistake "answered" for "good enough".
-        let record = OutcomeRecord {
-            decision_id,
-            source: "gateway".into(),
-            latency_ms: Some(latency_ms),
-            input_tokens: tokens.map(|t| t.0),
-            output_tokens: tokens.map(|t| t.1),
-            cost_usd: Some(cost),
-            error_class: error_class.map(String::from),
-            observed_at_unix_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
-            recorded_at_unix_ms: now_ms(),
-            ..OutcomeRecord::default()
-        };
-        let fb = fb.clone();
-        tokio::spawn(async move {
-            if let Err(e) = fb.record_outcome(record).await {
-                tracing::warn!(error = %e, "automatic outcome not recorded");
-            }
-        });
+fn completion_to_proto(c: Completion, request_id: Option<String>) -> pb::CompleteResponse {
+    pb::CompleteResponse {
+        provider: c.provider,
+        model: c.model,
+        text: c.response.text,
+        finish_reason: c.response.finish_reason,
+        input_tokens: c.response.input_tokens,
+        output_tokens: c.response.output_tokens,
+        cost_usd: c.cost_usd,
+        attempts: attempts_to_proto(&c.attempts),
+        tool_calls: tool_calls_to_proto(c.response.tool_calls),
+        decision: Some(decision_to_proto(c.decision, request_id)),
+    }
+}
+
+fn piece_to_proto(p: Piece) -> Result<pb::CompleteChunk, Status> {
+    use pb::complete_chunk::Kind;
+    match p {
+        Piece::Text(t) => Ok(pb::CompleteChunk {
+            kind: Some(Kind::Delta(t)),
+        }),
+        Piece::Done(d) => Ok(pb::CompleteChunk {
+            kind: Some(Kind::Done(pb::CompleteDone {
+                provider: d.provider,
+                model: d.model,
+                finish_reason: d.finish_reason,
+                input_tokens: d.input_tokens,
+                output_tokens: d.output_tokens,
+                cost_usd: d.cost_usd,
+                attempts: attempts_to_proto(&d.attempts),
+                tool_calls: tool_calls_to_proto(d.tool_calls),
+            })),
+        }),
+        Piece::Failed(e) => Err(e.into()),
     }
 }
 
 #[tonic::async_trait]
 impl Router for RouterService {
-    type CompleteStreamStream =
-        tokio_stream::wrappers::ReceiverStream<Result<pb::CompleteChunk, Status>>;
+    type CompleteStreamStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::CompleteChunk, Status>> + Send + 'static>,
+    >;
 
     async fn complete_stream(
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<Self::CompleteStreamStream>, Status> {
-        let Some(gateway) = self.gateway.clone() else {
-            return Err(Error::FailedPrecondition(
-                "no providers are configured on this server ([providers.NAME] in the config)"
-                    .into(),
-            )
-            .into());
-        };
+        use tokio_stream::StreamExt;
+        let deadline = self.core.call_deadline(caller_deadline(request.metadata()));
         let req = request.into_inner();
-        let route = req.route.clone().unwrap_or_default();
-        let chat =
-            chat_request(&req, &route.messages, self.engine.config()).map_err(Error::from)?;
-        let request_id = route.request_id.clone();
-        let (decision, input) = self.decide(route).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::CompleteChunk, Status>>(64);
-        let this = self.clone();
-        tokio::spawn(async move {
-            use pb::complete_chunk::Kind;
-            let tier = this.engine.config().tiers[decision.tier].clone();
-            let chain = decision.chain.clone();
-            let decision_id = decision.decision_id.to_string();
-            let first = pb::CompleteChunk {
-                kind: Some(Kind::Decision(decision_to_proto(decision, request_id))),
-            };
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            let (text_tx, mut text_rx) = tokio::sync::mpsc::channel::<String>(64);
-            let forward = {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    while let Some(t) = text_rx.recv().await {
-                        if tx
-                            .send(Ok(pb::CompleteChunk {
-                                kind: Some(Kind::Delta(t)),
-                            }))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                })
-            };
-            let result = gateway
-                .run_stream(&chain, &chat, input.knobs.latency_sensitive, &text_tx)
-                .await;
-            drop(text_tx);
-            let _ = forward.await;
-            match result {
-                Ok(s) => {
-                    let cost = tier.cost_usd(s.input_tokens, s.output_tokens);
-                    let latency: u64 = s.attempts.iter().map(|a| a.latency_ms).sum();
-                    this.record_call(
-                        decision_id,
-                        latency,
-                        Some((s.input_tokens, s.output_tokens)),
-                        cost,
-                        None,
-                    );
-                    let member = &chain[s.member];
-                    let done = pb::CompleteDone {
-                        provider: member.provider.clone(),
-                        model: member.model.clone(),
-                        finish_reason: s.finish_reason,
-                        input_tokens: s.input_tokens,
-                        output_tokens: s.output_tokens,
-                        cost_usd: cost,
-                        attempts: attempts_to_proto(&s.attempts),
-                        tool_calls: tool_calls_to_proto(s.tool_calls),
-                    };
-                    let _ = tx
-                        .send(Ok(pb::CompleteChunk {
-                            kind: Some(Kind::Done(done)),
-                        }))
-                        .await;
-                }
-                Err(e) => {
-                    let (class, status) = match &e {
-                        crate::chain::StreamError::Chain(crate::chain::ChainError::Invalid {
-                            ..
-                        }) => ("invalid_request", Status::invalid_argument(e.to_string())),
-                        crate::chain::StreamError::Chain(crate::chain::ChainError::Exhausted(
-                            _,
-                        )) => ("all_providers_failed", Status::unavailable(e.to_string())),
-                        crate::chain::StreamError::Interrupted { .. } => {
-                            ("interrupted", Status::unavailable(e.to_string()))
-                        }
-                    };
-                    this.record_call(decision_id, 0, None, 0.0, Some(class));
-                    let _ = tx.send(Err(status)).await;
-                }
-            }
-        });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+        let request_id = req.route.as_ref().and_then(|r| r.request_id.clone());
+        let (input, chat) = parse_complete(req, self.core.config()).map_err(Error::from)?;
+        let (decision, pieces) = self.core.complete_stream(input, chat, deadline).await?;
+        let first = pb::CompleteChunk {
+            kind: Some(pb::complete_chunk::Kind::Decision(decision_to_proto(
+                decision, request_id,
+            ))),
+        };
+        let rest = tokio_stream::wrappers::ReceiverStream::new(pieces).map(piece_to_proto);
+        Ok(Response::new(Box::pin(
+            tokio_stream::once(Ok(first)).chain(rest),
         )))
     }
 
@@ -776,7 +659,8 @@ impl Router for RouterService {
     ) -> Result<Response<pb::RouteDecision>, Status> {
         let req = request.into_inner();
         let request_id = req.request_id.clone();
-        let (decision, _) = self.decide(req).await?;
+        let input = validate_route(req, self.core.config()).map_err(Error::from)?;
+        let (decision, _) = self.within(self.core.route(input)).await?;
         Ok(Response::new(decision_to_proto(decision, request_id)))
     }
 
@@ -784,18 +668,9 @@ impl Router for RouterService {
         &self,
         request: Request<pb::OutcomeRequest>,
     ) -> Result<Response<pb::OutcomeAck>, Status> {
-        let Some(fb) = &self.feedback else {
-            return Err(Error::FailedPrecondition(
-                "feedback is disabled on this server (feedback.enabled = false)".into(),
-            )
-            .into());
-        };
-        let record = validate_outcome(request.into_inner(), self.engine.config(), now_ms())
+        let record = validate_outcome(request.into_inner(), self.core.config(), now_ms())
             .map_err(Error::from)?;
-        let stored = fb
-            .record_outcome(record)
-            .await
-            .map_err(|e| Error::Unavailable(format!("outcome not recorded, retry: {e}")))?;
+        let stored = self.within(self.core.record_outcome(record)).await?;
         Ok(Response::new(pb::OutcomeAck {
             duplicate: stored.duplicate,
             orphan: stored.orphan,
@@ -806,86 +681,23 @@ impl Router for RouterService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
-        let Some(gateway) = &self.gateway else {
-            return Err(Error::FailedPrecondition(
-                "no providers are configured on this server ([providers.NAME] in the config)"
-                    .into(),
-            )
-            .into());
-        };
+        let deadline = self.core.call_deadline(caller_deadline(request.metadata()));
         let req = request.into_inner();
-        let route = req.route.clone().unwrap_or_default();
-        let chat =
-            chat_request(&req, &route.messages, self.engine.config()).map_err(Error::from)?;
-        let request_id = route.request_id.clone();
-        let (decision, input) = self.decide(route).await?;
-        let tier = &self.engine.config().tiers[decision.tier];
-        let result = gateway
-            .run(&decision.chain, &chat, input.knobs.latency_sensitive)
-            .await;
-        let attempts = match &result {
-            Ok(a) => &a.attempts,
-            Err(
-                crate::chain::ChainError::Exhausted(a)
-                | crate::chain::ChainError::Invalid { attempts: a, .. },
-            ) => a,
-        };
-        let latency_ms: u64 = attempts.iter().map(|x| x.latency_ms).sum();
-        let cost = result
-            .as_ref()
-            .map(|a| tier.cost_usd(a.response.input_tokens, a.response.output_tokens))
-            .unwrap_or(0.0);
-        self.record_call(
-            decision.decision_id.to_string(),
-            latency_ms,
-            result
-                .as_ref()
-                .ok()
-                .map(|a| (a.response.input_tokens, a.response.output_tokens)),
-            cost,
-            result.as_ref().err().map(|e| match e {
-                crate::chain::ChainError::Invalid { .. } => "invalid_request",
-                crate::chain::ChainError::Exhausted(_) => "all_providers_failed",
-            }),
-        );
-        let answered = result.map_err(|e| match e {
-            crate::chain::ChainError::Invalid { .. } => Status::invalid_argument(e.to_string()),
-            crate::chain::ChainError::Exhausted(_) => Status::unavailable(e.to_string()),
-        })?;
-        let member = &decision.chain[answered.member];
-        let attempts = attempts_to_proto(&answered.attempts);
-        Ok(Response::new(pb::CompleteResponse {
-            provider: member.provider.clone(),
-            model: member.model.clone(),
-            text: answered.response.text,
-            finish_reason: answered.response.finish_reason,
-            input_tokens: answered.response.input_tokens,
-            output_tokens: answered.response.output_tokens,
-            cost_usd: cost,
-            attempts,
-            tool_calls: tool_calls_to_proto(answered.response.tool_calls),
-            decision: Some(decision_to_proto(decision, request_id)),
-        }))
+        let request_id = req.route.as_ref().and_then(|r| r.request_id.clone());
+        let (input, chat) = parse_complete(req, self.core.config()).map_err(Error::from)?;
+        let c = self.core.complete(input, chat, deadline).await?;
+        Ok(Response::new(completion_to_proto(c, request_id)))
     }
 
     async fn stats(
         &self,
         _: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
-        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.core.stats();
         let mut r = pb::StatsResponse {
-            model_version: self
-                .engine
-                .store()
-                .current()
-                .classifier
-                .version()
-                .to_string(),
-            ..Default::default()
-        };
-        if let Some(g) = &self.gateway {
-            r.providers = g
-                .health()
+            model_version: s.model_version,
+            providers: s
+                .providers
                 .into_iter()
                 .map(|h| pb::ProviderHealth {
                     provider: h.provider,
@@ -895,17 +707,17 @@ impl Router for RouterService {
                     breaker: h.breaker.name().into(),
                     recent_failures: u64::try_from(h.recent_failures).unwrap_or(u64::MAX),
                 })
-                .collect();
-        }
-        if let Some(fb) = &self.feedback {
-            let c = fb.counters();
+                .collect(),
+            ..Default::default()
+        };
+        if let Some(c) = s.feedback {
             r.feedback_enabled = true;
-            r.decisions_written = c.decisions_written.load(Relaxed);
-            r.decisions_dropped = c.decisions_dropped.load(Relaxed);
-            r.outcomes_stored = c.outcomes_stored.load(Relaxed);
-            r.outcomes_duplicate = c.outcomes_duplicate.load(Relaxed);
-            r.outcomes_orphan = c.outcomes_orphan.load(Relaxed);
-            r.write_errors = c.write_errors.load(Relaxed);
+            r.decisions_written = c.decisions_written;
+            r.decisions_dropped = c.decisions_dropped;
+            r.outcomes_stored = c.outcomes_stored;
+            r.outcomes_duplicate = c.outcomes_duplicate;
+            r.outcomes_orphan = c.outcomes_orphan;
+            r.write_errors = c.write_errors;
         }
         Ok(Response::new(r))
     }
@@ -915,18 +727,12 @@ impl Router for RouterService {
         request: Request<pb::ReloadModelRequest>,
     ) -> Result<Response<pb::ReloadModelResponse>, Status> {
         let req = request.into_inner();
-        let config = self.engine.config();
-        let path = if req.path.is_empty() {
-            config.model.classifier.clone()
-        } else {
-            std::path::PathBuf::from(req.path)
-        };
-        let version = self.engine.store().reload(config, &path).map_err(|e| {
-            Error::FailedPrecondition(format!(
-                "model not reloaded, the old one keeps serving: {e}"
-            ))
-        })?;
-        tracing::info!(model_version = %version, path = %path.display(), "model reloaded by RPC");
+        let path = (!req.path.is_empty()).then(|| std::path::PathBuf::from(req.path));
+        let core = self.core.clone();
+        // Reading a model file is blocking I/O: never on an async worker.
+        let version = tokio::task::spawn_blocking(move || core.reload(path))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
         Ok(Response::new(pb::ReloadModelResponse {
             model_version: version,
         }))

@@ -178,7 +178,13 @@ async fn post_sse<B: serde::Serialize>(
         let mut buf: Vec<u8> = Vec::new();
         let mut tally = Tally::default();
         loop {
-            let chunk = match tokio::time::timeout(timeout, bytes.next()).await {
+            // Whoever reads the events may go away while the provider is silent (a hang,
+            // keep-alives): then drop the response, closing the upstream request, at once.
+            let next = tokio::select! {
+                c = tokio::time::timeout(timeout, bytes.next()) => c,
+                () = tx.closed() => return,
+            };
+            let chunk = match next {
                 Err(_) => {
                     let _ = tx
                         .send(Err(ProviderError::Timeout(
@@ -258,6 +264,9 @@ pub enum ProviderError {
     /// A stream ended before the provider said it was complete.
     #[error("stream ended before completion")]
     Interrupted,
+    /// The caller went away; the upstream request was dropped.
+    #[error("cancelled by the caller")]
+    Cancelled,
 }
 
 impl ProviderError {
@@ -274,6 +283,7 @@ impl ProviderError {
             Self::MissingKey(_) => "missing_key",
             Self::Transport => "transport",
             Self::Interrupted => "interrupted",
+            Self::Cancelled => "cancelled",
         }
     }
 

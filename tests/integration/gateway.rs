@@ -70,7 +70,7 @@ pub(crate) async fn server(c: Config) -> Server {
     Server::start_full(c, None, g).await
 }
 
-fn req() -> CompleteRequest {
+pub(crate) fn req() -> CompleteRequest {
     CompleteRequest {
         route: Some(RouteRequest {
             messages: vec![
@@ -312,7 +312,7 @@ async fn bad_sampling_parameters_and_a_missing_gateway_are_refused() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     let plain = Server::start(config()).await;
     let err = plain.client().await.complete(req()).await.unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("[providers.NAME]"));
 }
 
@@ -443,7 +443,7 @@ async fn latency_sensitive_requests_take_the_fastest_healthy_member() {
     assert!(lat("primary") > lat("backup"), "{:?}", st.providers);
 }
 
-fn openai_sse(pieces: &[&str], finish: bool) -> ResponseTemplate {
+pub(crate) fn openai_sse(pieces: &[&str], finish: bool) -> ResponseTemplate {
     let mut body = String::new();
     for p in pieces {
         body.push_str(&format!(
@@ -715,7 +715,7 @@ async fn the_http_front_door_speaks_openai_chat_completions() {
         .send()
         .await
         .unwrap();
-    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.status(), 404);
     let e: serde_json::Value = bad.json().await.unwrap();
     assert!(
         e["error"]["message"]
@@ -767,4 +767,20 @@ async fn the_http_front_door_speaks_openai_chat_completions() {
         .await
         .unwrap();
     assert_eq!(bad_q.status(), 400);
+
+    // The router's own refusals come in OpenAI's error shape too.
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/nope", 404),
+        (reqwest::Method::GET, "/chat/completions", 405),
+        (reqwest::Method::DELETE, "/models", 405),
+    ] {
+        let r = http
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let e: serde_json::Value = r.json().await.unwrap();
+        assert!(e["error"]["message"].is_string(), "{method} {path}: {e}");
+    }
 }

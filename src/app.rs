@@ -1,0 +1,411 @@
+//! The application core: route, complete, stream, record an outcome, reload, stats. Every door
+//! (gRPC, the OpenAI- and Anthropic-compatible HTTP doors) parses its input, calls one of these
+//! and converts the answer; no orchestration lives anywhere else.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::chain::{Attempt, Gateway, MemberHealth};
+use crate::config::Config;
+use crate::engine::{Decision, Engine, RouteInput};
+use crate::error::Error;
+use crate::feedback::{DecisionRecord, Feedback, KnobsRecord, OutcomeRecord, Stored, now_ms};
+use crate::providers::{ChatRequest, ChatResponse, ToolCall};
+
+/// The router and gateway behind every front door.
+#[derive(Debug, Clone)]
+pub struct Triage {
+    engine: Arc<Engine>,
+    feedback: Option<Arc<Feedback>>,
+    gateway: Option<Arc<Gateway>>,
+}
+
+/// A completed unary call.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The routing decision behind it.
+    pub decision: Decision,
+    /// Who answered.
+    pub provider: String,
+    /// Which model.
+    pub model: String,
+    /// The answer.
+    pub response: ChatResponse,
+    /// Its cost at the tier's prices.
+    pub cost_usd: f64,
+    /// Every attempt, the successful one last.
+    pub attempts: Vec<Attempt>,
+}
+
+/// The end of a stream that finished.
+#[derive(Debug, Clone)]
+pub struct StreamDone {
+    /// Who answered.
+    pub provider: String,
+    /// Which model.
+    pub model: String,
+    /// stop, length, tool_calls, ...
+    pub finish_reason: String,
+    /// Input tokens as reported.
+    pub input_tokens: u64,
+    /// Output tokens as reported.
+    pub output_tokens: u64,
+    /// Its cost at the tier's prices.
+    pub cost_usd: f64,
+    /// Every attempt.
+    pub attempts: Vec<Attempt>,
+    /// Tool calls, whole.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// One piece of a streamed answer, in order: text, then exactly one `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Piece {
+    /// Text to pass on.
+    Text(String),
+    /// The answer finished.
+    Done(StreamDone),
+    /// The answer could not be given or broke off.
+    Failed(Error),
+}
+
+/// What `Stats` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// The serving model's version.
+    pub model_version: String,
+    /// Breakers and latency estimates.
+    pub providers: Vec<MemberHealth>,
+    /// Decision log counters, when feedback is on.
+    pub feedback: Option<FeedbackStats>,
+}
+
+/// Decision log counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FeedbackStats {
+    /// Decisions written.
+    pub decisions_written: u64,
+    /// Decisions dropped (queue full).
+    pub decisions_dropped: u64,
+    /// Outcomes stored.
+    pub outcomes_stored: u64,
+    /// Outcomes that repeated a (decision, source) pair.
+    pub outcomes_duplicate: u64,
+    /// Outcomes whose decision was not found.
+    pub outcomes_orphan: u64,
+    /// Failed write batches.
+    pub write_errors: u64,
+}
+
+impl Triage {
+    /// The core over an engine; with `feedback`, decisions are logged and outcomes accepted;
+    /// with `gateway`, completions call providers.
+    pub fn new(
+        engine: Arc<Engine>,
+        feedback: Option<Arc<Feedback>>,
+        gateway: Option<Arc<Gateway>>,
+    ) -> Self {
+        Self {
+            engine,
+            feedback,
+            gateway,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        self.engine.config()
+    }
+
+    /// The engine (for doors that show tiers or markers).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The deadline of a completion: the caller's, capped by `gateway.call_timeout_ms`.
+    pub fn call_deadline(&self, caller: Option<Duration>) -> Instant {
+        let cap = Duration::from_millis(self.config().gateway.call_timeout_ms);
+        Instant::now() + caller.map_or(cap, |c| c.min(cap))
+    }
+
+    /// Routes one request (off the async workers for large ones) and logs the decision.
+    pub async fn route(&self, input: RouteInput) -> Result<(Decision, RouteInput), Error> {
+        let bytes = input.prompt.len() + input.context.iter().map(String::len).sum::<usize>();
+        // Featurizing is CPU work proportional to the text: large requests go to the blocking
+        // pool so they cannot stall the async workers that serve everyone else.
+        let (decision, input) = if bytes >= self.config().server.blocking_threshold_bytes {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || (engine.route(&input), input))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+        } else {
+            (self.engine.route(&input), input)
+        };
+        let decision = decision?;
+        if let Some(fb) = &self.feedback {
+            fb.log_decision(decision_record(
+                &decision,
+                &input,
+                self.config(),
+                fb.store_prompts,
+            ));
+        }
+        tracing::debug!(
+            decision_id = %decision.decision_id,
+            tier = %decision.tier_name,
+            prompt_tokens = decision.prompt_tokens,
+            "routed"
+        );
+        Ok((decision, input))
+    }
+
+    fn gateway(&self) -> Result<Arc<Gateway>, Error> {
+        self.gateway.clone().ok_or(Error::NoGateway)
+    }
+
+    /// Routes, then calls the chosen tier's chain until a member answers or `deadline`.
+    pub async fn complete(
+        &self,
+        input: RouteInput,
+        chat: ChatRequest,
+        deadline: Instant,
+    ) -> Result<Completion, Error> {
+        let gateway = self.gateway()?;
+        let (decision, input) = self.route(input).await?;
+        let tier = &self.config().tiers[decision.tier];
+        let result = gateway
+            .run(
+                &decision.chain,
+                &chat,
+                input.knobs.latency_sensitive,
+                deadline,
+            )
+            .await;
+        let id = decision.decision_id.to_string();
+        match result {
+            Ok(a) => {
+                let cost = tier.cost_usd(a.response.input_tokens, a.response.output_tokens);
+                let latency: u64 = a.attempts.iter().map(|x| x.latency_ms).sum();
+                self.record_call(
+                    id,
+                    latency,
+                    Some((a.response.input_tokens, a.response.output_tokens)),
+                    cost,
+                    None,
+                );
+                let member = &decision.chain[a.member];
+                Ok(Completion {
+                    provider: member.provider.clone(),
+                    model: member.model.clone(),
+                    response: a.response,
+                    cost_usd: cost,
+                    attempts: a.attempts,
+                    decision,
+                })
+            }
+            Err(e) => {
+                let latency: u64 = e.attempts().iter().map(|x| x.latency_ms).sum();
+                self.record_call(id, latency, None, 0.0, Some(e.class()));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Routes, then streams the chosen tier's chain: the decision at once, the pieces as
+    /// they come. Dropping the receiver cancels the upstream call.
+    pub async fn complete_stream(
+        &self,
+        input: RouteInput,
+        chat: ChatRequest,
+        deadline: Instant,
+    ) -> Result<(Decision, tokio::sync::mpsc::Receiver<Piece>), Error> {
+        let gateway = self.gateway()?;
+        let (decision, input) = self.route(input).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(64);
+        let this = self.clone();
+        let chain = decision.chain.clone();
+        let tier = decision.tier;
+        let id = decision.decision_id.to_string();
+        tokio::spawn(async move {
+            // Text goes straight to the door; the gateway sees the door leave through it.
+            let (text_tx, mut text_rx) = tokio::sync::mpsc::channel::<String>(64);
+            let forward = {
+                let tx = tx.clone();
+                async move {
+                    while let Some(t) = text_rx.recv().await {
+                        if tx.send(Piece::Text(t)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            };
+            let run = async {
+                let r = gateway
+                    .run_stream(
+                        &chain,
+                        &chat,
+                        input.knobs.latency_sensitive,
+                        deadline,
+                        &text_tx,
+                    )
+                    .await;
+                drop(text_tx);
+                r
+            };
+            let (result, ()) = tokio::join!(run, forward);
+            let last = match result {
+                Ok(s) => {
+                    let cost = this.config().tiers[tier].cost_usd(s.input_tokens, s.output_tokens);
+                    let latency: u64 = s.attempts.iter().map(|a| a.latency_ms).sum();
+                    this.record_call(
+                        id,
+                        latency,
+                        Some((s.input_tokens, s.output_tokens)),
+                        cost,
+                        None,
+                    );
+                    let member = &chain[s.member];
+                    Piece::Done(StreamDone {
+                        provider: member.provider.clone(),
+                        model: member.model.clone(),
+                        finish_reason: s.finish_reason,
+                        input_tokens: s.input_tokens,
+                        output_tokens: s.output_tokens,
+                        cost_usd: cost,
+                        attempts: s.attempts,
+                        tool_calls: s.tool_calls,
+                    })
+                }
+                Err(e) => {
+                    let e = Error::from(e);
+                    this.record_call(id, 0, None, 0.0, Some(e.class()));
+                    Piece::Failed(e)
+                }
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok((decision, rx))
+    }
+
+    /// Stores a validated outcome; answers once it is durable.
+    pub async fn record_outcome(&self, record: OutcomeRecord) -> Result<Stored, Error> {
+        let fb = self.feedback.as_ref().ok_or(Error::FeedbackDisabled)?;
+        fb.record_outcome(record)
+            .await
+            .map_err(|e| Error::Unavailable(format!("outcome not recorded, retry: {e}")))
+    }
+
+    /// Replaces the classifier with the file at `path` (the configured one when `None`); on
+    /// any error the old model keeps serving.
+    pub fn reload(&self, path: Option<PathBuf>) -> Result<String, Error> {
+        let config = self.config();
+        let path = path.unwrap_or_else(|| config.model.classifier.clone());
+        let version = self
+            .engine
+            .store()
+            .reload(config, &path)
+            .map_err(|e| Error::Reload(e.to_string()))?;
+        tracing::info!(model_version = %version, path = %path.display(), "model reloaded");
+        Ok(version)
+    }
+
+    /// The serving model, the providers' health and the decision log's counters.
+    pub fn stats(&self) -> Stats {
+        use std::sync::atomic::Ordering::Relaxed;
+        Stats {
+            model_version: self
+                .engine
+                .store()
+                .current()
+                .classifier
+                .version()
+                .to_string(),
+            providers: self
+                .gateway
+                .as_ref()
+                .map(|g| g.health())
+                .unwrap_or_default(),
+            feedback: self.feedback.as_ref().map(|fb| {
+                let c = fb.counters();
+                FeedbackStats {
+                    decisions_written: c.decisions_written.load(Relaxed),
+                    decisions_dropped: c.decisions_dropped.load(Relaxed),
+                    outcomes_stored: c.outcomes_stored.load(Relaxed),
+                    outcomes_duplicate: c.outcomes_duplicate.load(Relaxed),
+                    outcomes_orphan: c.outcomes_orphan.load(Relaxed),
+                    write_errors: c.write_errors.load(Relaxed),
+                }
+            }),
+        }
+    }
+
+    /// Records a gateway call's facts as an outcome, off the caller's path.
+    fn record_call(
+        &self,
+        decision_id: String,
+        latency_ms: u64,
+        tokens: Option<(u64, u64)>,
+        cost: f64,
+        error_class: Option<&str>,
+    ) {
+        let Some(fb) = &self.feedback else { return };
+        // The call's facts, not a quality judgement: success and quality stay unset so that
+        // training does not mistake "answered" for "good enough".
+        let record = OutcomeRecord {
+            decision_id,
+            source: "gateway".into(),
+            latency_ms: Some(latency_ms),
+            input_tokens: tokens.map(|t| t.0),
+            output_tokens: tokens.map(|t| t.1),
+            cost_usd: Some(cost),
+            error_class: error_class.map(String::from),
+            observed_at_unix_ms: i64::try_from(now_ms()).unwrap_or(i64::MAX),
+            recorded_at_unix_ms: now_ms(),
+            ..OutcomeRecord::default()
+        };
+        let fb = fb.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fb.record_outcome(record).await {
+                tracing::warn!(error = %e, "automatic outcome not recorded");
+            }
+        });
+    }
+}
+
+fn decision_record(
+    d: &Decision,
+    input: &RouteInput,
+    config: &Config,
+    store_prompt: bool,
+) -> DecisionRecord {
+    let name = |i: Option<usize>| i.map(|i| config.tiers[i].name.clone());
+    let digest = Sha256::digest(input.prompt.as_bytes());
+    DecisionRecord {
+        decision_id: d.decision_id.to_string(),
+        time_unix_ms: now_ms(),
+        model_version: d.model_version.clone(),
+        tiers: d.tiers.iter().map(|(n, _)| n.clone()).collect(),
+        tier: d.tier_name.clone(),
+        p_sufficient: d.tiers.iter().map(|(_, v)| v.p_sufficient).collect(),
+        propensity: d.propensity,
+        schema_fingerprint: d.schema_fingerprint.clone(),
+        knobs: KnobsRecord {
+            min_tier: name(input.knobs.min_tier),
+            max_tier: name(input.knobs.max_tier),
+            max_cost_usd: input.knobs.max_cost_usd,
+            latency_sensitive: input.knobs.latency_sensitive,
+            quality_target: input.knobs.quality_target,
+        },
+        tenant: input.tenant.clone(),
+        labels: input.labels.clone(),
+        features: d.features.clone(),
+        prompt_tokens: d.prompt_tokens,
+        context_tokens: d.context_tokens,
+        estimated_cost_usd: d.estimated_cost_usd,
+        prompt_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        prompt: store_prompt.then(|| input.prompt.clone()),
+    }
+}
