@@ -13,7 +13,6 @@ use triage::engine::{Engine, RouteInput};
 use triage::features::Featurizer;
 use triage::feedback::now_ms;
 use triage::model_store::ModelStore;
-use triage::policy::Knobs;
 use triage::train::dataset::{TierMap, read_jsonl};
 use triage::train::{self, Recipe, Report, TrainOptions};
 
@@ -476,18 +475,6 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
-fn knob(engine: &Engine, field: &str, name: Option<&str>) -> anyhow::Result<Option<usize>> {
-    name.map(|n| {
-        engine.config().tier_index(n).with_context(|| {
-            format!(
-                "{field}: unknown tier {n:?} (tiers: {})",
-                engine.config().tier_names().join(", ")
-            )
-        })
-    })
-    .transpose()
-}
-
 /// The features that leaned the decision most, in logit units towards the dearer tier.
 fn drivers(engine: &Engine, d: &triage::engine::Decision) -> serde_json::Value {
     let snap = engine.store().current();
@@ -503,29 +490,29 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
     // Inspection shows the policy's own choice; exploration is for live traffic.
     config.exploration_rate = 0.0;
     let engine = engine(config, a.model)?;
-    let knobs = Knobs {
-        min_tier: knob(&engine, "--min-tier", a.min_tier.as_deref())?,
-        max_tier: knob(&engine, "--max-tier", a.max_tier.as_deref())?,
-        quality_target: a.quality_target,
-        ..Knobs::default()
+    // The same parsing rules as the gRPC and HTTP doors: a one-message conversation.
+    let input = |prompt: String| -> anyhow::Result<RouteInput> {
+        let req = triage::proto::v1::RouteRequest {
+            messages: vec![triage::proto::v1::Message {
+                role: "user".into(),
+                content: prompt,
+                ..Default::default()
+            }],
+            min_tier: a.min_tier.clone(),
+            max_tier: a.max_tier.clone(),
+            quality_target: a.quality_target,
+            ..Default::default()
+        };
+        triage::service::validate_route(req, engine.config()).map_err(|e| anyhow::anyhow!("{e}"))
     };
-    if let Some(q) = a.quality_target
-        && !(0.0..=1.0).contains(&q)
-    {
-        bail!("--quality-target must be in [0, 1], got {q}");
-    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if let Some(path) = a.batch {
         for row in read_jsonl(&path)? {
-            if row.prompt.trim().is_empty() {
-                bail!("{}: row {:?} has an empty prompt", path.display(), row.id);
-            }
-            let d = engine.route(&RouteInput {
-                prompt: row.prompt,
-                knobs: knobs.clone(),
-                ..RouteInput::default()
-            })?;
+            let id = row.id.clone();
+            let d = engine.route(
+                &input(row.prompt).with_context(|| format!("{}: row {id:?}", path.display()))?,
+            )?;
             let p: serde_json::Map<String, serde_json::Value> = d
                 .tiers
                 .iter()
@@ -533,21 +520,13 @@ fn route(a: RouteArgs) -> anyhow::Result<()> {
                 .collect();
             serde_json::to_writer(
                 &mut out,
-                &serde_json::json!({"id": row.id, "tier": d.tier_name, "p_sufficient": p,
+                &serde_json::json!({"id": id, "tier": d.tier_name, "p_sufficient": p,
                     "reason": d.reason, "drivers": drivers(&engine, &d)}),
             )?;
             writeln!(out)?;
         }
     } else {
-        let prompt = a.prompt.unwrap_or_default();
-        if prompt.trim().is_empty() {
-            bail!("the prompt is empty");
-        }
-        let d = engine.route(&RouteInput {
-            prompt,
-            knobs,
-            ..RouteInput::default()
-        })?;
+        let d = engine.route(&input(a.prompt.clone().unwrap_or_default())?)?;
         let tiers: Vec<serde_json::Value> = d
             .tiers
             .iter()

@@ -13,10 +13,7 @@ use crate::feedback::{OutcomeRecord, now_ms};
 use crate::policy::Knobs;
 use crate::proto::v1 as pb;
 use crate::proto::v1::router_server::Router;
-use crate::providers::ChatRequest;
-
-/// Roles a message may have.
-pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+use crate::providers::{ChatRequest, Role};
 
 /// The `triage.v1.Router` service: parses each request, calls the core, converts back.
 #[derive(Debug, Clone)]
@@ -178,19 +175,33 @@ fn tools(
     Ok((defs, choice))
 }
 
+/// A message's role, parsed once; `developer` (OpenAI's newer name) is a system message.
+fn parse_role(i: usize, name: &str) -> Result<Role, RequestError> {
+    Role::parse(name).ok_or_else(|| {
+        RequestError::invalid(
+            format!("messages[{i}].role"),
+            format!(
+                "unknown role {name:?} (expected one of {})",
+                Role::NAMES.join(", ")
+            ),
+        )
+    })
+}
+
 /// Checks a conversation's tool turns: results name their call, calls are well formed.
 fn chat_messages(
     messages: &[pb::Message],
 ) -> Result<Vec<crate::providers::ChatMessage>, RequestError> {
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
-        if m.role == "tool" && m.tool_call_id.is_empty() {
+        let role = parse_role(i, &m.role)?;
+        if role == Role::Tool && m.tool_call_id.is_empty() {
             return Err(RequestError::invalid(
                 format!("messages[{i}].tool_call_id"),
                 "is required for role \"tool\" (the id of the call it answers)",
             ));
         }
-        if !m.tool_calls.is_empty() && m.role != "assistant" {
+        if !m.tool_calls.is_empty() && role != Role::Assistant {
             return Err(RequestError::invalid(
                 format!("messages[{i}].tool_calls"),
                 format!("only assistant messages carry tool calls, not {:?}", m.role),
@@ -220,7 +231,7 @@ fn chat_messages(
             });
         }
         out.push(crate::providers::ChatMessage {
-            role: m.role.clone(),
+            role,
             content: m.content.clone(),
             tool_call_id: (!m.tool_call_id.is_empty()).then(|| m.tool_call_id.clone()),
             tool_calls: calls,
@@ -430,19 +441,13 @@ pub fn validate_route(req: pb::RouteRequest, config: &Config) -> Result<RouteInp
             ),
         ));
     }
-    for (i, m) in req.messages.iter().enumerate() {
-        if !ROLES.contains(&m.role.as_str()) {
-            return Err(RequestError::invalid(
-                format!("messages[{i}].role"),
-                format!(
-                    "unknown role {:?} (expected one of {})",
-                    m.role,
-                    ROLES.join(", ")
-                ),
-            ));
-        }
-    }
-    let Some(last_user) = req.messages.iter().rposition(|m| m.role == "user") else {
+    let roles: Vec<Role> = req
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| parse_role(i, &m.role))
+        .collect::<Result<_, _>>()?;
+    let Some(last_user) = roles.iter().rposition(|r| *r == Role::User) else {
         return Err(RequestError::invalid(
             "messages",
             if req.messages.is_empty() {
@@ -501,10 +506,7 @@ pub fn validate_route(req: pb::RouteRequest, config: &Config) -> Result<RouteInp
             format!("must be in [0, 1], got {q}"),
         ));
     }
-    let prior_turns = req.messages[..last_user]
-        .iter()
-        .filter(|m| m.role == "user" || m.role == "assistant")
-        .count();
+    let prior_turns = roles[..last_user].iter().filter(|r| r.is_turn()).count();
     let mut messages = req.messages;
     let prompt = std::mem::take(&mut messages[last_user].content);
     let context = messages
@@ -738,3 +740,6 @@ impl Router for RouterService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
-    ChatMessage, ChatRequest, ChatResponse, EventStream, Parsed, ProviderError, Tally, ToolCall,
-    ToolChoice, post_json, post_sse,
+    ChatMessage, ChatRequest, ChatResponse, EventStream, Parsed, ProviderError, Role, Tally,
+    ToolCall, ToolChoice, post_json, post_sse,
 };
 
 /// Anthropic requires `max_tokens`; used when the caller gives none.
@@ -40,8 +40,8 @@ struct Body<'a> {
 /// assistant tool calls become `tool_use` blocks.
 fn blocks(m: &ChatMessage) -> Vec<Value> {
     let mut out = Vec::new();
-    match (&m.tool_call_id, m.role.as_str()) {
-        (Some(id), "tool") => {
+    match (&m.tool_call_id, m.role) {
+        (Some(id), Role::Tool) => {
             out.push(json!({"type": "tool_result", "tool_use_id": id, "content": m.content}));
         }
         _ => {
@@ -63,8 +63,8 @@ fn blocks(m: &ChatMessage) -> Vec<Value> {
 /// one side are merged.
 fn messages(req: &ChatRequest) -> Vec<Value> {
     let mut turns: Vec<(&str, Vec<Value>)> = Vec::new();
-    for m in req.messages.iter().filter(|m| m.role != "system") {
-        let role = if m.role == "assistant" {
+    for m in req.messages.iter().filter(|m| m.role != Role::System) {
+        let role = if m.role == Role::Assistant {
             "assistant"
         } else {
             "user"
@@ -234,7 +234,7 @@ fn body<'a>(model: &'a str, req: &'a ChatRequest, stream: bool) -> Body<'a> {
     let system: Vec<&str> = req
         .messages
         .iter()
-        .filter(|m| m.role == "system")
+        .filter(|m| m.role == Role::System)
         .map(|m| m.content.as_str())
         .collect();
     Body {

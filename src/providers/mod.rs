@@ -7,11 +7,56 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Who wrote a message. Parsed once at the edge; every door and provider reads this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Instructions (OpenAI's `developer` role is the same thing under a newer name).
+    System,
+    /// The user.
+    #[default]
+    User,
+    /// The model.
+    Assistant,
+    /// A tool's result.
+    Tool,
+}
+
+impl Role {
+    /// The names accepted on the wire.
+    pub const NAMES: [&'static str; 5] = ["system", "developer", "user", "assistant", "tool"];
+
+    /// Parses a wire name; `developer` is a system message.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "system" | "developer" => Self::System,
+            "user" => Self::User,
+            "assistant" => Self::Assistant,
+            "tool" => Self::Tool,
+            _ => return None,
+        })
+    }
+
+    /// The OpenAI wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+            Self::Tool => "tool",
+        }
+    }
+
+    /// Whether the message is a conversational turn (counts towards prior turns).
+    pub fn is_turn(self) -> bool {
+        matches!(self, Self::User | Self::Assistant)
+    }
+}
+
 /// One message of a chat, provider-neutral.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChatMessage {
     /// system, user, assistant or tool.
-    pub role: String,
+    pub role: Role,
     /// Text.
     pub content: String,
     /// For a tool result: the call it answers.

@@ -77,7 +77,7 @@ struct WireToolFunction<'a> {
 
 fn message(m: &ChatMessage) -> Msg<'_> {
     Msg {
-        role: &m.role,
+        role: m.role.as_str(),
         content: (!m.content.is_empty() || m.tool_calls.is_empty()).then_some(m.content.as_str()),
         tool_call_id: m.tool_call_id.as_deref(),
         tool_calls: m

@@ -284,7 +284,7 @@ async fn a_half_open_probe_answered_400_or_cancelled_lets_the_next_call_probe() 
     let chain = &c.tiers[0].chain[..1];
     let chat = ChatRequest {
         messages: vec![triage::providers::ChatMessage {
-            role: "user".into(),
+            role: triage::providers::Role::User,
             content: "hi".into(),
             ..Default::default()
         }],
