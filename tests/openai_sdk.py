@@ -146,10 +146,10 @@ def main():
         def invalid_model():
             try:
                 client.chat.completions.create(model="gpt-4", messages=msgs)
-            except openai.BadRequestError as e:
+            except openai.NotFoundError as e:
                 assert "triage:<tier>" in str(e), e
                 return
-            raise AssertionError("an unknown model must be a 400")
+            raise AssertionError("an unknown model must be a 404, as OpenAI answers it")
 
         tools = [{"type": "function", "function": {
             "name": "get_weather", "description": "Current weather",
