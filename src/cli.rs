@@ -296,11 +296,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut config = load_config(&a.config)?;
+    // Every override of the config file is said at start, so none is silent.
     if let Some(addr) = a.addr {
+        tracing::info!(%addr, file = %config.server.addr, "server.addr overridden by --addr / TRIAGE_ADDR");
         config.server.addr = addr;
     }
     if let Some(d) = a.data_dir {
+        tracing::info!(data_dir = %d.display(), file = %config.feedback.data_dir.display(), "feedback.data_dir overridden by --data-dir / TRIAGE_DATA_DIR");
         config.feedback.data_dir = d;
+    }
+    if let Some(m) = &a.model {
+        tracing::info!(model = %m.display(), file = %config.model.classifier.display(), "model.classifier overridden by --model / TRIAGE_MODEL");
     }
     let addr = config.server.addr;
     let engine = Arc::new(engine(config, a.model)?);

@@ -105,6 +105,21 @@ impl Default for RawGateway {
     }
 }
 
+/// A default model path: relative to the working directory when it exists there (a checkout
+/// or an install that ships `models/`), else in the source tree this binary was built from
+/// (`cargo run` from anywhere), else as given, so the error names the path looked for.
+pub fn shipped_path(p: &Path) -> PathBuf {
+    if p.exists() {
+        return p.to_path_buf();
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+    if built.exists() {
+        built
+    } else {
+        p.to_path_buf()
+    }
+}
+
 /// Replaces `${VAR}` and `${VAR:-default}` in `s` from the environment.
 pub fn expand_env(s: &str) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
@@ -381,11 +396,29 @@ impl Config {
         let mut config = raw
             .validate()
             .map_err(|errors| LoadError::invalid(origin, errors.join("; ")))?;
-        if let Some(base) = base.filter(|b| !b.as_os_str().is_empty()) {
-            for p in [&mut config.model.classifier, &mut config.model.embeddings] {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
+        // Paths the file sets resolve against its directory; paths it leaves unset are the
+        // shipped models, wherever the file lives (a config kept in /etc must still find them).
+        let set = |key: &str| {
+            text.parse::<toml::Table>()
+                .ok()
+                .and_then(|t| t.get("model")?.as_table()?.get(key).cloned())
+                .is_some()
+        };
+        let keys = [
+            ("classifier", set("classifier")),
+            ("embeddings", set("embeddings")),
+        ];
+        for ((_, is_set), p) in keys
+            .iter()
+            .zip([&mut config.model.classifier, &mut config.model.embeddings])
+        {
+            if !p.is_relative() {
+                continue;
+            }
+            match base.filter(|b| !b.as_os_str().is_empty()) {
+                Some(base) if *is_set => *p = base.join(&*p),
+                _ if !*is_set => *p = shipped_path(p),
+                _ => {}
             }
         }
         Ok(config)
@@ -787,16 +820,28 @@ chain = [{ provider = "", model = "m" }]
     }
 
     #[test]
-    fn relative_model_paths_resolve_against_the_config_directory() {
+    fn set_model_paths_resolve_against_the_config_directory_and_unset_ones_find_the_shipped_models()
+    {
+        let with = format!("[model]\nclassifier = \"mine.json\"\n{TWO_TIERS}");
+        let c = Config::from_toml(
+            &with,
+            Path::new("/etc/triage/t.toml"),
+            Some(Path::new("/etc/triage")),
+        )
+        .unwrap();
+        assert_eq!(c.model.classifier, Path::new("/etc/triage/mine.json"));
+        // Left unset, the embeddings are the shipped ones, not /etc/triage/models/embeddings.
+        assert!(
+            c.model.embeddings.join("tokenizer.json").exists(),
+            "{:?}",
+            c.model.embeddings
+        );
         let c = Config::from_toml(
             TWO_TIERS,
             Path::new("/etc/triage/t.toml"),
             Some(Path::new("/etc/triage")),
         )
         .unwrap();
-        assert_eq!(
-            c.model.classifier,
-            Path::new("/etc/triage/models/classifier.json")
-        );
+        assert!(c.model.classifier.exists(), "{:?}", c.model.classifier);
     }
 }
