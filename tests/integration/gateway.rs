@@ -768,6 +768,21 @@ async fn the_http_front_door_speaks_openai_chat_completions() {
         .unwrap();
     assert_eq!(bad_q.status(), 400);
 
+    // A body beyond server.max_request_bytes is a 413 naming the body, not a 400.
+    let huge = http
+        .post(format!("{base}/chat/completions"))
+        .header("content-type", "application/json")
+        .body(format!("{{\"model\": \"triage\", \"messages\": [{{\"role\": \"user\", \"content\": \"{}\"}}]}}", "x".repeat(5 << 20)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let e: serde_json::Value = huge.json().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().starts_with("body:"),
+        "{e}"
+    );
+
     // The router's own refusals come in OpenAI's error shape too.
     for (method, path, status) in [
         (reqwest::Method::GET, "/nope", 404),
