@@ -26,9 +26,10 @@ pub fn router(core: Triage, max_body_bytes: usize) -> Http {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
         .route("/v1/feedback", post(feedback))
+        .route("/v1/messages", post(crate::anthropic_door::messages_handler))
         .fallback(|| async {
             error(&Error::NotFound(
-                "no such route; this server answers POST /v1/chat/completions, GET /v1/models, POST /v1/feedback".into(),
+                "no such route; this server answers POST /v1/chat/completions, POST /v1/messages, GET /v1/models, POST /v1/feedback".into(),
             ))
         })
         .method_not_allowed_fallback(|| async {

@@ -6,6 +6,7 @@
 //! [`features`] → [`classifier`] → [`policy`] on the [`model_store`]'s current snapshot;
 //! [`train`] fits and evaluates classifiers offline with the same featurizer.
 
+pub mod anthropic_door;
 pub mod app;
 pub mod chain;
 pub mod classifier;
