@@ -33,14 +33,8 @@ pub struct MessagesBody {
     #[serde(default)]
     tools: Vec<WireTool>,
     tool_choice: Option<Value>,
-    min_tier: Option<String>,
-    max_tier: Option<String>,
-    max_cost_usd: Option<f64>,
-    quality_target: Option<f64>,
-    #[serde(default)]
-    latency_sensitive: bool,
-    request_id: Option<String>,
-    tenant: Option<String>,
+    #[serde(flatten)]
+    knobs: crate::http::Knobs,
 }
 
 #[derive(Deserialize)]
@@ -157,21 +151,6 @@ fn messages(body: &MessagesBody) -> Result<Vec<pb::Message>, Error> {
 }
 
 fn complete_request(body: MessagesBody) -> Result<pb::CompleteRequest, Error> {
-    let (mut min_tier, mut max_tier) = (body.min_tier.clone(), body.max_tier.clone());
-    match body.model.as_str() {
-        "triage" => {}
-        m => match m.strip_prefix("triage:") {
-            Some(t) if !t.is_empty() => {
-                min_tier = Some(t.to_string());
-                max_tier = Some(t.to_string());
-            }
-            _ => {
-                return Err(Error::NotFound(format!(
-                    "model: {m:?} is not served here; use \"triage\" (routed) or \"triage:<tier>\" (pinned)"
-                )));
-            }
-        },
-    }
     let tool_choice = match &body.tool_choice {
         None => None,
         Some(v) => Some(match v["type"].as_str() {
@@ -216,17 +195,7 @@ fn complete_request(body: MessagesBody) -> Result<pb::CompleteRequest, Error> {
             })
             .collect(),
         tool_choice,
-        route: Some(pb::RouteRequest {
-            messages,
-            request_id: body.request_id,
-            min_tier,
-            max_tier,
-            max_cost_usd: body.max_cost_usd,
-            latency_sensitive: body.latency_sensitive,
-            quality_target: body.quality_target,
-            tenant: body.tenant,
-            labels: Default::default(),
-        }),
+        route: Some(body.knobs.route(&body.model, messages)?),
         temperature: body.temperature,
         top_p: body.top_p,
         max_tokens: body.max_tokens,

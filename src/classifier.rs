@@ -329,23 +329,24 @@ impl Classifier {
         finish(self.raw_scores(x), &self.file.calibration)
     }
 
+    /// The vector the heads read: the base features, then prototype memberships if any.
+    fn expand<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        match &self.file.prototypes {
+            Some(p) => std::borrow::Cow::Owned(p.expand(x)),
+            None => std::borrow::Cow::Borrowed(x),
+        }
+    }
+
     /// The heads' score per tier except the dearest, before calibration: for sufficiency heads
     /// the probability itself; for quality heads 1 - the expected quality shortfall against
     /// the dearest tier (a tier may fall back on the best cheaper tier's quality); for gain
     /// heads 1 - (P(dearest scores higher) - P(this tier scores higher)).
     pub fn raw_scores(&self, x: &[f32]) -> Vec<f64> {
-        let expanded;
-        let x = match &self.file.prototypes {
-            Some(p) => {
-                expanded = p.expand(x);
-                expanded.as_slice()
-            }
-            None => x,
-        };
+        let x = self.expand(x);
         let mut out: Vec<f64> = self
             .folded
             .iter()
-            .map(|(w, b)| sigmoid(f64::from(crate::prototypes::dot(w, x) + b)))
+            .map(|(w, b)| sigmoid(f64::from(crate::prototypes::dot(w, &x) + b)))
             .collect();
         match self.file.heads_kind {
             HeadsKind::Sufficiency => {}
@@ -371,14 +372,7 @@ impl Classifier {
     /// dimensions mean nothing one by one, so they count as one driver, `embedding`.
     /// Contributions are measured against the training mean of each feature.
     pub fn drivers(&self, x: &[f32], names: &[String], k: usize) -> Vec<(String, f64)> {
-        let expanded;
-        let x = match &self.file.prototypes {
-            Some(p) => {
-                expanded = p.expand(x);
-                expanded.as_slice()
-            }
-            None => x,
-        };
+        let x = self.expand(x);
         let heads = &self.file.heads;
         // (head, sign towards "needs the dearer tier")
         let pick: Vec<(usize, f64)> = match self.file.heads_kind {

@@ -92,6 +92,9 @@ pub enum Error {
     /// The caller's fault.
     #[error(transparent)]
     Request(#[from] RequestError),
+    /// The request body is beyond `server.max_request_bytes`.
+    #[error("body: {0}")]
+    TooLarge(String),
     /// Something the caller named does not exist here (a model, a route).
     #[error("{0}")]
     NotFound(String),
@@ -147,6 +150,7 @@ impl Error {
             Self::Request(RequestError::NoEligibleTier(_)) => {
                 (Code::FailedPrecondition, 422, "invalid_request_error")
             }
+            Self::TooLarge(_) => (Code::ResourceExhausted, 413, "invalid_request_error"),
             Self::NotFound(_) => (Code::NotFound, 404, "not_found_error"),
             Self::NoGateway => (Code::Unimplemented, 501, "not_implemented"),
             Self::FeedbackDisabled => (Code::FailedPrecondition, 503, "service_unavailable"),

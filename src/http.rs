@@ -55,16 +55,62 @@ pub fn error(e: &Error) -> Response {
         .into_response()
 }
 
-/// A body that did not parse: 413 when it was too large, else 400, naming the problem.
-fn body_error(e: &axum::extract::rejection::JsonRejection) -> Response {
-    let mut r = error(&Error::Request(RequestError::invalid(
-        "body",
-        e.body_text(),
-    )));
+/// A body that did not parse: too large, or not the expected JSON, naming the problem.
+pub(crate) fn rejection(e: &axum::extract::rejection::JsonRejection) -> Error {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        Error::TooLarge(e.body_text())
+    } else {
+        Error::Request(RequestError::invalid("body", e.body_text()))
     }
-    r
+}
+
+/// triage's knobs, riding along as extra body fields on every HTTP door.
+#[derive(Deserialize)]
+pub(crate) struct Knobs {
+    min_tier: Option<String>,
+    max_tier: Option<String>,
+    max_cost_usd: Option<f64>,
+    quality_target: Option<f64>,
+    #[serde(default)]
+    latency_sensitive: bool,
+    request_id: Option<String>,
+    tenant: Option<String>,
+}
+
+impl Knobs {
+    /// The route request for `messages`: `model` is `triage` (routed) or `triage:<tier>`
+    /// (pinned to that tier); any other name is not served here.
+    pub(crate) fn route(
+        self,
+        model: &str,
+        messages: Vec<pb::Message>,
+    ) -> Result<pb::RouteRequest, Error> {
+        let (mut min_tier, mut max_tier) = (self.min_tier, self.max_tier);
+        if model != "triage" {
+            match model.strip_prefix("triage:") {
+                Some(tier) if !tier.is_empty() => {
+                    min_tier = Some(tier.to_string());
+                    max_tier = Some(tier.to_string());
+                }
+                _ => {
+                    return Err(Error::NotFound(format!(
+                        "model: {model:?} is not served here; use \"triage\" (routed) or \"triage:<tier>\" (pinned)"
+                    )));
+                }
+            }
+        }
+        Ok(pb::RouteRequest {
+            messages,
+            request_id: self.request_id,
+            min_tier,
+            max_tier,
+            max_cost_usd: self.max_cost_usd,
+            latency_sensitive: self.latency_sensitive,
+            quality_target: self.quality_target,
+            tenant: self.tenant,
+            labels: Default::default(),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -135,14 +181,8 @@ struct ChatBody {
     stop: Option<Stop>,
     #[serde(default)]
     stream: bool,
-    min_tier: Option<String>,
-    max_tier: Option<String>,
-    max_cost_usd: Option<f64>,
-    quality_target: Option<f64>,
-    #[serde(default)]
-    latency_sensitive: bool,
-    request_id: Option<String>,
-    tenant: Option<String>,
+    #[serde(flatten)]
+    knobs: Knobs,
     #[serde(default)]
     tools: Vec<WireTool>,
     tool_choice: Option<Value>,
@@ -219,21 +259,6 @@ fn text(content: &Value) -> String {
 }
 
 fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Error> {
-    let (mut min_tier, mut max_tier) = (body.min_tier, body.max_tier);
-    match body.model.as_str() {
-        "triage" => {}
-        m => match m.strip_prefix("triage:") {
-            Some(tier) if !tier.is_empty() => {
-                min_tier = Some(tier.to_string());
-                max_tier = Some(tier.to_string());
-            }
-            _ => {
-                return Err(Error::NotFound(format!(
-                    "model: {m:?} is not served here; use \"triage\" (routed) or \"triage:<tier>\" (pinned)"
-                )));
-            }
-        },
-    }
     if body.functions.is_some() || body.function_call.is_some() {
         let field = if body.functions.is_some() {
             "functions"
@@ -275,17 +300,7 @@ fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Error> {
     Ok(pb::CompleteRequest {
         tools,
         tool_choice,
-        route: Some(pb::RouteRequest {
-            messages,
-            request_id: body.request_id,
-            min_tier,
-            max_tier,
-            max_cost_usd: body.max_cost_usd,
-            latency_sensitive: body.latency_sensitive,
-            quality_target: body.quality_target,
-            tenant: body.tenant,
-            labels: Default::default(),
-        }),
+        route: Some(body.knobs.route(&body.model, messages)?),
         temperature: body.temperature,
         top_p: body.top_p,
         max_tokens: body.max_completion_tokens.or(body.max_tokens),
@@ -312,7 +327,7 @@ async fn chat(
 ) -> Response {
     let body = match body {
         Ok(Json(b)) => b,
-        Err(e) => return body_error(&e),
+        Err(e) => return error(&rejection(&e)),
     };
     let stream = body.stream;
     let parsed = complete_request(body)
@@ -454,7 +469,7 @@ async fn feedback(
 ) -> Response {
     let b = match body {
         Ok(Json(b)) => b,
-        Err(e) => return body_error(&e),
+        Err(e) => return error(&rejection(&e)),
     };
     let source = match b.source.as_deref().unwrap_or("user") {
         "user" => pb::OutcomeSource::User,

@@ -262,13 +262,6 @@ fn cholesky_in_place(a: &mut Array2<f64>) -> bool {
 /// of rows near the others, too little to matter on hundreds.
 const PLATT_CELL_PENALTY: f64 = 1.0;
 
-/// Platt scaling `P(y) = sigmoid(a·s + b)` of scores `s` against labels.
-pub fn platt(pairs: &[(f64, bool)]) -> Result<[f64; 2], TrainError> {
-    let tagged: Vec<(f64, bool, &str)> = pairs.iter().map(|&(s, y)| (s, y, "")).collect();
-    let (a, cells) = platt_by_group(&tagged)?;
-    Ok([a, cells.first().map_or(0.0, |c| c.1)])
-}
-
 /// Platt scaling with one slope shared by every cell and an intercept per cell: returns the
 /// slope and each cell's intercept, cells in sorted order.
 pub fn platt_by_group(
@@ -497,7 +490,5 @@ mod tests {
         assert!(slope > 5.0, "{slope}");
         assert_eq!(cells[0].0, "a");
         assert!(cells[0].1 > cells[1].1, "{cells:?}");
-        let [a, _] = platt(&pairs.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>()).unwrap();
-        assert!(a > 0.0);
     }
 }

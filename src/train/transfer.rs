@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::dataset::TierMap;
 use super::prepare::Prepared;
-use super::report::{self, CostAtQuality, Report};
+use super::report::{self, Report};
 use super::{TrainOptions, train};
 use crate::classifier::Classifier;
 use crate::error::TrainError;
@@ -182,9 +182,4 @@ fn means(held_out: &[HeldOut], tiers: &[String]) -> Means {
         ece: pairs.iter().map(|(_, e)| e).sum::<f64>() / n,
         pooled: None,
     }
-}
-
-/// The held-out group's cost figures, when it has every tier's outcome and prices were given.
-pub fn cost(h: &HeldOut) -> Option<&CostAtQuality> {
-    h.report.cost.as_ref()
 }
