@@ -29,7 +29,7 @@ async fn main() {
     let mut config = Config::shipped().unwrap();
     config.model.embeddings = root.join("models/embeddings");
     config.model.classifier = root.join("models/classifier.json");
-    config.model.watch_interval_ms = 0;
+    config.model.watch_interval = None;
     let dir = tempfile::tempdir().unwrap();
     let limits = FeedbackLimits {
         decision_queue: 65_536,

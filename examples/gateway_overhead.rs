@@ -92,7 +92,7 @@ async fn main() {
     let mut config = Config::shipped().unwrap();
     config.model.embeddings = root.join("models/embeddings");
     config.model.classifier = root.join("models/classifier.json");
-    config.model.watch_interval_ms = 0;
+    config.model.watch_interval = None;
     config.exploration_rate = 0.0;
     config.providers = vec![Provider {
         name: "mock".into(),

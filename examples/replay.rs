@@ -34,7 +34,7 @@ fn main() {
     let mut config = Config::shipped().unwrap();
     config.model.embeddings = root.join("models/embeddings");
     config.exploration_rate = exploration;
-    config.model.watch_interval_ms = 0;
+    config.model.watch_interval = None;
     let featurizer =
         Arc::new(triage::features::Featurizer::load(&config.model.embeddings).unwrap());
     let tiers: TierMap = TIERS.parse().unwrap();

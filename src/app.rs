@@ -21,6 +21,9 @@ pub struct Triage {
     engine: Arc<Engine>,
     feedback: Option<Arc<Feedback>>,
     gateway: Option<Arc<Gateway>>,
+    /// One reload at a time: a slow one (up to `model.reload_timeout_ms`) holds it, so
+    /// callers cannot pile reads up on the blocking pool.
+    reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A completed unary call.
@@ -112,6 +115,7 @@ impl Triage {
             engine,
             feedback,
             gateway,
+            reloading: Arc::default(),
         }
     }
 
@@ -299,17 +303,51 @@ impl Triage {
     }
 
     /// Replaces the classifier with the file at `path` (the configured one when `None`); on
-    /// any error the old model keeps serving.
-    pub fn reload(&self, path: Option<PathBuf>) -> Result<String, Error> {
-        let config = self.config();
-        let path = path.unwrap_or_else(|| config.model.classifier.clone());
-        let version = self
-            .engine
-            .store()
-            .reload(config, &path)
-            .map_err(|e| Error::Reload(e.to_string()))?;
-        tracing::info!(model_version = %version, path = %path.display(), "model reloaded");
-        Ok(version)
+    /// any error the old model keeps serving. A caller's path must name a regular file of at
+    /// most `model.max_model_bytes` inside `model.reload_dirs`; the read runs on the blocking
+    /// pool and is abandoned after `model.reload_timeout_ms`.
+    pub async fn reload(&self, path: Option<PathBuf>) -> Result<String, Error> {
+        let guard = self.reloading.clone().try_lock_owned().map_err(|_| {
+            Error::Unavailable("a model reload is already running; retry when it ends".into())
+        })?;
+        let model = &self.config().model;
+        let limit = model.reload_timeout;
+        let engine = self.engine.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            let config = engine.config();
+            let model = &config.model;
+            let (path, bytes) = match path {
+                None => {
+                    let p = model.classifier.clone();
+                    let bytes = crate::files::read_regular(&p, model.max_model_bytes)
+                        .map_err(|e| Error::Reload(format!("{}: {e}", p.display())))?;
+                    (p, bytes)
+                }
+                Some(p) => crate::files::read_confined(
+                    &p,
+                    &model.allowed_reload_dirs(),
+                    model.max_model_bytes,
+                )
+                .map_err(|e| {
+                    Error::Request(crate::error::RequestError::invalid("path", e.to_string()))
+                })?,
+            };
+            let version = engine
+                .store()
+                .reload_bytes(config, &path, &bytes)
+                .map_err(|e| Error::Reload(e.to_string()))?;
+            tracing::info!(model_version = %version, path = %path.display(), "model reloaded");
+            Ok(version)
+        });
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(Error::Internal(format!("reload task: {e}"))),
+            Err(_) => Err(Error::DeadlineExceeded(format!(
+                "model not reloaded within model.reload_timeout_ms ({} ms); the old one keeps serving",
+                limit.as_millis()
+            ))),
+        }
     }
 
     /// The serving model, the providers' health and the decision log's counters.

@@ -163,14 +163,19 @@ fn fold(h: &Head, scaling: &Scaling, i: &str) -> Result<(Vec<f32>, f32), String>
     Ok((w, b as f32))
 }
 
+/// Largest model file the command-line tools read.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
 impl Classifier {
-    /// Reads and validates a model file against the featurizer's schema.
+    /// Reads and validates a model file against the featurizer's schema. Only a regular file
+    /// of at most [`MAX_FILE_BYTES`] is read (the server applies `model.max_model_bytes`).
     pub fn load(path: &Path, schema: &Schema) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::io(path, e))?;
+        let bytes =
+            crate::files::read_regular(path, MAX_FILE_BYTES).map_err(|e| LoadError::io(path, e))?;
         Self::from_bytes(&bytes, schema).map_err(|m| LoadError::invalid(path, m))
     }
 

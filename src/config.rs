@@ -187,7 +187,7 @@ impl Default for RawServer {
     }
 }
 
-/// `[model]`: where the classifier and the embedding model live.
+/// `[model]`: where the classifier and the embedding model live, and how reloads are bounded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawModel {
@@ -197,6 +197,13 @@ pub struct RawModel {
     pub embeddings: PathBuf,
     /// How often `serve` checks the classifier file for changes and reloads it; 0 disables.
     pub watch_interval_ms: u64,
+    /// Directories `ReloadModel` may read a model file from; empty means the classifier's own
+    /// directory. A bare file name is looked up in the first one.
+    pub reload_dirs: Vec<PathBuf>,
+    /// Largest model file read at start or on reload, in bytes.
+    pub max_model_bytes: u64,
+    /// How long one reload may take (read, parse, validate), in milliseconds.
+    pub reload_timeout_ms: u64,
 }
 
 impl Default for RawModel {
@@ -205,7 +212,62 @@ impl Default for RawModel {
             classifier: PathBuf::from("models/classifier.json"),
             embeddings: PathBuf::from("models/embeddings"),
             watch_interval_ms: 2_000,
+            reload_dirs: Vec::new(),
+            max_model_bytes: 64 << 20,
+            reload_timeout_ms: 10_000,
         }
+    }
+}
+
+impl RawModel {
+    fn validate(self, errors: &mut Vec<String>) -> ModelConfig {
+        if self.max_model_bytes == 0 {
+            errors.push("model.max_model_bytes: must be at least 1".into());
+        }
+        if self.reload_timeout_ms == 0 {
+            errors.push("model.reload_timeout_ms: must be at least 1".into());
+        }
+        ModelConfig {
+            classifier: self.classifier,
+            embeddings: self.embeddings,
+            watch_interval: (self.watch_interval_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.watch_interval_ms)),
+            reload_dirs: self.reload_dirs,
+            max_model_bytes: self.max_model_bytes,
+            reload_timeout: std::time::Duration::from_millis(self.reload_timeout_ms),
+        }
+    }
+}
+
+/// Validated `[model]`.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The classifier model file.
+    pub classifier: PathBuf,
+    /// The model2vec directory.
+    pub embeddings: PathBuf,
+    /// How often the classifier file is checked for changes; `None` disables the watch.
+    pub watch_interval: Option<std::time::Duration>,
+    /// Directories reloads may read from, as configured (see [`Self::allowed_reload_dirs`]).
+    pub reload_dirs: Vec<PathBuf>,
+    /// Largest model file, in bytes.
+    pub max_model_bytes: u64,
+    /// Longest one reload may take.
+    pub reload_timeout: std::time::Duration,
+}
+
+impl ModelConfig {
+    /// Where `ReloadModel` may read from: the configured directories, else the classifier's.
+    pub fn allowed_reload_dirs(&self) -> Vec<PathBuf> {
+        if !self.reload_dirs.is_empty() {
+            return self.reload_dirs.clone();
+        }
+        let parent = self
+            .classifier
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        vec![parent.to_path_buf()]
     }
 }
 
@@ -309,7 +371,7 @@ pub struct Config {
     /// Listener and limits.
     pub server: ServerConfig,
     /// Model files, resolved against the config file's directory.
-    pub model: RawModel,
+    pub model: ModelConfig,
     /// Output tokens assumed for cost estimates.
     pub expected_output_tokens: u32,
     /// Decision log and outcomes.
@@ -419,6 +481,13 @@ impl Config {
                 Some(base) if *is_set => *p = base.join(&*p),
                 _ if !*is_set => *p = shipped_path(p),
                 _ => {}
+            }
+        }
+        if let Some(base) = base.filter(|b| !b.as_os_str().is_empty()) {
+            for d in &mut config.model.reload_dirs {
+                if d.is_relative() {
+                    *d = base.join(&*d);
+                }
             }
         }
         Ok(config)
@@ -605,6 +674,7 @@ impl RawConfig {
                 }
             }
         }
+        let model = self.model.validate(&mut errors);
         let g = &self.gateway;
         if g.attempt_timeout_ms == 0 {
             errors.push("gateway.attempt_timeout_ms: must be at least 1".into());
@@ -663,7 +733,7 @@ impl RawConfig {
                 concurrency_limit_per_connection: s.concurrency_limit_per_connection,
                 blocking_threshold_bytes: s.blocking_threshold_bytes,
             },
-            model: self.model,
+            model,
             feedback: self.feedback,
             providers,
             gateway: self.gateway,

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod features;
 pub mod feedback;
+pub mod files;
 pub mod health;
 pub mod http;
 pub mod model_store;

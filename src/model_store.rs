@@ -33,7 +33,19 @@ fn snapshot(
     featurizer: Arc<Featurizer>,
     path: &Path,
 ) -> Result<Snapshot, LoadError> {
-    let classifier = Classifier::load(path, featurizer.schema())?;
+    let bytes = crate::files::read_regular(path, config.model.max_model_bytes)
+        .map_err(|e| LoadError::io(path, e))?;
+    snapshot_of(config, featurizer, path, &bytes)
+}
+
+fn snapshot_of(
+    config: &Config,
+    featurizer: Arc<Featurizer>,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Snapshot, LoadError> {
+    let classifier = Classifier::from_bytes(bytes, featurizer.schema())
+        .map_err(|m| LoadError::invalid(path, m))?;
     let want = config.tier_names();
     if classifier.tiers() != want.as_slice() {
         return Err(LoadError::invalid(
@@ -84,10 +96,24 @@ impl ModelStore {
     /// Replaces the classifier with the one at `path`. On any error the old model keeps
     /// serving. In-flight requests finish on the snapshot they started with.
     pub fn reload(&self, config: &Config, path: &Path) -> Result<String, LoadError> {
-        let featurizer = self.current().featurizer.clone();
-        let next = snapshot(config, featurizer, path)?;
+        let next = snapshot(config, self.current().featurizer.clone(), path)?;
+        Ok(self.install(next))
+    }
+
+    /// Like [`Self::reload`] with the file's bytes already read; `path` only names it in errors.
+    pub fn reload_bytes(
+        &self,
+        config: &Config,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<String, LoadError> {
+        let next = snapshot_of(config, self.current().featurizer.clone(), path, bytes)?;
+        Ok(self.install(next))
+    }
+
+    fn install(&self, next: Snapshot) -> String {
         let version = next.classifier.version().to_string();
         self.current.store(Arc::new(next));
-        Ok(version)
+        version
     }
 }

@@ -115,16 +115,13 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
 
 /// Polls the classifier file's [`Stamp`] and reloads it when it changes.
 fn spawn_model_watch(engine: Arc<Engine>) -> Option<tokio::task::JoinHandle<()>> {
-    let every = engine.config().model.watch_interval_ms;
-    if every == 0 {
-        return None;
-    }
+    let every = engine.config().model.watch_interval?;
     // Read the starting time stamp now, not in the task: a spawned task may first run after
     // the server already answers, and a file replaced in between would then never reload.
     let path = engine.config().model.classifier.clone();
     let mut last = stamp(&path);
     Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(every));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let now = stamp(&path);

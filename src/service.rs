@@ -730,11 +730,7 @@ impl Router for RouterService {
     ) -> Result<Response<pb::ReloadModelResponse>, Status> {
         let req = request.into_inner();
         let path = (!req.path.is_empty()).then(|| std::path::PathBuf::from(req.path));
-        let core = self.core.clone();
-        // Reading a model file is blocking I/O: never on an async worker.
-        let version = tokio::task::spawn_blocking(move || core.reload(path))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
+        let version = self.core.reload(path).await?;
         Ok(Response::new(pb::ReloadModelResponse {
             model_version: version,
         }))

@@ -276,7 +276,9 @@ fn altered_model(dir: &std::path::Path, name: &str, threshold: f64) -> std::path
 #[tokio::test]
 async fn reload_model_swaps_atomically_and_refuses_bad_files() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config()).await;
+    let mut cfg = config();
+    cfg.model.reload_dirs = vec![dir.path().to_path_buf()];
+    let server = Server::start(cfg).await;
     let mut c = server.client().await;
     let before = c
         .route(req("hello"))
@@ -325,6 +327,89 @@ async fn reload_model_swaps_atomically_and_refuses_bad_files() {
         d.tier, "fast",
         "threshold 0 on fast routes everything there"
     );
+    // A bare file name is looked up in the first reload directory.
+    let third = altered_model(dir.path(), "third", 0.0);
+    let r = c
+        .reload_model(ReloadModelRequest {
+            path: third.file_name().unwrap().to_str().unwrap().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model_version, "third-test");
+}
+
+/// A FIFO, /dev/zero, a directory, a huge file or a path outside `model.reload_dirs` never
+/// stalls other requests, never grows memory and never tells the caller what exists.
+#[cfg(unix)]
+#[tokio::test]
+async fn hostile_reload_paths_are_refused_at_once_and_never_stall_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.json");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.json")).unwrap();
+    let big = dir.path().join("big.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let mut cfg = config();
+    cfg.model.reload_dirs = vec![dir.path().to_path_buf()];
+    cfg.model.max_model_bytes = 1 << 20;
+    let server = Server::start(cfg).await;
+    let mut c = server.client().await;
+    let before = c
+        .route(req("hello"))
+        .await
+        .unwrap()
+        .into_inner()
+        .model_version;
+    let cases: [(String, &str); 8] = [
+        (fifo.display().to_string(), "no readable regular file"),
+        ("zero.json".into(), "inside model.reload_dirs"),
+        ("/dev/zero".into(), "inside model.reload_dirs"),
+        ("/etc/passwd".into(), "inside model.reload_dirs"),
+        ("/no/such/dir/model.json".into(), "inside model.reload_dirs"),
+        ("../model.json".into(), "inside model.reload_dirs"),
+        ("sub".into(), "no readable regular file"),
+        (
+            "big.json".into(),
+            "larger than 1048576 bytes (model.max_model_bytes)",
+        ),
+    ];
+    for (path, want) in cases {
+        let mut other = c.clone();
+        // Routing goes on while the reload is refused; a stall would hit this bound (a hang
+        // guard, far above any real time).
+        let (reload, routed) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(
+                c.reload_model(ReloadModelRequest { path: path.clone() }),
+                other.route(req("still routing?"))
+            )
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{path}: reload or route hung"));
+        let err = reload.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{path}: {err:?}");
+        assert!(
+            err.message().starts_with("path: "),
+            "{path}: {}",
+            err.message()
+        );
+        assert!(err.message().contains(want), "{path}: {}", err.message());
+        assert!(!err.message().contains("denied") && !err.message().contains("os error"));
+        assert!(routed.is_ok(), "{path}");
+    }
+    assert_eq!(
+        c.route(req("hello"))
+            .await
+            .unwrap()
+            .into_inner()
+            .model_version,
+        before
+    );
 }
 
 #[tokio::test]
@@ -333,7 +418,7 @@ async fn a_changed_model_file_is_picked_up_by_the_watch() {
     let path = altered_model(dir.path(), "watched", 0.5);
     let mut cfg = config();
     cfg.model.classifier = path.clone();
-    cfg.model.watch_interval_ms = 50;
+    cfg.model.watch_interval = Some(std::time::Duration::from_millis(50));
     let server = Server::start(cfg).await;
     let mut c = server.client().await;
     assert_eq!(
