@@ -35,6 +35,9 @@ pub struct MessagesBody {
     tool_choice: Option<Value>,
     #[serde(flatten)]
     knobs: crate::http::Knobs,
+    /// Every other field; anything but `metadata` is refused, naming it.
+    #[serde(flatten)]
+    rest: std::collections::BTreeMap<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +154,7 @@ fn messages(body: &MessagesBody) -> Result<Vec<pb::Message>, Error> {
 }
 
 fn complete_request(body: MessagesBody) -> Result<pb::CompleteRequest, Error> {
+    crate::http::refuse_unknown(&body.rest, &["metadata", "service_tier"])?;
     let tool_choice = match &body.tool_choice {
         None => None,
         Some(v) => Some(match v["type"].as_str() {
@@ -224,16 +228,7 @@ pub async fn messages_handler(
 ) -> Response {
     let body = match body {
         Ok(Json(b)) => b,
-        Err(e) => {
-            let mut r = error(&Error::Request(RequestError::invalid(
-                "body",
-                e.body_text(),
-            )));
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            }
-            return r;
-        }
+        Err(e) => return error(&crate::http::rejection(&e)),
     };
     let stream = body.stream;
     let model = body.model.clone();

@@ -64,6 +64,31 @@ pub(crate) fn rejection(e: &axum::extract::rejection::JsonRejection) -> Error {
     }
 }
 
+/// Refuses body fields this door does not implement, naming them, instead of dropping them
+/// silently; `ignored` are the wire format's fields that change nothing about the answer
+/// (a caller's `user` tag, say) and are accepted as such.
+pub(crate) fn refuse_unknown(
+    rest: &std::collections::BTreeMap<String, Value>,
+    ignored: &[&str],
+) -> Result<(), RequestError> {
+    let unknown: Vec<&str> = rest
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !ignored.contains(k))
+        .collect();
+    match unknown.as_slice() {
+        [] => Ok(()),
+        [one] => Err(RequestError::invalid(
+            *one,
+            "is not supported by triage; leave it out",
+        )),
+        many => Err(RequestError::invalid(
+            many.join(", "),
+            "are not supported by triage; leave them out",
+        )),
+    }
+}
+
 /// triage's knobs, riding along as extra body fields on every HTTP door.
 #[derive(Deserialize)]
 pub(crate) struct Knobs {
@@ -189,7 +214,22 @@ struct ChatBody {
     /// OpenAI's deprecated function-calling fields: refused rather than silently dropped.
     functions: Option<Value>,
     function_call: Option<Value>,
+    /// How many choices: triage answers one.
+    n: Option<u32>,
+    /// Every other field; anything not in [`CHAT_IGNORED`] is refused.
+    #[serde(flatten)]
+    rest: std::collections::BTreeMap<String, Value>,
 }
+
+/// OpenAI chat fields accepted and ignored because they do not change the answer.
+const CHAT_IGNORED: &[&str] = &[
+    "user",
+    "stream_options",
+    "metadata",
+    "store",
+    "parallel_tool_calls",
+    "service_tier",
+];
 
 /// OpenAI's `tool_choice`: a mode string or `{"type": "function", "function": {"name": ...}}`.
 fn tool_choice(v: &Value) -> Result<pb::ToolChoice, RequestError> {
@@ -259,6 +299,14 @@ fn text(content: &Value) -> String {
 }
 
 fn complete_request(body: ChatBody) -> Result<pb::CompleteRequest, Error> {
+    refuse_unknown(&body.rest, CHAT_IGNORED)?;
+    if let Some(n) = body.n.filter(|n| *n != 1) {
+        return Err(RequestError::invalid(
+            "n",
+            format!("must be 1 (triage answers one choice), got {n}"),
+        )
+        .into());
+    }
     if body.functions.is_some() || body.function_call.is_some() {
         let field = if body.functions.is_some() {
             "functions"
@@ -449,7 +497,9 @@ async fn models(State(core): State<Triage>) -> Response {
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
+/// A misspelt field (`qualty`) is refused, not stored as an empty outcome.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FeedbackBody {
     decision_id: String,
     #[serde(default)]
@@ -457,8 +507,11 @@ struct FeedbackBody {
     success: Option<bool>,
     quality: Option<f64>,
     latency_ms: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
     cost_usd: Option<f64>,
     error_class: Option<String>,
+    observed_at_unix_ms: Option<i64>,
     #[serde(default)]
     labels: std::collections::HashMap<String, String>,
 }
@@ -489,10 +542,12 @@ async fn feedback(
         success: b.success,
         quality: b.quality,
         latency_ms: b.latency_ms,
+        input_tokens: b.input_tokens,
+        output_tokens: b.output_tokens,
         cost_usd: b.cost_usd,
         error_class: b.error_class,
         labels: b.labels,
-        ..Default::default()
+        observed_at_unix_ms: b.observed_at_unix_ms,
     };
     let record =
         match crate::service::validate_outcome(req, core.config(), crate::feedback::now_ms()) {

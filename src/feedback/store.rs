@@ -129,6 +129,35 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// What a stored outcome becomes when another from the same source arrives, or `None` when
+/// the new one adds nothing (a duplicate). The verdict (`success`, `quality`) is taken only if
+/// the stored record has none, so a retried or conflicting verdict never rewrites the first;
+/// measurements (latency, tokens, cost, error class) and labels fill what is missing.
+pub fn merge(mut stored: OutcomeRecord, new: &OutcomeRecord) -> Option<OutcomeRecord> {
+    let before = stored.clone();
+    if stored.success.is_none() && stored.quality.is_none() {
+        stored.success = new.success;
+        stored.quality = new.quality;
+        if new.success.is_some() || new.quality.is_some() {
+            stored.observed_at_unix_ms = new.observed_at_unix_ms;
+        }
+    }
+    stored.latency_ms = stored.latency_ms.or(new.latency_ms);
+    stored.input_tokens = stored.input_tokens.or(new.input_tokens);
+    stored.output_tokens = stored.output_tokens.or(new.output_tokens);
+    stored.cost_usd = stored.cost_usd.or(new.cost_usd);
+    if stored.error_class.is_none() {
+        stored.error_class.clone_from(&new.error_class);
+    }
+    for (k, v) in &new.labels {
+        stored.labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    (stored != before).then(|| {
+        stored.recorded_at_unix_ms = new.recorded_at_unix_ms;
+        stored
+    })
+}
+
 fn outcome_key(decision_id: &str, source: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(decision_id.len() + 1 + source.len());
     k.extend_from_slice(decision_id.as_bytes());
@@ -184,20 +213,36 @@ impl Store {
         Ok(())
     }
 
-    /// Stores an outcome unless one from the same source exists (first one wins). Not flushed:
-    /// call [`Self::flush`] before acknowledging.
+    /// Stores an outcome, one record per decision and source, merged by [`merge`]: the first
+    /// verdict wins, and an outcome without a verdict (latency or cost only) never blocks a
+    /// later verdict. Not flushed: call [`Self::flush`] before acknowledging.
     pub fn put_outcome(&self, mut r: OutcomeRecord) -> Result<Stored, StoreError> {
         let orphan = !self.decisions.contains_key(r.decision_id.as_bytes())?;
         r.orphan = orphan;
         let key = outcome_key(&r.decision_id, &r.source);
-        let inserted = self
-            .outcomes
-            .compare_and_swap(key, None as Option<&[u8]>, Some(serde_json::to_vec(&r)?))?
-            .is_ok();
-        Ok(Stored {
-            duplicate: !inserted,
-            orphan,
-        })
+        // Compare-and-swap until no concurrent writer of the same key got in between.
+        loop {
+            let old = self.outcomes.get(&key)?;
+            let next = match &old {
+                None => Some(r.clone()),
+                Some(bytes) => merge(serde_json::from_slice(bytes)?, &r),
+            };
+            let Some(next) = next else {
+                return Ok(Stored {
+                    duplicate: true,
+                    orphan,
+                });
+            };
+            let swapped =
+                self.outcomes
+                    .compare_and_swap(&key, old, Some(serde_json::to_vec(&next)?))?;
+            if swapped.is_ok() {
+                return Ok(Stored {
+                    duplicate: false,
+                    orphan,
+                });
+            }
+        }
     }
 
     /// Makes everything written so far durable.
@@ -332,6 +377,42 @@ mod tests {
             recorded_at_unix_ms: 5,
             orphan: false,
         }
+    }
+
+    #[test]
+    fn an_outcome_without_a_verdict_never_shadows_a_later_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_decisions(&[decision("d1", 10)]).unwrap();
+        let measured = OutcomeRecord {
+            quality: None,
+            latency_ms: Some(420),
+            ..outcome("d1", "user", 0.0)
+        };
+        assert!(!s.put_outcome(measured.clone()).unwrap().duplicate);
+        assert!(
+            s.put_outcome(measured).unwrap().duplicate,
+            "a retry adds nothing"
+        );
+        let verdict = OutcomeRecord {
+            success: Some(true),
+            latency_ms: Some(999),
+            labels: [("why".to_string(), "thumbs".to_string())].into(),
+            ..outcome("d1", "user", 0.9)
+        };
+        assert!(!s.put_outcome(verdict).unwrap().duplicate);
+        // A second, conflicting verdict does not rewrite the first.
+        assert!(s.put_outcome(outcome("d1", "user", 0.1)).unwrap().duplicate);
+        let mut out = Vec::new();
+        s.export(None, &mut out).unwrap();
+        let line: serde_json::Value =
+            serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
+        let o = &line["outcomes"][0];
+        assert_eq!(line["outcomes"].as_array().unwrap().len(), 1, "{line}");
+        assert_eq!(o["quality"], 0.9, "{o}");
+        assert_eq!(o["success"], true, "{o}");
+        assert_eq!(o["latency_ms"], 420, "the first measurement stays: {o}");
+        assert_eq!(o["labels"]["why"], "thumbs", "{o}");
     }
 
     #[test]

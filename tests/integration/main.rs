@@ -7,5 +7,6 @@ mod faults;
 mod feedback;
 mod gateway;
 mod grpc;
+mod hardening;
 mod tools;
 mod training;
