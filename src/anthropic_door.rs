@@ -56,21 +56,27 @@ struct WireTool {
 }
 
 /// Anthropic's error shape, with the status from the one error table.
-fn error(e: &Error) -> Response {
+pub(crate) fn error(e: &Error) -> Response {
     let a = e.answer();
     let status = StatusCode::from_u16(a.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let kind = match a.http {
         400 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
         404 => "not_found_error",
         413 => "request_too_large",
+        429 => "rate_limit_error",
         502..=504 => "overloaded_error",
         _ => "api_error",
     };
-    (
-        status,
-        Json(json!({"type": "error", "error": {"type": kind, "message": e.public_message()}})),
+    crate::http::with_retry_after(
+        e,
+        (
+            status,
+            Json(json!({"type": "error", "error": {"type": kind, "message": e.public_message()}})),
+        )
+            .into_response(),
     )
-        .into_response()
 }
 
 fn text_of(v: &Value) -> String {
@@ -222,8 +228,9 @@ fn tool_block(c: &crate::providers::ToolCall) -> Value {
 }
 
 /// `POST /v1/messages`.
-pub async fn messages_handler(
+pub(crate) async fn messages_handler(
     State(core): State<Triage>,
+    caller: Option<axum::Extension<crate::http::Caller>>,
     body: Result<Json<MessagesBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let body = match body {
@@ -234,10 +241,13 @@ pub async fn messages_handler(
     let model = body.model.clone();
     let parsed = complete_request(body)
         .and_then(|req| crate::service::parse_complete(req, core.config()).map_err(Error::from));
-    let (input, chat) = match parsed {
+    let (mut input, chat) = match parsed {
         Ok(p) => p,
         Err(e) => return error(&e),
     };
+    if let Some(axum::Extension(c)) = caller {
+        c.attribute(&mut input);
+    }
     let deadline = core.call_deadline(None);
     if stream {
         return stream_response(core, input, chat, deadline, model).await;

@@ -24,6 +24,9 @@ pub struct Triage {
     /// One reload at a time: a slow one (up to `model.reload_timeout_ms`) holds it, so
     /// callers cannot pile reads up on the blocking pool.
     reloading: Arc<tokio::sync::Mutex<()>>,
+    admission: Arc<crate::admission::Admission>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A completed unary call.
@@ -112,11 +115,52 @@ impl Triage {
         gateway: Option<Arc<Gateway>>,
     ) -> Self {
         Self {
-            engine,
             feedback,
             gateway,
             reloading: Arc::default(),
+            admission: Arc::new(crate::admission::Admission::new(&engine.config().server)),
+            draining: Arc::default(),
+            metrics: Arc::default(),
+            engine,
         }
+    }
+
+    /// Checks the caller's token for a call of `scope` (every door calls this first). With no
+    /// tokens configured everyone is let through and the identity is `None`.
+    pub fn authorize(
+        &self,
+        token: Option<&str>,
+        scope: crate::auth::Scope,
+    ) -> Result<Option<crate::auth::Identity>, Error> {
+        self.config().auth.check(token, scope).map_err(|e| {
+            tracing::info!(refused = %e, ?scope, "call refused");
+            self.metrics.refused(match e {
+                crate::auth::AuthError::Unauthenticated => "unauthenticated",
+                crate::auth::AuthError::Forbidden => "forbidden",
+            });
+            Error::from(e)
+        })
+    }
+
+    /// The Prometheus exposition of every metric.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(self)
+    }
+
+    /// Shutdown has begun: readiness turns false so balancers stop sending new calls.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ready for traffic: a model is loaded and shutdown has not begun.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The load-shedding gates (for metrics).
+    pub fn admission(&self) -> &crate::admission::Admission {
+        &self.admission
     }
 
     /// The configuration.
@@ -137,6 +181,12 @@ impl Triage {
 
     /// Routes one request (off the async workers for large ones) and logs the decision.
     pub async fn route(&self, input: RouteInput) -> Result<(Decision, RouteInput), Error> {
+        let _slot = self.admission.gate(crate::admission::Class::Route).admit().await?;
+        self.route_admitted(input).await
+    }
+
+    async fn route_admitted(&self, input: RouteInput) -> Result<(Decision, RouteInput), Error> {
+        let started = Instant::now();
         let bytes = input.prompt.len() + input.context.iter().map(String::len).sum::<usize>();
         // Featurizing is CPU work proportional to the text: large requests go to the blocking
         // pool so they cannot stall the async workers that serve everyone else.
@@ -149,6 +199,11 @@ impl Triage {
             (self.engine.route(&input), input)
         };
         let decision = decision?;
+        self.metrics.decision(
+            &decision.tier_name,
+            decision.explored,
+            started.elapsed().as_secs_f64(),
+        );
         if let Some(fb) = &self.feedback {
             fb.log_decision(decision_record(
                 &decision,
@@ -178,7 +233,8 @@ impl Triage {
         deadline: Instant,
     ) -> Result<Completion, Error> {
         let gateway = self.gateway()?;
-        let (decision, input) = self.route(input).await?;
+        let _slot = self.admission.gate(crate::admission::Class::Complete).admit().await?;
+        let (decision, input) = self.route_admitted(input).await?;
         let tier = &self.config().tiers[decision.tier];
         let result = gateway
             .run(
@@ -191,6 +247,7 @@ impl Triage {
         let id = decision.decision_id.to_string();
         match result {
             Ok(a) => {
+                self.metrics.completion(&a.attempts, None);
                 let cost = tier.cost_usd(a.response.input_tokens, a.response.output_tokens);
                 let latency: u64 = a.attempts.iter().map(|x| x.latency_ms).sum();
                 self.record_call(
@@ -211,6 +268,7 @@ impl Triage {
                 })
             }
             Err(e) => {
+                self.metrics.completion(e.attempts(), Some(e.class()));
                 let latency: u64 = e.attempts().iter().map(|x| x.latency_ms).sum();
                 self.record_call(id, latency, None, 0.0, Some(e.class()));
                 Err(e.into())
@@ -227,13 +285,16 @@ impl Triage {
         deadline: Instant,
     ) -> Result<(Decision, tokio::sync::mpsc::Receiver<Piece>), Error> {
         let gateway = self.gateway()?;
-        let (decision, input) = self.route(input).await?;
+        let slot = self.admission.gate(crate::admission::Class::Complete).admit().await?;
+        let (decision, input) = self.route_admitted(input).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(64);
         let this = self.clone();
         let chain = decision.chain.clone();
         let tier = decision.tier;
         let id = decision.decision_id.to_string();
         tokio::spawn(async move {
+            // The slot is held for as long as the stream runs.
+            let _slot = slot;
             // Text goes straight to the door; the gateway sees the door leave through it.
             let (text_tx, mut text_rx) = tokio::sync::mpsc::channel::<String>(64);
             let forward = {
@@ -262,6 +323,7 @@ impl Triage {
             let (result, ()) = tokio::join!(run, forward);
             let last = match result {
                 Ok(s) => {
+                    this.metrics.completion(&s.attempts, None);
                     let cost = this.config().tiers[tier].cost_usd(s.input_tokens, s.output_tokens);
                     let latency: u64 = s.attempts.iter().map(|a| a.latency_ms).sum();
                     this.record_call(
@@ -285,6 +347,7 @@ impl Triage {
                 }
                 Err(e) => {
                     let e = Error::from(e);
+                    this.metrics.completion(&[], Some(e.class()));
                     this.record_call(id, 0, None, 0.0, Some(e.class()));
                     Piece::Failed(e)
                 }
@@ -297,9 +360,19 @@ impl Triage {
     /// Stores a validated outcome; answers once it is durable.
     pub async fn record_outcome(&self, record: OutcomeRecord) -> Result<Stored, Error> {
         let fb = self.feedback.as_ref().ok_or(Error::FeedbackDisabled)?;
-        fb.record_outcome(record)
+        let _slot = self.admission.gate(crate::admission::Class::Route).admit().await?;
+        let source = record.source.clone();
+        let stored = fb
+            .record_outcome(record)
             .await
-            .map_err(|e| Error::Unavailable(format!("outcome not recorded, retry: {e}")))
+            .map_err(|e| Error::Unavailable(format!("outcome not recorded, retry: {e}")))?;
+        let result = match (stored.duplicate, stored.orphan) {
+            (true, _) => "duplicate",
+            (false, true) => "orphan",
+            (false, false) => "stored",
+        };
+        self.metrics.outcome(&source, result);
+        Ok(stored)
     }
 
     /// Replaces the classifier with the file at `path` (the configured one when `None`); on

@@ -20,6 +20,8 @@ pub struct Attempt {
     pub model: String,
     /// `ok`, or the error (never a key or a provider's body).
     pub outcome: String,
+    /// A short, bounded class of the outcome (`ok`, `timeout`, `skipped`, ...), for metrics.
+    pub class: &'static str,
     /// How long it took.
     pub latency_ms: u64,
 }
@@ -325,6 +327,7 @@ impl Gateway {
                 provider: chain[i].provider.clone(),
                 model: chain[i].model.clone(),
                 outcome: "skipped: circuit open".into(),
+                class: "skipped",
                 latency_ms: 0,
             });
         }
@@ -397,6 +400,7 @@ impl Gateway {
                     provider: m.provider.clone(),
                     model: m.model.clone(),
                     outcome: "provider not configured".into(),
+                    class: "not_configured",
                     latency_ms: 0,
                 });
                 continue;
@@ -413,6 +417,7 @@ impl Gateway {
                         provider: m.provider.clone(),
                         model: m.model.clone(),
                         outcome: "skipped: circuit open".into(),
+                class: "skipped",
                         latency_ms: 0,
                     });
                     break;
@@ -438,6 +443,10 @@ impl Gateway {
                     outcome: match &result {
                         Ok(_) => "ok".to_string(),
                         Err(e) => e.to_string(),
+                    },
+                    class: match &result {
+                        Ok(_) => "ok",
+                        Err(e) => e.class(),
                     },
                     latency_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                 });

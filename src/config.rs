@@ -35,6 +35,90 @@ pub struct RawConfig {
     /// `[gateway]`: timeouts and retries for provider calls.
     #[serde(default)]
     pub gateway: RawGateway,
+    /// `[auth]`: bearer tokens for clients and admins.
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+/// `[auth]`: who may call. With no tokens every call is let through, which is only allowed on
+/// loopback addresses unless `allow_unauthenticated` says otherwise.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// Tokens for route, complete and outcome calls; several allow rotation, and each one's
+    /// name becomes the tenant of decisions that name none.
+    pub tokens: Vec<RawToken>,
+    /// Tokens for ReloadModel, Stats and `/metrics` (also accepted for client calls).
+    pub admin_tokens: Vec<RawToken>,
+    /// Serve a non-loopback address without tokens.
+    pub allow_unauthenticated: bool,
+}
+
+/// One named token, read from an environment variable or a file (never written in the config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    /// Shown in logs and used as the default tenant.
+    pub name: String,
+    /// Environment variable holding the token.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// File holding the token (a regular file of at most 4 KiB; surrounding whitespace is trimmed).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl RawAuth {
+    fn validate(&self, base: Option<&Path>, errors: &mut Vec<String>) -> crate::auth::Auth {
+        let load = |key: &str, list: &[RawToken], errors: &mut Vec<String>| {
+            let mut out = Vec::new();
+            for (i, t) in list.iter().enumerate() {
+                let at = format!("auth.{key}[{i}]");
+                if t.name.trim().is_empty() {
+                    errors.push(format!("{at}.name: must not be empty"));
+                }
+                let secret = match (&t.env, &t.file) {
+                    (Some(var), None) => match std::env::var(var) {
+                        Ok(v) => v,
+                        Err(_) => {
+                            errors.push(format!("{at}.env: environment variable {var} is not set"));
+                            continue;
+                        }
+                    },
+                    (None, Some(file)) => {
+                        let path = match base {
+                            Some(b) if file.is_relative() => b.join(file),
+                            _ => file.clone(),
+                        };
+                        match crate::files::read_regular(&path, 4096) {
+                            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                            Err(e) => {
+                                errors.push(format!("{at}.file: cannot read {}: {e}", path.display()));
+                                continue;
+                            }
+                        }
+                    }
+                    _ => {
+                        errors.push(format!("{at}: set exactly one of env or file"));
+                        continue;
+                    }
+                };
+                match crate::auth::Token::new(t.name.trim(), &secret) {
+                    Some(token) => out.push(token),
+                    None => errors.push(format!(
+                        "{at}: the token must be at least {} bytes",
+                        crate::auth::MIN_TOKEN_BYTES
+                    )),
+                }
+            }
+            out
+        };
+        crate::auth::Auth {
+            clients: load("tokens", &self.tokens, errors),
+            admins: load("admin_tokens", &self.admin_tokens, errors),
+            allow_unauthenticated: self.allow_unauthenticated,
+        }
+    }
 }
 
 /// `[providers.NAME]`: one provider endpoint.
@@ -169,6 +253,26 @@ pub struct RawServer {
     /// Prompts at least this long (bytes) are featurized on the blocking pool so that one
     /// huge prompt cannot stall the async workers.
     pub blocking_threshold_bytes: usize,
+    /// Route and outcome calls in flight at once, over every door; beyond it (and the queue)
+    /// callers get `RESOURCE_EXHAUSTED` / 429 with `Retry-After`.
+    pub max_in_flight_routes: usize,
+    /// Completions (unary and streamed) in flight at once, over every door.
+    pub max_in_flight_completions: usize,
+    /// Calls of each kind that may wait for a slot; beyond this they are refused at once.
+    pub max_queued: usize,
+    /// How long a queued call waits for a slot, in milliseconds.
+    pub queue_timeout_ms: u64,
+    /// An HTTP connection that has not sent a whole request head this long after it opened
+    /// (or after its last response, when kept alive) is closed, in milliseconds.
+    pub header_timeout_ms: u64,
+    /// An HTTP request body not received in full this long after its head, in milliseconds,
+    /// is answered 408 and the connection closed.
+    pub body_timeout_ms: u64,
+    /// Open HTTP connections at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// On SIGTERM, in-flight calls get this long to finish before the server stops anyway,
+    /// in milliseconds.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for RawServer {
@@ -183,6 +287,14 @@ impl Default for RawServer {
             request_timeout_ms: 5_000,
             concurrency_limit_per_connection: 256,
             blocking_threshold_bytes: 32 << 10,
+            max_in_flight_routes: 4_096,
+            max_in_flight_completions: 1_024,
+            max_queued: 128,
+            queue_timeout_ms: 200,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 10_000,
+            drain_timeout_ms: 15_000,
         }
     }
 }
@@ -386,6 +498,8 @@ pub struct Config {
     pub exploration_rate: f64,
     /// Tiers, cheapest first (at least two).
     pub tiers: Vec<TierConfig>,
+    /// Who may call.
+    pub auth: crate::auth::Auth,
 }
 
 /// Validated `[server]`.
@@ -409,6 +523,22 @@ pub struct ServerConfig {
     pub concurrency_limit_per_connection: usize,
     /// Prompts at least this long are featurized on the blocking pool.
     pub blocking_threshold_bytes: usize,
+    /// Route and outcome calls in flight at once.
+    pub max_in_flight_routes: usize,
+    /// Completions in flight at once.
+    pub max_in_flight_completions: usize,
+    /// Calls of each kind that may wait for a slot.
+    pub max_queued: usize,
+    /// How long a queued call waits.
+    pub queue_timeout: std::time::Duration,
+    /// Deadline for an HTTP request head.
+    pub header_timeout: std::time::Duration,
+    /// Deadline for an HTTP request body.
+    pub body_timeout: std::time::Duration,
+    /// Open HTTP connections at once.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight calls.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// A validated tier.
@@ -456,7 +586,7 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| LoadError::invalid(origin, e.to_string()))?;
         let mut config = raw
-            .validate()
+            .validate_in(base)
             .map_err(|errors| LoadError::invalid(origin, errors.join("; ")))?;
         // Paths the file sets resolve against its directory; paths it leaves unset are the
         // shipped models, wherever the file lives (a config kept in /etc must still find them).
@@ -513,7 +643,15 @@ fn check_price(errors: &mut Vec<String>, path: String, value: f64) {
 impl RawConfig {
     /// Checks every field and reports every problem at once, each with its dotted path.
     pub fn validate(self) -> Result<Config, Vec<String>> {
+        self.validate_in(None)
+    }
+
+    /// Like [`Self::validate`]; relative token files resolve against `base`.
+    fn validate_in(self, base: Option<&Path>) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
+        let auth = self
+            .auth
+            .validate(base.filter(|b| !b.as_os_str().is_empty()), &mut errors);
         let s = &self.server;
         let addr = match s.addr.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -533,6 +671,11 @@ impl RawConfig {
                 "server.concurrency_limit_per_connection",
                 s.concurrency_limit_per_connection,
             ),
+            ("server.max_in_flight_routes", s.max_in_flight_routes),
+            ("server.max_in_flight_completions", s.max_in_flight_completions),
+            ("server.max_connections", s.max_connections),
+            ("server.header_timeout_ms", s.header_timeout_ms as usize),
+            ("server.body_timeout_ms", s.body_timeout_ms as usize),
         ] {
             if value == 0 {
                 errors.push(format!("{name}: must be at least 1"));
@@ -722,6 +865,7 @@ impl RawConfig {
             return Err(errors);
         };
         Ok(Config {
+            auth,
             server: ServerConfig {
                 addr,
                 max_prompt_bytes: s.max_prompt_bytes,
@@ -732,6 +876,14 @@ impl RawConfig {
                 request_timeout: std::time::Duration::from_millis(s.request_timeout_ms),
                 concurrency_limit_per_connection: s.concurrency_limit_per_connection,
                 blocking_threshold_bytes: s.blocking_threshold_bytes,
+                max_in_flight_routes: s.max_in_flight_routes,
+                max_in_flight_completions: s.max_in_flight_completions,
+                max_queued: s.max_queued,
+                queue_timeout: std::time::Duration::from_millis(s.queue_timeout_ms),
+                header_timeout: std::time::Duration::from_millis(s.header_timeout_ms),
+                body_timeout: std::time::Duration::from_millis(s.body_timeout_ms),
+                max_connections: s.max_connections,
+                drain_timeout: std::time::Duration::from_millis(s.drain_timeout_ms),
             },
             model,
             feedback: self.feedback,

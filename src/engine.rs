@@ -25,6 +25,16 @@ pub struct RouteInput {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+impl RouteInput {
+    /// Attributes the request to the caller's token: its name is the tenant unless the
+    /// request names its own.
+    pub fn attribute(&mut self, who: Option<&crate::auth::Identity>) {
+        if let (None, Some(who)) = (&self.tenant, who) {
+            self.tenant = Some(who.name.clone());
+        }
+    }
+}
+
 /// The engine's answer for one request.
 #[derive(Debug, Clone)]
 pub struct Decision {

@@ -125,6 +125,17 @@ pub enum Error {
     /// A stream broke after content was sent.
     #[error(transparent)]
     Stream(#[from] crate::chain::StreamError),
+    /// The caller's token is missing or wrong, or does not allow this call.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// More calls are in flight than `server.max_in_flight` allows; retry after the hint.
+    #[error("overloaded: {in_flight} calls in flight (server.max_in_flight); retry after {retry_after_s} s")]
+    Overloaded {
+        /// The bound that was reached.
+        in_flight: usize,
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after_s: u64,
+    },
 }
 
 /// How one error is answered on each transport: the one table every door reads.
@@ -175,6 +186,13 @@ impl Error {
                 (Code::Cancelled, 499, "cancelled")
             }
             Self::Featurize(_) | Self::Internal(_) => (Code::Internal, 500, "server_error"),
+            Self::Auth(crate::auth::AuthError::Unauthenticated) => {
+                (Code::Unauthenticated, 401, "authentication_error")
+            }
+            Self::Auth(crate::auth::AuthError::Forbidden) => {
+                (Code::PermissionDenied, 403, "permission_error")
+            }
+            Self::Overloaded { .. } => (Code::ResourceExhausted, 429, "rate_limit_error"),
         };
         Answer { grpc, http, kind }
     }

@@ -20,16 +20,30 @@ use crate::providers::ToolCall;
 /// Header carrying the decision id, for later feedback.
 pub const DECISION_HEADER: &str = "x-triage-decision-id";
 
+/// Who called, as the auth layer found it (`None` when no tokens are configured).
+#[derive(Debug, Clone)]
+pub(crate) struct Caller(pub Option<crate::auth::Identity>);
+
+impl Caller {
+    /// Attributes `input` to the caller's token.
+    pub(crate) fn attribute(&self, input: &mut crate::engine::RouteInput) {
+        input.attribute(self.0.as_ref());
+    }
+}
+
 /// The routes, over the core. Unknown paths and methods answer in OpenAI's error shape too.
-pub fn router(core: Triage, max_body_bytes: usize) -> Http {
+/// `/healthz` and `/readyz` are open; `/metrics` needs an admin token and `/v1/*` a client
+/// token once any token is configured.
+pub fn router(core: Triage, limits: &crate::config::ServerConfig) -> Http {
     Http::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
         .route("/v1/feedback", post(feedback))
         .route("/v1/messages", post(crate::anthropic_door::messages_handler))
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             error(&Error::NotFound(
-                "no such route; this server answers POST /v1/chat/completions, POST /v1/messages, GET /v1/models, POST /v1/feedback".into(),
+                "no such route; this server answers POST /v1/chat/completions, POST /v1/messages, GET /v1/models, POST /v1/feedback, GET /metrics, /healthz, /readyz".into(),
             ))
         })
         .method_not_allowed_fallback(|| async {
@@ -40,19 +54,95 @@ pub fn router(core: Triage, max_body_bytes: usize) -> Http {
             *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             r
         })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(core.clone(), authenticate))
+        // Health answers before authentication: balancers and kubelets carry no token.
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(limits.max_request_bytes))
+        // A body trickled slower than this is cut off (408), freeing the connection.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_timeout,
+        ))
         .with_state(core)
+}
+
+/// Checks the bearer token (or the Anthropic SDK's `x-api-key`) for the route's scope and
+/// hands the caller's identity to the handler; refusals come in the door's error shape.
+async fn authenticate(
+    State(core): State<Triage>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let scope = if path == "/metrics" {
+        crate::auth::Scope::Admin
+    } else {
+        crate::auth::Scope::Client
+    };
+    let anthropic = path.starts_with("/v1/messages");
+    let token = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        crate::auth::bearer(header("authorization"), header("x-api-key"))
+    };
+    match core.authorize(token.as_deref(), scope) {
+        Ok(who) => {
+            req.extensions_mut().insert(Caller(who));
+            next.run(req).await
+        }
+        Err(e) if anthropic => crate::anthropic_door::error(&e),
+        Err(e) => {
+            let mut r = error(&e);
+            if matches!(e, Error::Auth(crate::auth::AuthError::Unauthenticated)) {
+                r.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            r
+        }
+    }
+}
+
+async fn readyz(State(core): State<Triage>) -> Response {
+    if core.ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}
+
+async fn metrics(State(core): State<Triage>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        core.metrics_text(),
+    )
+        .into_response()
 }
 
 /// OpenAI's error shape, with the status from the one error table ([`Error::answer`]).
 pub fn error(e: &Error) -> Response {
     let a = e.answer();
     let status = StatusCode::from_u16(a.http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        status,
-        Json(json!({"error": {"message": e.public_message(), "type": a.kind, "code": format!("{:?}", a.grpc)}})),
+    with_retry_after(
+        e,
+        (
+            status,
+            Json(json!({"error": {"message": e.public_message(), "type": a.kind, "code": format!("{:?}", a.grpc)}})),
+        )
+            .into_response(),
     )
-        .into_response()
+}
+
+/// Adds `Retry-After` to an overload refusal (both HTTP doors' error shapes).
+pub(crate) fn with_retry_after(e: &Error, mut r: Response) -> Response {
+    if let Error::Overloaded { retry_after_s, .. } = e {
+        r.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+    }
+    r
 }
 
 /// A body that did not parse: too large, or not the expected JSON, naming the problem.
@@ -371,6 +461,7 @@ fn triage_extra(d: &crate::engine::Decision, provider: &str, cost: f64) -> Value
 
 async fn chat(
     State(core): State<Triage>,
+    caller: Option<axum::Extension<Caller>>,
     body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let body = match body {
@@ -380,10 +471,13 @@ async fn chat(
     let stream = body.stream;
     let parsed = complete_request(body)
         .and_then(|req| crate::service::parse_complete(req, core.config()).map_err(Error::from));
-    let (input, chat) = match parsed {
+    let (mut input, chat) = match parsed {
         Ok(p) => p,
         Err(e) => return error(&e),
     };
+    if let Some(axum::Extension(c)) = caller {
+        c.attribute(&mut input);
+    }
     let deadline = core.call_deadline(None);
     if stream {
         return chat_stream(core, input, chat, deadline).await;

@@ -6,8 +6,10 @@
 //! [`features`] → [`classifier`] → [`policy`] on the [`model_store`]'s current snapshot;
 //! [`train`] fits and evaluates classifiers offline with the same featurizer.
 
+pub mod admission;
 pub mod anthropic_door;
 pub mod app;
+pub mod auth;
 pub mod chain;
 pub mod classifier;
 pub mod config;
@@ -18,6 +20,7 @@ pub mod feedback;
 pub mod files;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod model_store;
 pub mod policy;
 pub mod prototypes;

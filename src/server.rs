@@ -15,13 +15,20 @@ pub enum ServeError {
     /// Reflection could not be built from the embedded descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A public address without authentication.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
 /// Serves `triage.v1.Router`, `grpc.health.v1.Health` and server reflection on `listener`
-/// until `shutdown` resolves; in-flight requests are allowed to finish.
+/// (and the HTTP doors on `http`) until `shutdown` resolves; in-flight requests then get
+/// `server.drain_timeout_ms` to finish before the server stops anyway.
 pub async fn serve(
     engine: Arc<Engine>,
     feedback: Option<Arc<crate::feedback::Feedback>>,
@@ -31,6 +38,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let limits = engine.config().server.clone();
+    let auth = &engine.config().auth;
+    auth.check_bind(listener.local_addr()?)
+        .map_err(ServeError::Unauthenticated)?;
+    if let Some(h) = &http {
+        auth.check_bind(h.local_addr()?)
+            .map_err(ServeError::Unauthenticated)?;
+    }
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<RouterServer<RouterService>>()
@@ -39,40 +53,54 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let watcher = spawn_model_watch(engine.clone());
     let core = crate::app::Triage::new(engine, feedback, gateway);
     let service = RouterService::new(core.clone());
     // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http.map(|l| {
-        let app = crate::http::router(core.clone(), limits.max_request_bytes);
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_rx.changed().await;
-            };
-            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
-                tracing::error!(error = %e, "HTTP front door failed");
-            }
-        })
+        let app = crate::http::router(core.clone(), &limits);
+        tokio::spawn(serve_http(l, app, limits.clone(), stop_rx.clone()))
     });
+    let draining = core.clone();
     let shutdown = async move {
         shutdown.await;
+        draining.start_draining();
+        health_reporter
+            .set_not_serving::<RouterServer<RouterService>>()
+            .await;
         let _ = stop_tx.send(true);
     };
     let router = RouterServer::new(service).max_decoding_message_size(limits.max_request_bytes);
     // No server-wide timeout: completions have their own deadline (gateway.call_timeout_ms)
     // and the other RPCs theirs (server.request_timeout_ms), each answered DEADLINE_EXCEEDED.
-    tonic::transport::Server::builder()
+    let grpc = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(router)
         // Without TCP_NODELAY, small gRPC replies wait on delayed ACKs (~40 ms each).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
-        )
-        .await?;
+        );
+    let mut drained = stop_rx.clone();
+    let deadline = async move {
+        stopped(&mut drained).await;
+        tokio::time::sleep(limits.drain_timeout).await;
+    };
+    tokio::select! {
+        r = grpc => r?,
+        () = deadline => tracing::warn!(
+            drain_timeout_ms = limits.drain_timeout.as_millis() as u64,
+            "gRPC calls still running at the drain deadline (server.drain_timeout_ms) were cut"
+        ),
+    }
     if let Some(w) = watcher {
         w.abort();
     }
@@ -80,6 +108,74 @@ pub async fn serve(
         let _ = h.await;
     }
     Ok(())
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The HTTP accept loop: at most `server.max_connections` open, request heads within
+/// `server.header_timeout_ms` (a slowloris connection is closed), and on shutdown a drain of
+/// at most `server.drain_timeout_ms`.
+async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: crate::config::ServerConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.header_timeout))
+        .keep_alive_timeout(limits.header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+            () = stopped(&mut stop) => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.drain_timeout) => tracing::warn!(
+            "HTTP calls still running at the drain deadline (server.drain_timeout_ms) were cut"
+        ),
+    }
 }
 
 /// Reloads the configured model file (used by SIGHUP and the file watch). Errors keep the old

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 use crate::app::{Completion, Piece, Triage};
+use crate::auth::Scope;
 use crate::config::Config;
 use crate::engine::{Decision, RouteInput};
 use crate::error::{Error, RequestError};
@@ -25,6 +26,17 @@ impl RouterService {
     /// The gRPC door over the core.
     pub fn new(core: Triage) -> Self {
         Self { core }
+    }
+
+    /// The caller's identity for a call of `scope`, from the `authorization` metadata.
+    fn caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        scope: crate::auth::Scope,
+    ) -> Result<Option<crate::auth::Identity>, Error> {
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        self.core
+            .authorize(crate::auth::bearer(header, None).as_deref(), scope)
     }
 
     /// The non-gateway RPCs' deadline (`server.request_timeout_ms`), answered with
@@ -639,10 +651,12 @@ impl Router for RouterService {
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<Self::CompleteStreamStream>, Status> {
         use tokio_stream::StreamExt;
+        let who = self.caller(request.metadata(), Scope::Client)?;
         let deadline = self.core.call_deadline(caller_deadline(request.metadata()));
         let req = request.into_inner();
         let request_id = req.route.as_ref().and_then(|r| r.request_id.clone());
-        let (input, chat) = parse_complete(req, self.core.config()).map_err(Error::from)?;
+        let (mut input, chat) = parse_complete(req, self.core.config()).map_err(Error::from)?;
+        input.attribute(who.as_ref());
         let (decision, pieces) = self.core.complete_stream(input, chat, deadline).await?;
         let first = pb::CompleteChunk {
             kind: Some(pb::complete_chunk::Kind::Decision(decision_to_proto(
@@ -659,9 +673,11 @@ impl Router for RouterService {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteDecision>, Status> {
+        let who = self.caller(request.metadata(), Scope::Client)?;
         let req = request.into_inner();
         let request_id = req.request_id.clone();
-        let input = validate_route(req, self.core.config()).map_err(Error::from)?;
+        let mut input = validate_route(req, self.core.config()).map_err(Error::from)?;
+        input.attribute(who.as_ref());
         let (decision, _) = self.within(self.core.route(input)).await?;
         Ok(Response::new(decision_to_proto(decision, request_id)))
     }
@@ -670,6 +686,7 @@ impl Router for RouterService {
         &self,
         request: Request<pb::OutcomeRequest>,
     ) -> Result<Response<pb::OutcomeAck>, Status> {
+        self.caller(request.metadata(), Scope::Client)?;
         let record = validate_outcome(request.into_inner(), self.core.config(), now_ms())
             .map_err(Error::from)?;
         let stored = self.within(self.core.record_outcome(record)).await?;
@@ -683,18 +700,21 @@ impl Router for RouterService {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let who = self.caller(request.metadata(), Scope::Client)?;
         let deadline = self.core.call_deadline(caller_deadline(request.metadata()));
         let req = request.into_inner();
         let request_id = req.route.as_ref().and_then(|r| r.request_id.clone());
-        let (input, chat) = parse_complete(req, self.core.config()).map_err(Error::from)?;
+        let (mut input, chat) = parse_complete(req, self.core.config()).map_err(Error::from)?;
+        input.attribute(who.as_ref());
         let c = self.core.complete(input, chat, deadline).await?;
         Ok(Response::new(completion_to_proto(c, request_id)))
     }
 
     async fn stats(
         &self,
-        _: Request<pb::StatsRequest>,
+        request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
+        self.caller(request.metadata(), Scope::Admin)?;
         let s = self.core.stats();
         let mut r = pb::StatsResponse {
             model_version: s.model_version,
@@ -728,6 +748,7 @@ impl Router for RouterService {
         &self,
         request: Request<pb::ReloadModelRequest>,
     ) -> Result<Response<pb::ReloadModelResponse>, Status> {
+        self.caller(request.metadata(), Scope::Admin)?;
         let req = request.into_inner();
         let path = (!req.path.is_empty()).then(|| std::path::PathBuf::from(req.path));
         let version = self.core.reload(path).await?;

@@ -1,0 +1,153 @@
+//! Load shedding: a bound on calls in flight per kind of call, a short wait queue, and an
+//! immediate refusal beyond both, so overload is answered at once instead of queued for ever.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::Error;
+
+/// The kinds of call bounded separately: completions hold their slot for seconds, and must not
+/// starve routing, which holds it for microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Route and outcome calls.
+    Route,
+    /// Complete and streamed completions, over every door.
+    Complete,
+}
+
+impl Class {
+    /// The label used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Route => "route",
+            Self::Complete => "complete",
+        }
+    }
+}
+
+/// One bound: `slots` calls in flight, at most `queue` more waiting up to `wait`.
+#[derive(Debug)]
+pub struct Gate {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    queue: usize,
+    waiting: AtomicUsize,
+    wait: Duration,
+    /// Calls refused so far.
+    pub shed: AtomicU64,
+}
+
+/// Held while a call runs; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Permit {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Gate {
+    /// A gate of `limit` slots with a queue of `queue` waiting at most `wait`.
+    pub fn new(limit: usize, queue: usize, wait: Duration) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            queue,
+            waiting: AtomicUsize::new(0),
+            wait,
+            shed: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.limit - self.slots.available_permits()
+    }
+
+    /// A slot now, or after a short wait in the queue, or [`Error::Overloaded`] at once when the
+    /// queue is full too.
+    pub async fn admit(&self) -> Result<Permit, Error> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(Permit { _permit: p });
+        }
+        let refused = || {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            Error::Overloaded {
+                in_flight: self.limit,
+                retry_after_s: 1,
+            }
+        };
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(refused());
+        }
+        let got = tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match got {
+            Ok(Ok(p)) => Ok(Permit { _permit: p }),
+            _ => Err(refused()),
+        }
+    }
+}
+
+/// The gates of one server.
+#[derive(Debug)]
+pub struct Admission {
+    route: Gate,
+    complete: Gate,
+}
+
+impl Admission {
+    /// Gates from `[server]`'s bounds.
+    pub fn new(config: &crate::config::ServerConfig) -> Self {
+        Self {
+            route: Gate::new(config.max_in_flight_routes, config.max_queued, config.queue_timeout),
+            complete: Gate::new(
+                config.max_in_flight_completions,
+                config.max_queued,
+                config.queue_timeout,
+            ),
+        }
+    }
+
+    /// The gate for a class of call.
+    pub fn gate(&self, class: Class) -> &Gate {
+        match class {
+            Class::Route => &self.route,
+            Class::Complete => &self.complete,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn beyond_the_slots_and_the_queue_calls_are_refused_at_once() {
+        let gate = Gate::new(2, 1, Duration::from_secs(30));
+        let a = gate.admit().await.unwrap();
+        let _b = gate.admit().await.unwrap();
+        assert_eq!(gate.in_flight(), 2);
+        // The third waits in the queue; a fourth finds the queue full and is refused.
+        let gate = Arc::new(gate);
+        let g = gate.clone();
+        let queued = tokio::spawn(async move { g.admit().await.map(|_| ()) });
+        while gate.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let refused = gate.admit().await.unwrap_err();
+        assert!(matches!(refused, Error::Overloaded { in_flight: 2, retry_after_s: 1 }));
+        assert_eq!(gate.shed.load(Ordering::Relaxed), 1);
+        drop(a);
+        queued.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_call_gives_up_after_the_wait() {
+        let gate = Gate::new(1, 4, Duration::from_millis(50));
+        let _held = gate.admit().await.unwrap();
+        assert!(matches!(gate.admit().await, Err(Error::Overloaded { .. })));
+    }
+}
