@@ -102,7 +102,11 @@ impl Admission {
     /// Gates from `[server]`'s bounds.
     pub fn new(config: &crate::config::ServerConfig) -> Self {
         Self {
-            route: Gate::new(config.max_in_flight_routes, config.max_queued, config.queue_timeout),
+            route: Gate::new(
+                config.max_in_flight_routes,
+                config.max_queued,
+                config.queue_timeout,
+            ),
             complete: Gate::new(
                 config.max_in_flight_completions,
                 config.max_queued,
@@ -138,13 +142,19 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let refused = gate.admit().await.unwrap_err();
-        assert!(matches!(refused, Error::Overloaded { in_flight: 2, retry_after_s: 1 }));
+        assert!(matches!(
+            refused,
+            Error::Overloaded {
+                in_flight: 2,
+                retry_after_s: 1
+            }
+        ));
         assert_eq!(gate.shed.load(Ordering::Relaxed), 1);
         drop(a);
         queued.await.unwrap().unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_queued_call_gives_up_after_the_wait() {
         let gate = Gate::new(1, 4, Duration::from_millis(50));
         let _held = gate.admit().await.unwrap();

@@ -181,7 +181,11 @@ impl Triage {
 
     /// Routes one request (off the async workers for large ones) and logs the decision.
     pub async fn route(&self, input: RouteInput) -> Result<(Decision, RouteInput), Error> {
-        let _slot = self.admission.gate(crate::admission::Class::Route).admit().await?;
+        let _slot = self
+            .admission
+            .gate(crate::admission::Class::Route)
+            .admit()
+            .await?;
         self.route_admitted(input).await
     }
 
@@ -233,7 +237,11 @@ impl Triage {
         deadline: Instant,
     ) -> Result<Completion, Error> {
         let gateway = self.gateway()?;
-        let _slot = self.admission.gate(crate::admission::Class::Complete).admit().await?;
+        let _slot = self
+            .admission
+            .gate(crate::admission::Class::Complete)
+            .admit()
+            .await?;
         let (decision, input) = self.route_admitted(input).await?;
         let tier = &self.config().tiers[decision.tier];
         let result = gateway
@@ -285,7 +293,11 @@ impl Triage {
         deadline: Instant,
     ) -> Result<(Decision, tokio::sync::mpsc::Receiver<Piece>), Error> {
         let gateway = self.gateway()?;
-        let slot = self.admission.gate(crate::admission::Class::Complete).admit().await?;
+        let slot = self
+            .admission
+            .gate(crate::admission::Class::Complete)
+            .admit()
+            .await?;
         let (decision, input) = self.route_admitted(input).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(64);
         let this = self.clone();
@@ -360,7 +372,11 @@ impl Triage {
     /// Stores a validated outcome; answers once it is durable.
     pub async fn record_outcome(&self, record: OutcomeRecord) -> Result<Stored, Error> {
         let fb = self.feedback.as_ref().ok_or(Error::FeedbackDisabled)?;
-        let _slot = self.admission.gate(crate::admission::Class::Route).admit().await?;
+        let _slot = self
+            .admission
+            .gate(crate::admission::Class::Route)
+            .admit()
+            .await?;
         let source = record.source.clone();
         let stored = fb
             .record_outcome(record)

@@ -95,7 +95,11 @@ impl Auth {
     /// Checks a presented token (the bearer value, already stripped of `Bearer `) for `scope`.
     /// Every configured token is compared, in constant time, so the time taken says nothing
     /// about which one, or which part, matched.
-    pub fn check(&self, presented: Option<&str>, scope: Scope) -> Result<Option<Identity>, AuthError> {
+    pub fn check(
+        &self,
+        presented: Option<&str>,
+        scope: Scope,
+    ) -> Result<Option<Identity>, AuthError> {
         if !self.enabled() {
             return Ok(None);
         }
@@ -154,7 +158,10 @@ mod tests {
         let a = auth();
         let who = |t: &str, s| a.check(Some(t), s);
         assert_eq!(
-            who("a-secret-token-0002", Scope::Client).unwrap().unwrap().name,
+            who("a-secret-token-0002", Scope::Client)
+                .unwrap()
+                .unwrap()
+                .name,
             "team-a-next"
         );
         assert_eq!(
@@ -163,8 +170,14 @@ mod tests {
         );
         let ops = who("the-admin-token-9999", Scope::Client).unwrap().unwrap();
         assert!(ops.admin && ops.name == "ops");
-        assert_eq!(who("a-secret-token-000", Scope::Client), Err(AuthError::Unauthenticated));
-        assert_eq!(a.check(None, Scope::Client), Err(AuthError::Unauthenticated));
+        assert_eq!(
+            who("a-secret-token-000", Scope::Client),
+            Err(AuthError::Unauthenticated)
+        );
+        assert_eq!(
+            a.check(None, Scope::Client),
+            Err(AuthError::Unauthenticated)
+        );
         assert_eq!(Auth::default().check(None, Scope::Admin), Ok(None));
         assert!(Token::new("short", "tooshort").is_none());
         assert!(!format!("{a:?}").contains("a-secret"));

@@ -417,7 +417,7 @@ impl Gateway {
                         provider: m.provider.clone(),
                         model: m.model.clone(),
                         outcome: "skipped: circuit open".into(),
-                class: "skipped",
+                        class: "skipped",
                         latency_ms: 0,
                     });
                     break;

@@ -93,7 +93,10 @@ impl RawAuth {
                         match crate::files::read_regular(&path, 4096) {
                             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
                             Err(e) => {
-                                errors.push(format!("{at}.file: cannot read {}: {e}", path.display()));
+                                errors.push(format!(
+                                    "{at}.file: cannot read {}: {e}",
+                                    path.display()
+                                ));
                                 continue;
                             }
                         }
@@ -672,7 +675,10 @@ impl RawConfig {
                 s.concurrency_limit_per_connection,
             ),
             ("server.max_in_flight_routes", s.max_in_flight_routes),
-            ("server.max_in_flight_completions", s.max_in_flight_completions),
+            (
+                "server.max_in_flight_completions",
+                s.max_in_flight_completions,
+            ),
             ("server.max_connections", s.max_connections),
             ("server.header_timeout_ms", s.header_timeout_ms as usize),
             ("server.body_timeout_ms", s.body_timeout_ms as usize),

@@ -129,7 +129,9 @@ pub enum Error {
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
     /// More calls are in flight than `server.max_in_flight` allows; retry after the hint.
-    #[error("overloaded: {in_flight} calls in flight (server.max_in_flight); retry after {retry_after_s} s")]
+    #[error(
+        "overloaded: {in_flight} calls in flight (server.max_in_flight); retry after {retry_after_s} s"
+    )]
     Overloaded {
         /// The bound that was reached.
         in_flight: usize,

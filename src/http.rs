@@ -139,8 +139,10 @@ pub fn error(e: &Error) -> Response {
 /// Adds `Retry-After` to an overload refusal (both HTTP doors' error shapes).
 pub(crate) fn with_retry_after(e: &Error, mut r: Response) -> Response {
     if let Error::Overloaded { retry_after_s, .. } = e {
-        r.headers_mut()
-            .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(*retry_after_s),
+        );
     }
     r
 }

@@ -3,9 +3,14 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
+use tonic::Code;
+use triage::auth::{Auth, Token};
 use triage::feedback::{Feedback, FeedbackLimits};
-use triage::proto::v1::{OutcomeRequest, OutcomeSource};
+use triage::proto::v1::router_client::RouterClient;
+use triage::proto::v1::{Message, OutcomeRequest, OutcomeSource, ReloadModelRequest, RouteRequest};
 use wiremock::MockServer;
 
 use crate::common::{Server, config};
@@ -190,4 +195,452 @@ async fn unsupported_chat_fields_are_refused_naming_them_and_harmless_ones_pass(
         e["error"]["message"].as_str().unwrap().contains("top_k"),
         "{e}"
     );
+}
+
+/// Both doors on loopback; the handle resolves when the server has stopped.
+struct Doors {
+    grpc: String,
+    http: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<(), triage::server::ServeError>>,
+}
+
+async fn doors(c: triage::config::Config, fb: Option<Arc<Feedback>>) -> Doors {
+    let g = triage::chain::Gateway::from_config(&c)
+        .unwrap()
+        .map(Arc::new);
+    let engine = crate::common::engine(c);
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(triage::server::serve(
+        engine,
+        fb,
+        g,
+        grpc,
+        Some(http),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Doors {
+        grpc: format!("http://{grpc_addr}"),
+        http: format!("http://{http_addr}"),
+        stop: Some(tx),
+        done,
+    }
+}
+
+async fn grpc_client(url: &str) -> RouterClient<tonic::transport::Channel> {
+    for _ in 0..50 {
+        if let Ok(c) = RouterClient::connect(url.to_string()).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no gRPC server at {url}");
+}
+
+const CLIENT: &str = "client-token-aaaaaaaa";
+const ROTATED: &str = "client-token-bbbbbbbb";
+const ADMIN: &str = "admin-token-cccccccccc";
+
+fn with_tokens(mut c: triage::config::Config) -> triage::config::Config {
+    c.auth = Auth {
+        clients: vec![
+            Token::new("team-a", CLIENT).unwrap(),
+            Token::new("team-a-next", ROTATED).unwrap(),
+        ],
+        admins: vec![Token::new("ops", ADMIN).unwrap()],
+        allow_unauthenticated: false,
+    };
+    c
+}
+
+fn route_req(text: &str) -> RouteRequest {
+    RouteRequest {
+        messages: vec![Message {
+            role: "user".into(),
+            content: text.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn calls_without_a_valid_token_are_refused_on_every_door_and_admin_calls_need_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = feedback(dir.path());
+    let mut cfg = with_tokens(config());
+    cfg.providers.clear();
+    let d = doors(cfg, Some(fb.clone())).await;
+    let mut c = grpc_client(&d.grpc).await;
+    for token in [None, Some("wrong-token-zzzzzzzzzz"), Some("")] {
+        let req = match token {
+            None => tonic::Request::new(route_req("hi")),
+            Some(t) => with_token(route_req("hi"), t),
+        };
+        let err = c.route(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
+        assert_eq!(err.message(), "missing or invalid bearer token");
+    }
+    // Both rotation tokens work; the decision is attributed to the token's name.
+    let decided = c
+        .route(with_token(route_req("hi"), ROTATED))
+        .await
+        .unwrap()
+        .into_inner();
+    c.route(with_token(route_req("hello"), CLIENT))
+        .await
+        .unwrap();
+    let err = c
+        .stats(with_token(triage::proto::v1::StatsRequest {}, CLIENT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = c
+        .reload_model(with_token(ReloadModelRequest::default(), CLIENT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    c.stats(with_token(triage::proto::v1::StatsRequest {}, ADMIN))
+        .await
+        .unwrap();
+    c.reload_model(with_token(ReloadModelRequest::default(), ADMIN))
+        .await
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let chat = json!({"model": "triage", "messages": [{"role": "user", "content": "hi"}]});
+    let r = http
+        .post(format!("{}/v1/chat/completions", d.http))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "authentication_error", "{e}");
+    let r = http
+        .post(format!("{}/v1/chat/completions", d.http))
+        .bearer_auth("nope-nope-nope-nope-nope")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The Anthropic door: its own error shape, and the SDK's x-api-key header is accepted.
+    let msg = json!({"model": "triage", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let r = http
+        .post(format!("{}/v1/messages", d.http))
+        .json(&msg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "authentication_error", "{e}");
+    let r = http
+        .post(format!("{}/v1/messages", d.http))
+        .header("x-api-key", CLIENT)
+        .json(&msg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        501,
+        "authenticated; no providers configured here"
+    );
+    let r = http
+        .get(format!("{}/v1/models", d.http))
+        .bearer_auth(CLIENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Metrics need an admin token; health needs none.
+    let metrics = |t: &str| {
+        http.get(format!("{}/metrics", d.http))
+            .bearer_auth(t)
+            .send()
+    };
+    assert_eq!(metrics(CLIENT).await.unwrap().status(), 403);
+    assert_eq!(metrics(ADMIN).await.unwrap().status(), 200);
+    for path in ["/healthz", "/readyz"] {
+        let r = http.get(format!("{}{path}", d.http)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    // The token's name is the tenant of a decision that names none.
+    let id = decided.decision_id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut out = Vec::new();
+        fb.store().export(None, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        if let Some(line) = text.lines().find(|l| l.contains(&id)) {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["decision"]["tenant"], "team-a-next", "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "decision never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!format!("{:?}", with_tokens(config())).contains(CLIENT));
+}
+
+#[tokio::test]
+async fn a_public_address_without_tokens_refuses_to_start() {
+    let engine = crate::common::engine(config());
+    let public = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = triage::server::serve(engine, None, None, public, None, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("auth.allow_unauthenticated"),
+        "{err}"
+    );
+}
+
+fn slow_gateway(a: &MockServer, b: &MockServer) -> triage::config::Config {
+    let mut c = gateway_config(&a.uri(), &b.uri());
+    c.gateway.call_timeout_ms = 20_000;
+    c.gateway.attempt_timeout_ms = 10_000;
+    c.gateway.first_content_timeout_ms = 10_000;
+    c.gateway.max_retries = 0;
+    c.server.max_in_flight_completions = 2;
+    c.server.max_queued = 0;
+    c
+}
+
+async fn in_flight_completions(http: &reqwest::Client, base: &str) -> i64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("triage_in_flight{class=\"complete\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_flood_beyond_the_bound_is_refused_at_once_while_admitted_calls_succeed() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(json!({
+                    "choices": [{"message": {"role": "assistant", "content": "slow"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1}
+                }))
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&a)
+        .await;
+    let d = doors(slow_gateway(&a, &b), None).await;
+    let http = reqwest::Client::new();
+    let chat = json!({"model": "triage", "messages": [{"role": "user", "content": "hi"}]});
+    let admitted: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url, body) = (
+                http.clone(),
+                format!("{}/v1/chat/completions", d.http),
+                chat.clone(),
+            );
+            tokio::spawn(async move { http.post(url).json(&body).send().await.unwrap().status() })
+        })
+        .collect();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while in_flight_completions(&http, &d.http).await < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the two calls never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Twenty more: every one refused with Retry-After, none queued behind the slow provider.
+    let flood: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url, body) = (
+                http.clone(),
+                format!("{}/v1/chat/completions", d.http),
+                chat.clone(),
+            );
+            tokio::spawn(async move {
+                let r = http.post(url).json(&body).send().await.unwrap();
+                (r.status(), r.headers().get("retry-after").cloned())
+            })
+        })
+        .collect();
+    for f in flood {
+        let (status, retry) = f.await.unwrap();
+        assert_eq!(status, 429);
+        assert_eq!(retry.unwrap(), "1");
+    }
+    let mut c = grpc_client(&d.grpc).await;
+    let err = c.complete(crate::gateway::req()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("server.max_in_flight"),
+        "{}",
+        err.message()
+    );
+    // Routing has its own bound and is untouched by the saturated completions.
+    c.route(route_req("still routing")).await.unwrap();
+    for a in admitted {
+        assert_eq!(a.await.unwrap(), 200);
+    }
+}
+
+/// A connection that trickles its request head, or its body, is closed once
+/// server.header_timeout_ms / server.body_timeout_ms pass.
+#[tokio::test]
+async fn slowloris_connections_are_closed_after_the_read_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = config();
+    c.server.header_timeout = Duration::from_millis(300);
+    c.server.body_timeout = Duration::from_millis(300);
+    let d = doors(c, None).await;
+    let addr = d.http.trim_start_matches("http://").to_string();
+    // Head never finished: the server closes the connection without a request being handled.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a trickled head kept the connection open");
+    // Head complete, body trickled: 408 and closed.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"POST /v1/feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"dec")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a trickled body kept the connection open");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+    // Meanwhile the server still answers others.
+    let r = reqwest::get(format!("{}/healthz", d.http)).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// On shutdown a hung provider call is cut at server.drain_timeout_ms, and readiness turns
+/// false first.
+#[tokio::test]
+async fn shutdown_drains_within_the_deadline_even_with_a_hung_call() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_delay(Duration::from_secs(600)))
+        .mount(&a)
+        .await;
+    let mut c = slow_gateway(&a, &b);
+    c.server.drain_timeout = Duration::from_millis(300);
+    let mut d = doors(c, None).await;
+    let http = reqwest::Client::new();
+    let hung = {
+        let (http, url) = (http.clone(), format!("{}/v1/chat/completions", d.http));
+        tokio::spawn(async move {
+            http.post(url)
+                .json(&json!({"model": "triage", "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while in_flight_completions(&http, &d.http).await < 1 {
+        assert!(std::time::Instant::now() < until, "the call never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    d.stop.take().unwrap().send(()).unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), &mut d.done).await;
+    assert!(stopped.is_ok(), "shutdown waited on the hung call");
+    stopped.unwrap().unwrap().unwrap();
+    // The hung caller got an answer or a closed connection, not a hang.
+    let _ = tokio::time::timeout(Duration::from_secs(30), hung)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_metrics_scrape_shows_every_metric_and_no_prompt_text() {
+    let (a, b) = (MockServer::start().await, MockServer::start().await);
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(500))
+        .mount(&a)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({
+            "content": [{"type": "text", "text": "from backup"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 3, "output_tokens": 2}
+        })))
+        .mount(&b)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let fb = feedback(dir.path());
+    let mut cfg = slow_gateway(&a, &b);
+    cfg.server.max_in_flight_completions = 64;
+    let d = doors(cfg, Some(fb)).await;
+    let http = reqwest::Client::new();
+    let secret_prompt = "my-very-private-prompt-text";
+    let v: Value = http
+        .post(format!("{}/v1/chat/completions", d.http))
+        .json(&json!({"model": "triage", "messages": [{"role": "user", "content": secret_prompt}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["triage"]["decision_id"].as_str().unwrap().to_string();
+    http.post(format!("{}/v1/feedback", d.http))
+        .json(&json!({"decision_id": id, "quality": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    let text = http
+        .get(format!("{}/metrics", d.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "triage_decisions_total{",
+        "triage_route_duration_seconds_bucket{",
+        "triage_outcomes_total{source=\"user\"",
+        "triage_provider_attempts_total{provider=\"primary\"",
+        "class=\"server_error\"",
+        "triage_fallbacks_total 1",
+        "triage_decisions_dropped ",
+        "triage_provider_latency_estimate_ms{provider=\"backup\"",
+        "triage_provider_breaker{provider=\"primary\"",
+        "triage_model_info{version=",
+        "triage_in_flight{class=\"complete\"}",
+        "triage_shed{class=\"route\"}",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    assert!(!text.contains(secret_prompt));
+    assert!(text.contains("explored=\"false\""), "{text}");
 }
