@@ -179,6 +179,15 @@ impl Gateway {
             return Ok(None);
         }
         crate::providers::install_tls_provider();
+        // Said once at start rather than discovered per call; the variable may still be set
+        // later by a restart, so this is a warning, not a refusal.
+        for p in &config.providers {
+            if let Some(var) = &p.api_key_env
+                && std::env::var(var).map_or(true, |v| v.trim().is_empty())
+            {
+                tracing::warn!(provider = %p.name, variable = %var, "provider key variable is not set; calls to this provider will fail with missing_key");
+            }
+        }
         let http = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .build()

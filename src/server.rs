@@ -80,6 +80,9 @@ pub async fn serve(
     // and the other RPCs theirs (server.request_timeout_ms), each answered DEADLINE_EXCEEDED.
     let grpc = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+        .layer(tower::util::MapResponseLayer::new(
+            decode_error_is_invalid_argument::<tonic::body::Body>,
+        ))
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -108,6 +111,23 @@ pub async fn serve(
         let _ = h.await;
     }
     Ok(())
+}
+
+/// A request whose protobuf does not decode (invalid UTF-8 in a string field, a truncated
+/// message) is the caller's fault: tonic answers it `INTERNAL`, this makes it
+/// `INVALID_ARGUMENT`, keeping prost's message, which names the field.
+fn decode_error_is_invalid_argument<B>(mut r: axum::http::Response<B>) -> axum::http::Response<B> {
+    let h = r.headers();
+    let decode = h.get("grpc-status").is_some_and(|v| v == "13")
+        && h.get("grpc-message").is_some_and(|m| {
+            m.as_bytes()
+                .starts_with(b"failed%20to%20decode%20Protobuf%20message")
+        });
+    if decode {
+        r.headers_mut()
+            .insert("grpc-status", axum::http::HeaderValue::from_static("3"));
+    }
+    r
 }
 
 /// Resolves once `stop` says so (or its sender is gone).

@@ -334,6 +334,17 @@ fn check_short(config: &Config, field: &str, value: Option<&str>) -> Result<(), 
     }
 }
 
+/// Whether `text` has a character a reader would see: not whitespace, not a control, and not
+/// an invisible format character (zero-width space and joiners, word joiner, BOM, bidi marks),
+/// which would otherwise route an effectively empty prompt.
+pub fn has_visible_text(text: &str) -> bool {
+    text.chars().any(|c| {
+        !c.is_whitespace()
+            && !c.is_control()
+            && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' | '\u{00AD}')
+    })
+}
+
 /// Checks an `OutcomeRequest` and turns it into a record.
 pub fn validate_outcome(
     req: pb::OutcomeRequest,
@@ -471,10 +482,10 @@ pub fn validate_route(req: pb::RouteRequest, config: &Config) -> Result<RouteInp
     };
     let prompt = &req.messages[last_user].content;
     let field = format!("messages[{last_user}].content");
-    if prompt.trim().is_empty() {
+    if !has_visible_text(prompt) {
         return Err(RequestError::invalid(
             field,
-            "the routed user message is empty or whitespace only",
+            "the routed user message is empty, or only whitespace and invisible characters",
         ));
     }
     if prompt.len() > limits.max_prompt_bytes {

@@ -85,7 +85,8 @@ impl Feedback {
                                 counters.decisions_written.fetch_add(buf.len() as u64, Ordering::Relaxed);
                             }
                             Err(e) => {
-                                counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                                // Counted in records, like every other counter here.
+                                counters.write_errors.fetch_add(buf.len() as u64, Ordering::Relaxed);
                                 tracing::error!(error = %e, lost = buf.len(), "writing decisions failed");
                             }
                         }

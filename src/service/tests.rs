@@ -38,6 +38,22 @@ fn route_requests_parse_or_name_the_field_and_the_limit() {
     ]));
     assert_eq!(r.prompt, "second");
     assert_eq!(r.context, ["Be brief.", "first", "reply"]);
+    // Invisible characters alone are not a prompt; one visible letter among them is.
+    for invisible in [
+        "\u{200B}\u{200C}\u{200D}",
+        "\u{FEFF} \u{2060}\t",
+        "\u{202E}\u{00AD}\n",
+    ] {
+        assert!(
+            bad(route(vec![msg("user", invisible)]))
+                .starts_with("messages[0].content: the routed user message is empty"),
+            "{invisible:?}"
+        );
+    }
+    assert_eq!(
+        ok(route(vec![msg("user", "\u{200B}hi")])).prompt,
+        "\u{200B}hi"
+    );
     assert_eq!(r.prior_turns, 2);
 
     let knobs = |f: &dyn Fn(&mut pb::RouteRequest)| {

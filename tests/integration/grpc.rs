@@ -211,7 +211,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_limit() {
         (
             "whitespace prompt",
             req("  \n\t "),
-            &["messages[0].content", "empty or whitespace"],
+            &["messages[0].content", "empty, or only whitespace"],
         ),
         (
             "no user message",
@@ -454,6 +454,31 @@ async fn reflection_lists_the_router_and_describes_it() {
         panic!("{second:?}")
     };
     assert!(!fd.file_descriptor_proto.is_empty());
+}
+
+/// grpcurl and older tools still ask the v1alpha reflection service.
+#[tokio::test]
+async fn reflection_v1alpha_answers_too() {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let server = Server::start(config()).await;
+    let mut c = ServerReflectionClient::new(server.channel().await);
+    let reqs = vec![ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }];
+    let mut stream = c
+        .server_reflection_info(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("{first:?}")
+    };
+    assert!(list.service.iter().any(|s| s.name == "triage.v1.Router"));
 }
 
 #[tokio::test]

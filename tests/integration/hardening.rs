@@ -644,3 +644,43 @@ async fn a_metrics_scrape_shows_every_metric_and_no_prompt_text() {
     assert!(!text.contains(secret_prompt));
     assert!(text.contains("explored=\"false\""), "{text}");
 }
+
+/// The wire shape of a RouteRequest with the strings as raw bytes, to send invalid UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawMessage {
+    #[prost(bytes = "vec", tag = "1")]
+    role: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    content: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawRoute {
+    #[prost(message, repeated, tag = "1")]
+    messages: Vec<RawMessage>,
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_string_field_is_invalid_argument_naming_the_field() {
+    let server = Server::start(config()).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let raw = RawRoute {
+        messages: vec![RawMessage {
+            role: b"user".to_vec(),
+            content: vec![b'h', 0xff, 0xfe, b'i'],
+        }],
+    };
+    let codec = tonic_prost::ProstCodec::<RawRoute, triage::proto::v1::RouteDecision>::default();
+    let err = grpc
+        .unary(
+            tonic::Request::new(raw),
+            "/triage.v1.Router/Route".parse().unwrap(),
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("content"), "{}", err.message());
+    assert!(err.message().contains("UTF-8"), "{}", err.message());
+}
