@@ -1072,4 +1072,42 @@ chain = [{ provider = "", model = "m" }]
         .unwrap();
         assert!(c.model.classifier.exists(), "{:?}", c.model.classifier);
     }
+
+    #[test]
+    fn tokens_come_from_files_or_the_environment_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("admin.token"),
+            "  admin-token-from-a-file\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("short.token"), "short").unwrap();
+        let text = format!(
+            "{TWO_TIERS}\n[auth]\nadmin_tokens = [{{ name = \"ops\", file = \"admin.token\" }}]\n"
+        );
+        let c = Config::from_toml(&text, &dir.path().join("t.toml"), Some(dir.path())).unwrap();
+        assert!(c.auth.enabled());
+        assert_eq!(
+            c.auth
+                .check(Some("admin-token-from-a-file"), crate::auth::Scope::Admin)
+                .unwrap()
+                .unwrap()
+                .name,
+            "ops"
+        );
+        let bad = format!(
+            "{TWO_TIERS}\n[auth]\ntokens = [{{ name = \"a\", env = \"TRIAGE_TEST_UNSET_TOKEN\" }}, {{ name = \"b\", file = \"short.token\" }}, {{ name = \"c\" }}, {{ name = \"d\", file = \"/dev/zero\" }}]\n"
+        );
+        let err = Config::from_toml(&bad, &dir.path().join("t.toml"), Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "auth.tokens[0].env: environment variable TRIAGE_TEST_UNSET_TOKEN is not set",
+            "auth.tokens[1]: the token must be at least 16 bytes",
+            "auth.tokens[2]: set exactly one of env or file",
+            "auth.tokens[3].file: cannot read /dev/zero",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
+    }
 }

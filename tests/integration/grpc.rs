@@ -214,6 +214,11 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_limit() {
             &["messages[0].content", "empty, or only whitespace"],
         ),
         (
+            "zero-width prompt",
+            req("\u{200B}\u{200D}\u{FEFF}"),
+            &["messages[0].content", "invisible characters"],
+        ),
+        (
             "no user message",
             RouteRequest {
                 messages: vec![Message {
