@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use triage::chain::Gateway;
-use triage::config::{Config, RawModelRef};
+use triage::config::{Config, ModelRef};
 use triage::engine::Engine;
 use triage::feedback::{Feedback, FeedbackLimits};
 use triage::model_store::ModelStore;
@@ -101,7 +101,7 @@ async fn main() {
         api_key_env: None,
     }];
     for t in &mut config.tiers {
-        t.chain = vec![RawModelRef {
+        t.chain = vec![ModelRef {
             provider: "mock".into(),
             model: "m".into(),
         }];

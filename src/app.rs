@@ -175,7 +175,7 @@ impl Triage {
 
     /// The deadline of a completion: the caller's, capped by `gateway.call_timeout_ms`.
     pub fn call_deadline(&self, caller: Option<Duration>) -> Instant {
-        let cap = Duration::from_millis(self.config().gateway.call_timeout_ms);
+        let cap = self.config().gateway.call_timeout;
         Instant::now() + caller.map_or(cap, |c| c.min(cap))
     }
 

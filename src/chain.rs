@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::health::{Admission, Breaker, BreakerState, Ewma};
 
-use crate::config::{Config, RawGateway, RawModelRef};
+use crate::config::{Config, GatewayConfig, ModelRef};
 use crate::providers::{ChatRequest, ChatResponse, Provider, ProviderError};
 
 /// One call to one member.
@@ -167,7 +167,7 @@ pub struct MemberHealth {
 pub struct Gateway {
     http: reqwest::Client,
     providers: HashMap<String, Provider>,
-    settings: RawGateway,
+    settings: GatewayConfig,
     breakers: Mutex<HashMap<String, Breaker>>,
     latency: Mutex<HashMap<(String, String), Ewma>>,
 }
@@ -201,7 +201,7 @@ impl Gateway {
                     g.breaker_window,
                     g.breaker_min_calls,
                     g.breaker_failure_rate,
-                    Duration::from_millis(g.breaker_cooldown_ms),
+                    g.breaker_cooldown,
                 );
                 (p.name.clone(), b)
             })
@@ -275,7 +275,7 @@ impl Gateway {
 
     /// The order to try `chain` in: the configured order, or for latency-sensitive requests
     /// the members with the lowest latency estimate first (untimed ones after, in order).
-    fn order(&self, chain: &[RawModelRef], latency_sensitive: bool) -> Vec<usize> {
+    fn order(&self, chain: &[ModelRef], latency_sensitive: bool) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..chain.len()).collect();
         if latency_sensitive {
             let lat = self.latencies();
@@ -297,13 +297,13 @@ impl Gateway {
         if let ProviderError::RateLimited(Some(secs)) = error {
             let ms = secs.saturating_mul(1000);
             // A long Retry-After means this provider is out for a while: try the next one.
-            return (ms <= self.settings.max_retry_after_ms).then(|| Duration::from_millis(ms));
+            let wait = Duration::from_millis(ms);
+            return (wait <= self.settings.max_retry_after).then_some(wait);
         }
-        let base = self
-            .settings
-            .backoff_initial_ms
+        let base = u64::try_from(self.settings.backoff_initial.as_millis())
+            .unwrap_or(u64::MAX)
             .saturating_mul(1u64 << retry.min(20))
-            .min(self.settings.backoff_max_ms);
+            .min(u64::try_from(self.settings.backoff_max.as_millis()).unwrap_or(u64::MAX));
         // Jitter in [base/2, base] so synchronized clients spread out.
         let jittered = base / 2 + (rand::random::<f64>() * (base - base / 2) as f64) as u64;
         Some(Duration::from_millis(jittered))
@@ -315,7 +315,7 @@ impl Gateway {
     /// right before its attempt, so a member never reached never holds a probe.
     fn members(
         &self,
-        chain: &[RawModelRef],
+        chain: &[ModelRef],
         latency_sensitive: bool,
         attempts: &mut Vec<Attempt>,
     ) -> Vec<(usize, bool)> {
@@ -389,7 +389,7 @@ impl Gateway {
     /// (total time for unary calls, time to first content for streams).
     async fn attempts<T, F, Fut>(
         &self,
-        chain: &[RawModelRef],
+        chain: &[ModelRef],
         latency_sensitive: bool,
         deadline: Instant,
         mut attempt: F,
@@ -400,7 +400,7 @@ impl Gateway {
     {
         let mut attempts = Vec::new();
         let members = self.members(chain, latency_sensitive, &mut attempts);
-        let max_attempt = Duration::from_millis(self.settings.attempt_timeout_ms);
+        let max_attempt = self.settings.attempt_timeout;
         let mut deadline_hit = false;
         for (position, &(member, forced)) in members.iter().enumerate() {
             let m = &chain[member];
@@ -511,7 +511,7 @@ impl Gateway {
     /// Tries `chain` until a member answers or `deadline` passes.
     pub async fn run(
         &self,
-        chain: &[RawModelRef],
+        chain: &[ModelRef],
         req: &ChatRequest,
         latency_sensitive: bool,
         deadline: Instant,
@@ -546,7 +546,7 @@ impl Gateway {
     /// whole stream ends at `deadline`.
     pub async fn run_stream(
         &self,
-        chain: &[RawModelRef],
+        chain: &[ModelRef],
         req: &ChatRequest,
         latency_sensitive: bool,
         deadline: Instant,
@@ -554,7 +554,7 @@ impl Gateway {
     ) -> Result<Streamed, StreamError> {
         use crate::providers::StreamEvent;
         let http = &self.http;
-        let first_content = Duration::from_millis(self.settings.first_content_timeout_ms);
+        let first_content = self.settings.first_content_timeout;
         let (member, (first, mut events), mut attempts) = self
             .attempts(chain, latency_sensitive, deadline, move |provider, model, budget| {
                 let provider = provider.clone();
@@ -594,7 +594,7 @@ impl Gateway {
                     ev = events.recv() => ev,
                     () = out.closed() => Some(Err(ProviderError::Cancelled)),
                     () = tokio::time::sleep_until(deadline.into()) => Some(Err(ProviderError::Timeout(
-                        self.settings.call_timeout_ms,
+                        u64::try_from(self.settings.call_timeout.as_millis()).unwrap_or(u64::MAX),
                     ))),
                 },
             };

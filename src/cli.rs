@@ -322,7 +322,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .store()
             .expire_prompts(
                 now_ms(),
-                fb.prompt_retention_hours.saturating_mul(3_600_000),
+                u64::try_from(fb.prompt_retention.as_millis()).unwrap_or(u64::MAX),
             )
             .context("expiring stored prompts")?;
         let (d, o) = f.store().counts();
@@ -341,7 +341,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let retention = (
         fb.store_prompts,
-        fb.prompt_retention_hours.saturating_mul(3_600_000),
+        u64::try_from(fb.prompt_retention.as_millis()).unwrap_or(u64::MAX),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -192,6 +192,98 @@ impl Default for RawGateway {
     }
 }
 
+/// Validated `[gateway]`, with durations as [`Duration`](std::time::Duration)s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Deadline of a whole completion.
+    pub call_timeout: std::time::Duration,
+    /// Deadline of one provider attempt.
+    pub attempt_timeout: std::time::Duration,
+    /// A streaming attempt with no content by then is abandoned.
+    pub first_content_timeout: std::time::Duration,
+    /// Retries of the same member after a retryable failure.
+    pub max_retries: u32,
+    /// First backoff before a retry.
+    pub backoff_initial: std::time::Duration,
+    /// Longest backoff.
+    pub backoff_max: std::time::Duration,
+    /// Longest Retry-After honoured.
+    pub max_retry_after: std::time::Duration,
+    /// Failure share that opens a breaker, in (0, 1].
+    pub breaker_failure_rate: f64,
+    /// Calls a breaker remembers.
+    pub breaker_window: usize,
+    /// Calls a breaker needs before it may open.
+    pub breaker_min_calls: usize,
+    /// How long an open breaker keeps a provider out.
+    pub breaker_cooldown: std::time::Duration,
+    /// Weight of the newest latency, in (0, 1].
+    pub latency_ewma_alpha: f64,
+}
+
+impl RawGateway {
+    fn validate(&self, errors: &mut Vec<String>) -> GatewayConfig {
+        let g = self;
+        if g.attempt_timeout_ms == 0 {
+            errors.push("gateway.attempt_timeout_ms: must be at least 1".into());
+        }
+        if g.attempt_timeout_ms > g.call_timeout_ms {
+            errors.push(format!(
+                "gateway.attempt_timeout_ms: must not exceed gateway.call_timeout_ms ({}), got {}",
+                g.call_timeout_ms, g.attempt_timeout_ms
+            ));
+        }
+        if g.first_content_timeout_ms == 0 || g.first_content_timeout_ms > g.attempt_timeout_ms {
+            errors.push(format!(
+                "gateway.first_content_timeout_ms: must be between 1 and gateway.attempt_timeout_ms ({}), got {}",
+                g.attempt_timeout_ms, g.first_content_timeout_ms
+            ));
+        }
+        if g.backoff_initial_ms > g.backoff_max_ms {
+            errors.push(format!(
+                "gateway.backoff_initial_ms: must not exceed gateway.backoff_max_ms ({}), got {}",
+                g.backoff_max_ms, g.backoff_initial_ms
+            ));
+        }
+        if !(g.breaker_failure_rate > 0.0 && g.breaker_failure_rate <= 1.0) {
+            errors.push(format!(
+                "gateway.breaker_failure_rate: must be in (0, 1], got {}",
+                g.breaker_failure_rate
+            ));
+        }
+        if g.breaker_window == 0
+            || g.breaker_min_calls == 0
+            || g.breaker_min_calls > g.breaker_window
+        {
+            errors.push(format!(
+                "gateway.breaker_min_calls: must be between 1 and gateway.breaker_window ({}), got {}",
+                g.breaker_window, g.breaker_min_calls
+            ));
+        }
+        if !(g.latency_ewma_alpha > 0.0 && g.latency_ewma_alpha <= 1.0) {
+            errors.push(format!(
+                "gateway.latency_ewma_alpha: must be in (0, 1], got {}",
+                g.latency_ewma_alpha
+            ));
+        }
+        let ms = std::time::Duration::from_millis;
+        GatewayConfig {
+            call_timeout: ms(g.call_timeout_ms),
+            attempt_timeout: ms(g.attempt_timeout_ms),
+            first_content_timeout: ms(g.first_content_timeout_ms),
+            max_retries: g.max_retries,
+            backoff_initial: ms(g.backoff_initial_ms),
+            backoff_max: ms(g.backoff_max_ms),
+            max_retry_after: ms(g.max_retry_after_ms),
+            breaker_failure_rate: g.breaker_failure_rate,
+            breaker_window: g.breaker_window,
+            breaker_min_calls: g.breaker_min_calls,
+            breaker_cooldown: ms(g.breaker_cooldown_ms),
+            latency_ewma_alpha: g.latency_ewma_alpha,
+        }
+    }
+}
+
 /// A default model path: relative to the working directory when it exists there (a checkout
 /// or an install that ships `models/`), else in the source tree this binary was built from
 /// (`cargo run` from anywhere), else as given, so the error names the path looked for.
@@ -429,6 +521,64 @@ impl Default for RawFeedback {
     }
 }
 
+/// Validated `[feedback]`, with durations as [`Duration`](std::time::Duration)s.
+#[derive(Debug, Clone)]
+pub struct FeedbackConfig {
+    /// Log decisions and accept outcomes.
+    pub enabled: bool,
+    /// Directory of the sled store.
+    pub data_dir: PathBuf,
+    /// Keep the routed prompt's text.
+    pub store_prompts: bool,
+    /// How long stored prompt texts are kept.
+    pub prompt_retention: std::time::Duration,
+    /// Decisions waiting to be written.
+    pub decision_queue: usize,
+    /// Outcomes waiting to be written.
+    pub outcome_queue: usize,
+    /// Most records per write batch.
+    pub batch: usize,
+    /// How far in the future an outcome may be observed.
+    pub max_clock_skew: std::time::Duration,
+    /// Most labels on a request or an outcome.
+    pub max_labels: usize,
+    /// Longest label key or value, tenant or error class, in bytes.
+    pub max_label_bytes: usize,
+}
+
+impl RawFeedback {
+    fn validate(&self, errors: &mut Vec<String>) -> FeedbackConfig {
+        let f = self;
+        for (name, value) in [
+            ("feedback.decision_queue", f.decision_queue),
+            ("feedback.outcome_queue", f.outcome_queue),
+            ("feedback.batch", f.batch),
+            ("feedback.max_label_bytes", f.max_label_bytes),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name}: must be at least 1"));
+            }
+        }
+        if f.store_prompts && f.prompt_retention_hours == 0 {
+            errors.push("feedback.prompt_retention_hours: must be at least 1 when feedback.store_prompts is on".into());
+        }
+        FeedbackConfig {
+            enabled: f.enabled,
+            data_dir: f.data_dir.clone(),
+            store_prompts: f.store_prompts,
+            prompt_retention: std::time::Duration::from_secs(
+                f.prompt_retention_hours.saturating_mul(3_600),
+            ),
+            decision_queue: f.decision_queue,
+            outcome_queue: f.outcome_queue,
+            batch: f.batch,
+            max_clock_skew: std::time::Duration::from_millis(f.max_clock_skew_ms),
+            max_labels: f.max_labels,
+            max_label_bytes: f.max_label_bytes,
+        }
+    }
+}
+
 /// `[policy]`: how probabilities and knobs become a tier.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -467,13 +617,13 @@ pub struct RawTier {
     pub threshold: Option<f64>,
     /// The models serving this tier, in the order to try them.
     #[serde(default)]
-    pub chain: Vec<RawModelRef>,
+    pub chain: Vec<ModelRef>,
 }
 
-/// One member of a tier's chain.
+/// One member of a tier's chain (validated: neither name is empty).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RawModelRef {
+pub struct ModelRef {
     /// Provider name (e.g. `openai`, `anthropic`, `groq`).
     pub provider: String,
     /// The provider's model name.
@@ -490,11 +640,11 @@ pub struct Config {
     /// Output tokens assumed for cost estimates.
     pub expected_output_tokens: u32,
     /// Decision log and outcomes.
-    pub feedback: RawFeedback,
+    pub feedback: FeedbackConfig,
     /// Providers by name, with environment references expanded.
     pub providers: Vec<crate::providers::Provider>,
     /// Chain settings.
-    pub gateway: RawGateway,
+    pub gateway: GatewayConfig,
     /// Index of the tier that caps `latency_sensitive` requests.
     pub latency_sensitive_max_tier: Option<usize>,
     /// Share of requests routed to a random eligible tier, in [0, 1].
@@ -556,7 +706,7 @@ pub struct TierConfig {
     /// Threshold override, in [0, 1].
     pub threshold: Option<f64>,
     /// Models to try, in order (at least one).
-    pub chain: Vec<RawModelRef>,
+    pub chain: Vec<ModelRef>,
 }
 
 impl TierConfig {
@@ -693,20 +843,7 @@ impl RawConfig {
                 "policy.exploration_rate: must be in [0, 1], got {rate}"
             ));
         }
-        let f = &self.feedback;
-        for (name, value) in [
-            ("feedback.decision_queue", f.decision_queue),
-            ("feedback.outcome_queue", f.outcome_queue),
-            ("feedback.batch", f.batch),
-            ("feedback.max_label_bytes", f.max_label_bytes),
-        ] {
-            if value == 0 {
-                errors.push(format!("{name}: must be at least 1"));
-            }
-        }
-        if f.store_prompts && f.prompt_retention_hours == 0 {
-            errors.push("feedback.prompt_retention_hours: must be at least 1 when feedback.store_prompts is on".into());
-        }
+        let feedback = self.feedback.validate(&mut errors);
         if s.request_timeout_ms == 0 {
             errors.push("server.request_timeout_ms: must be at least 1".into());
         }
@@ -824,49 +961,7 @@ impl RawConfig {
             }
         }
         let model = self.model.validate(&mut errors);
-        let g = &self.gateway;
-        if g.attempt_timeout_ms == 0 {
-            errors.push("gateway.attempt_timeout_ms: must be at least 1".into());
-        }
-        if g.attempt_timeout_ms > g.call_timeout_ms {
-            errors.push(format!(
-                "gateway.attempt_timeout_ms: must not exceed gateway.call_timeout_ms ({}), got {}",
-                g.call_timeout_ms, g.attempt_timeout_ms
-            ));
-        }
-        if g.first_content_timeout_ms == 0 || g.first_content_timeout_ms > g.attempt_timeout_ms {
-            errors.push(format!(
-                "gateway.first_content_timeout_ms: must be between 1 and gateway.attempt_timeout_ms ({}), got {}",
-                g.attempt_timeout_ms, g.first_content_timeout_ms
-            ));
-        }
-        if g.backoff_initial_ms > g.backoff_max_ms {
-            errors.push(format!(
-                "gateway.backoff_initial_ms: must not exceed gateway.backoff_max_ms ({}), got {}",
-                g.backoff_max_ms, g.backoff_initial_ms
-            ));
-        }
-        if !(g.breaker_failure_rate > 0.0 && g.breaker_failure_rate <= 1.0) {
-            errors.push(format!(
-                "gateway.breaker_failure_rate: must be in (0, 1], got {}",
-                g.breaker_failure_rate
-            ));
-        }
-        if g.breaker_window == 0
-            || g.breaker_min_calls == 0
-            || g.breaker_min_calls > g.breaker_window
-        {
-            errors.push(format!(
-                "gateway.breaker_min_calls: must be between 1 and gateway.breaker_window ({}), got {}",
-                g.breaker_window, g.breaker_min_calls
-            ));
-        }
-        if !(g.latency_ewma_alpha > 0.0 && g.latency_ewma_alpha <= 1.0) {
-            errors.push(format!(
-                "gateway.latency_ewma_alpha: must be in (0, 1], got {}",
-                g.latency_ewma_alpha
-            ));
-        }
+        let gateway = self.gateway.validate(&mut errors);
         let (Some(addr), true) = (addr, errors.is_empty()) else {
             return Err(errors);
         };
@@ -892,9 +987,9 @@ impl RawConfig {
                 drain_timeout: std::time::Duration::from_millis(s.drain_timeout_ms),
             },
             model,
-            feedback: self.feedback,
+            feedback,
             providers,
-            gateway: self.gateway,
+            gateway,
             expected_output_tokens: self.policy.expected_output_tokens,
             latency_sensitive_max_tier: latency_cap,
             exploration_rate: self.policy.exploration_rate,

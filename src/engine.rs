@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, RawModelRef};
+use crate::config::{Config, ModelRef};
 use crate::error::Error;
 use crate::features::{Conversation, MarkerSet};
 use crate::model_store::ModelStore;
@@ -45,7 +45,7 @@ pub struct Decision {
     /// Chosen tier name.
     pub tier_name: String,
     /// The chosen tier's chain.
-    pub chain: Vec<RawModelRef>,
+    pub chain: Vec<ModelRef>,
     /// Estimated cost on the chosen tier, USD.
     pub estimated_cost_usd: f64,
     /// Per-tier view, cheapest first, with names.

@@ -385,7 +385,7 @@ pub fn validate_outcome(
             format!("must be a finite number >= 0, got {c}"),
         ));
     }
-    let skew = config.feedback.max_clock_skew_ms;
+    let skew = u64::try_from(config.feedback.max_clock_skew.as_millis()).unwrap_or(u64::MAX);
     let now = i64::try_from(now_ms).unwrap_or(i64::MAX);
     let observed = req.observed_at_unix_ms.unwrap_or(now);
     if observed > now.saturating_add(i64::try_from(skew).unwrap_or(i64::MAX)) {

@@ -113,9 +113,9 @@ async fn chain_with(
         .await;
     let mut c = gateway_config(&bad, &good.uri());
     c.providers[1].kind = triage::providers::Kind::Openai;
-    c.gateway.call_timeout_ms = 3_000;
-    c.gateway.attempt_timeout_ms = 3_000;
-    c.gateway.first_content_timeout_ms = 500;
+    c.gateway.call_timeout = std::time::Duration::from_millis(3_000);
+    c.gateway.attempt_timeout = std::time::Duration::from_millis(3_000);
+    c.gateway.first_content_timeout = std::time::Duration::from_millis(500);
     c.gateway.max_retries = 0;
     (c, good, closed)
 }
@@ -217,8 +217,8 @@ async fn the_caller_s_deadline_is_answered_deadline_exceeded() {
     let (bad2, _) = bad_provider(Misbehave::Hang).await;
     let mut c = gateway_config(&bad, &bad2);
     c.providers[1].kind = triage::providers::Kind::Openai;
-    c.gateway.call_timeout_ms = 5_000;
-    c.gateway.attempt_timeout_ms = 5_000;
+    c.gateway.call_timeout = std::time::Duration::from_millis(5_000);
+    c.gateway.attempt_timeout = std::time::Duration::from_millis(5_000);
     let s = server(c).await;
     let mut request = tonic::Request::new(req());
     request.set_timeout(Duration::from_millis(800));
@@ -240,7 +240,7 @@ fn probe_config(primary: &str, backup: &str) -> triage::config::Config {
     c.gateway.breaker_window = 2;
     c.gateway.breaker_min_calls = 2;
     c.gateway.breaker_failure_rate = 0.5;
-    c.gateway.breaker_cooldown_ms = 200;
+    c.gateway.breaker_cooldown = std::time::Duration::from_millis(200);
     c
 }
 
@@ -323,7 +323,7 @@ async fn a_half_open_probe_answered_400_or_cancelled_lets_the_next_call_probe() 
         .mount(&slow)
         .await;
     let mut c = probe_config(&slow.uri(), &b.uri());
-    c.gateway.attempt_timeout_ms = 5_000;
+    c.gateway.attempt_timeout = std::time::Duration::from_millis(5_000);
     let g = Gateway::from_config(&c).unwrap().unwrap();
     let chain = &c.tiers[0].chain[..1];
     for _ in 0..2 {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::Code;
 use triage::chain::Gateway;
-use triage::config::{Config, RawModelRef};
+use triage::config::{Config, ModelRef};
 use triage::proto::v1::{CompleteRequest, Message, RouteRequest};
 use triage::providers::{Kind, Provider};
 use wiremock::matchers::{body_partial_json, header, method, path};
@@ -47,21 +47,21 @@ pub(crate) fn gateway_config(primary: &str, backup: &str) -> Config {
     ];
     for t in &mut c.tiers {
         t.chain = vec![
-            RawModelRef {
+            ModelRef {
                 provider: "primary".into(),
                 model: format!("{}-a", t.name),
             },
-            RawModelRef {
+            ModelRef {
                 provider: "backup".into(),
                 model: format!("{}-b", t.name),
             },
         ];
     }
-    c.gateway.attempt_timeout_ms = 400;
+    c.gateway.attempt_timeout = std::time::Duration::from_millis(400);
     c.gateway.max_retries = 1;
-    c.gateway.backoff_initial_ms = 5;
-    c.gateway.backoff_max_ms = 10;
-    c.gateway.max_retry_after_ms = 1_500;
+    c.gateway.backoff_initial = std::time::Duration::from_millis(5);
+    c.gateway.backoff_max = std::time::Duration::from_millis(10);
+    c.gateway.max_retry_after = std::time::Duration::from_millis(1_500);
     c
 }
 
@@ -342,7 +342,7 @@ async fn a_failing_provider_trips_its_breaker_and_is_skipped() {
     let mut c = gateway_config(&a.uri(), &b.uri());
     c.gateway.breaker_window = 4;
     c.gateway.breaker_min_calls = 2;
-    c.gateway.breaker_cooldown_ms = 60_000;
+    c.gateway.breaker_cooldown = std::time::Duration::from_millis(60_000);
     let s = server(c).await;
     let first = s.client().await.complete(req()).await.unwrap().into_inner();
     assert_eq!(first.attempts.len(), 3);
@@ -384,7 +384,7 @@ async fn when_every_breaker_is_open_the_least_recently_failed_is_tried() {
     let mut c = gateway_config(&a.uri(), &b.uri());
     c.gateway.breaker_window = 2;
     c.gateway.breaker_min_calls = 2;
-    c.gateway.breaker_cooldown_ms = 60_000;
+    c.gateway.breaker_cooldown = std::time::Duration::from_millis(60_000);
     let s = server(c).await;
     let err = s.client().await.complete(req()).await.unwrap_err();
     assert!(

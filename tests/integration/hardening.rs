@@ -417,9 +417,9 @@ async fn a_public_address_without_tokens_refuses_to_start() {
 
 fn slow_gateway(a: &MockServer, b: &MockServer) -> triage::config::Config {
     let mut c = gateway_config(&a.uri(), &b.uri());
-    c.gateway.call_timeout_ms = 20_000;
-    c.gateway.attempt_timeout_ms = 10_000;
-    c.gateway.first_content_timeout_ms = 10_000;
+    c.gateway.call_timeout = std::time::Duration::from_millis(20_000);
+    c.gateway.attempt_timeout = std::time::Duration::from_millis(10_000);
+    c.gateway.first_content_timeout = std::time::Duration::from_millis(10_000);
     c.gateway.max_retries = 0;
     c.server.max_in_flight_completions = 2;
     c.server.max_queued = 0;
