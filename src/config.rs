@@ -368,6 +368,12 @@ pub struct RawServer {
     /// On SIGTERM, in-flight calls get this long to finish before the server stops anyway,
     /// in milliseconds.
     pub drain_timeout_ms: u64,
+    /// PEM certificate chain: with `tls_key`, both doors speak TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate they signed.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -390,6 +396,9 @@ impl Default for RawServer {
             body_timeout_ms: 30_000,
             max_connections: 10_000,
             drain_timeout_ms: 15_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -692,6 +701,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long shutdown waits for in-flight calls.
     pub drain_timeout: std::time::Duration,
+    /// TLS for both doors, when configured.
+    pub tls: Option<crate::tls::TlsMaterial>,
 }
 
 /// A validated tier.
@@ -787,6 +798,52 @@ impl Config {
     }
 }
 
+/// Reads the TLS files named in `[server]` (relative to the config's directory) and checks
+/// that they make a usable rustls config.
+fn tls_material(
+    s: &RawServer,
+    base: Option<&Path>,
+    errors: &mut Vec<String>,
+) -> Option<crate::tls::TlsMaterial> {
+    let read = |key: &str, p: &Path, errors: &mut Vec<String>| {
+        let path = match base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p.to_path_buf(),
+        };
+        crate::files::read_regular(&path, 1 << 20)
+            .map_err(|e| errors.push(format!("server.{key}: cannot read {}: {e}", path.display())))
+            .ok()
+    };
+    let (cert, key) = match (&s.tls_cert, &s.tls_key) {
+        (None, None) => {
+            if s.tls_client_ca.is_some() {
+                errors
+                    .push("server.tls_client_ca: needs server.tls_cert and server.tls_key".into());
+            }
+            return None;
+        }
+        (Some(c), Some(k)) => (read("tls_cert", c, errors)?, read("tls_key", k, errors)?),
+        _ => {
+            errors.push("server.tls_cert, server.tls_key: set both or neither".into());
+            return None;
+        }
+    };
+    let client_ca = match &s.tls_client_ca {
+        Some(p) => Some(read("tls_client_ca", p, errors)?),
+        None => None,
+    };
+    let material = crate::tls::TlsMaterial {
+        cert_pem: cert,
+        key_pem: key,
+        client_ca_pem: client_ca,
+    };
+    if let Err(e) = material.http_config() {
+        errors.push(e);
+        return None;
+    }
+    Some(material)
+}
+
 fn check_price(errors: &mut Vec<String>, path: String, value: f64) {
     if !value.is_finite() || value < 0.0 {
         errors.push(format!("{path}: must be a finite number >= 0, got {value}"));
@@ -844,6 +901,7 @@ impl RawConfig {
             ));
         }
         let feedback = self.feedback.validate(&mut errors);
+        let tls = tls_material(s, base.filter(|b| !b.as_os_str().is_empty()), &mut errors);
         if s.request_timeout_ms == 0 {
             errors.push("server.request_timeout_ms: must be at least 1".into());
         }
@@ -985,6 +1043,7 @@ impl RawConfig {
                 body_timeout: std::time::Duration::from_millis(s.body_timeout_ms),
                 max_connections: s.max_connections,
                 drain_timeout: std::time::Duration::from_millis(s.drain_timeout_ms),
+                tls,
             },
             model,
             feedback,

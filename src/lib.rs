@@ -27,6 +27,7 @@ pub mod prototypes;
 pub mod providers;
 pub mod server;
 pub mod service;
+pub mod tls;
 pub mod train;
 
 /// Generated protobuf and gRPC code.

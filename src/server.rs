@@ -21,6 +21,9 @@ pub enum ServeError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Listener(#[from] std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -62,9 +65,15 @@ pub async fn serve(
     let service = RouterService::new(core.clone());
     // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let tls = match &limits.tls {
+        Some(m) => Some(tokio_rustls::TlsAcceptor::from(
+            m.http_config().map_err(ServeError::Tls)?,
+        )),
+        None => None,
+    };
     let http_task = http.map(|l| {
         let app = crate::http::router(core.clone(), &limits);
-        tokio::spawn(serve_http(l, app, limits.clone(), stop_rx.clone()))
+        tokio::spawn(serve_http(l, app, limits.clone(), tls, stop_rx.clone()))
     });
     let draining = core.clone();
     let shutdown = async move {
@@ -78,7 +87,11 @@ pub async fn serve(
     let router = RouterServer::new(service).max_decoding_message_size(limits.max_request_bytes);
     // No server-wide timeout: completions have their own deadline (gateway.call_timeout_ms)
     // and the other RPCs theirs (server.request_timeout_ms), each answered DEADLINE_EXCEEDED.
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(m) = &limits.tls {
+        builder = builder.tls_config(m.grpc_config())?;
+    }
+    let grpc = builder
         .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
         .layer(tower::util::MapResponseLayer::new(
             decode_error_is_invalid_argument::<tonic::body::Body>,
@@ -146,6 +159,7 @@ async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     limits: crate::config::ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -180,12 +194,34 @@ async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let Some(tls) = tls.clone() else {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(slot);
+            });
+            continue;
+        };
+        // The handshake runs in the connection's own task, bounded like a request head, so a
+        // client that never finishes it holds one slot for a while and nothing else.
+        let (builder, watcher, handshake) =
+            (builder.clone(), graceful.watcher(), limits.header_timeout);
         tokio::spawn(async move {
-            let _ = conn.await;
+            let stream = match tokio::time::timeout(handshake, tls.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let _ = watcher.watch(conn).await;
             drop(slot);
         });
     }

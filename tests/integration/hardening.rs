@@ -684,3 +684,88 @@ async fn invalid_utf8_in_a_string_field_is_invalid_argument_naming_the_field() {
     assert!(err.message().contains("content"), "{}", err.message());
     assert!(err.message().contains("UTF-8"), "{}", err.message());
 }
+
+/// Both doors over TLS with a self-signed certificate made here; plain text is refused.
+#[tokio::test]
+async fn both_doors_round_trip_over_tls_with_a_self_signed_certificate() {
+    triage::providers::install_tls_provider();
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (made.cert.pem(), made.key_pair.serialize_pem());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    // Through the config file, as an operator writes it; half a pair is refused.
+    let shipped = triage::config::DEFAULT_CONFIG_TOML;
+    let with = |lines: &str| shipped.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1);
+    let cfg = triage::config::Config::from_toml(
+        &with("tls_cert = \"cert.pem\"\ntls_key = \"key.pem\""),
+        &dir.path().join("t.toml"),
+        Some(dir.path()),
+    )
+    .unwrap();
+    let err = triage::config::Config::from_toml(
+        &with("tls_cert = \"cert.pem\""),
+        &dir.path().join("t.toml"),
+        Some(dir.path()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("server.tls_cert, server.tls_key: set both or neither"),
+        "{err}"
+    );
+    let err = triage::config::Config::from_toml(
+        &with("tls_cert = \"key.pem\"\ntls_key = \"cert.pem\""),
+        &dir.path().join("t.toml"),
+        Some(dir.path()),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("server.tls_"), "{err}");
+
+    let mut c = config();
+    c.server.tls = cfg.server.tls.clone();
+    c.providers.clear();
+    let d = doors(c, None).await;
+    let https = d.http.replace("http://", "https://");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let mut ok = None;
+    for _ in 0..50 {
+        if let Ok(r) = client.get(format!("{https}/healthz")).send().await {
+            ok = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ok.expect("no TLS answer").status(), 200);
+    let r = client
+        .post(format!("{https}/v1/feedback"))
+        .json(&json!({"decision_id": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "the door itself answers over TLS");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    assert!(reqwest::get(format!("{}/healthz", d.http)).await.is_err());
+
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&cert))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(d.grpc.replace("http://", "https://"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let decided = RouterClient::new(channel)
+        .route(route_req("Hello over TLS"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!decided.tier.is_empty());
+}
