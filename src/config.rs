@@ -805,43 +805,29 @@ fn tls_material(
     base: Option<&Path>,
     errors: &mut Vec<String>,
 ) -> Option<crate::tls::TlsMaterial> {
-    let read = |key: &str, p: &Path, errors: &mut Vec<String>| {
-        let path = match base {
-            Some(b) if p.is_relative() => b.join(p),
-            _ => p.to_path_buf(),
-        };
-        crate::files::read_regular(&path, 1 << 20)
-            .map_err(|e| errors.push(format!("server.{key}: cannot read {}: {e}", path.display())))
-            .ok()
+    let resolve = |p: &Path| match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p.to_path_buf(),
     };
-    let (cert, key) = match (&s.tls_cert, &s.tls_key) {
+    match (&s.tls_cert, &s.tls_key) {
         (None, None) => {
             if s.tls_client_ca.is_some() {
                 errors
                     .push("server.tls_client_ca: needs server.tls_cert and server.tls_key".into());
             }
-            return None;
+            None
         }
-        (Some(c), Some(k)) => (read("tls_cert", c, errors)?, read("tls_key", k, errors)?),
+        (Some(c), Some(k)) => {
+            let ca = s.tls_client_ca.as_deref().map(resolve);
+            crate::tls::TlsMaterial::read(&resolve(c), &resolve(k), ca.as_deref())
+                .map_err(|e| errors.push(e))
+                .ok()
+        }
         _ => {
             errors.push("server.tls_cert, server.tls_key: set both or neither".into());
-            return None;
+            None
         }
-    };
-    let client_ca = match &s.tls_client_ca {
-        Some(p) => Some(read("tls_client_ca", p, errors)?),
-        None => None,
-    };
-    let material = crate::tls::TlsMaterial {
-        cert_pem: cert,
-        key_pem: key,
-        client_ca_pem: client_ca,
-    };
-    if let Err(e) = material.http_config() {
-        errors.push(e);
-        return None;
     }
-    Some(material)
 }
 
 fn check_price(errors: &mut Vec<String>, path: String, value: f64) {

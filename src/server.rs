@@ -66,14 +66,36 @@ pub async fn serve(
     // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls = match &limits.tls {
-        Some(m) => Some(tokio_rustls::TlsAcceptor::from(
-            m.http_config().map_err(ServeError::Tls)?,
-        )),
+        Some(m) => Some(Arc::new(crate::tls::Tls::new(m).map_err(ServeError::Tls)?)),
         None => None,
     };
+    #[cfg(unix)]
+    if let Some(tls) = tls.clone() {
+        // SIGHUP re-reads the certificate files (as it reloads the model); a bad file keeps
+        // the current certificate serving.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let t = tls.clone();
+                match tokio::task::spawn_blocking(move || t.reload()).await {
+                    Ok(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "TLS certificate not reloaded; the current one keeps serving")
+                    }
+                    Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+                }
+            }
+        });
+    }
     let http_task = http.map(|l| {
         let app = crate::http::router(core.clone(), &limits);
-        tokio::spawn(serve_http(l, app, limits.clone(), tls, stop_rx.clone()))
+        tokio::spawn(serve_http(
+            l,
+            app,
+            limits.clone(),
+            tls.clone(),
+            stop_rx.clone(),
+        ))
     });
     let draining = core.clone();
     let shutdown = async move {
@@ -87,11 +109,7 @@ pub async fn serve(
     let router = RouterServer::new(service).max_decoding_message_size(limits.max_request_bytes);
     // No server-wide timeout: completions have their own deadline (gateway.call_timeout_ms)
     // and the other RPCs theirs (server.request_timeout_ms), each answered DEADLINE_EXCEEDED.
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(m) = &limits.tls {
-        builder = builder.tls_config(m.grpc_config())?;
-    }
-    let grpc = builder
+    let services = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
         .layer(tower::util::MapResponseLayer::new(
             decode_error_is_invalid_argument::<tonic::body::Body>,
@@ -99,12 +117,20 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(router)
+        .add_service(router);
+    type Served<'a> =
+        std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>>;
+    let grpc: Served<'_> = match tls {
         // Without TCP_NODELAY, small gRPC replies wait on delayed ACKs (~40 ms each).
-        .serve_with_incoming_shutdown(
+        None => Box::pin(services.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
-        );
+        )),
+        Some(tls) => Box::pin(services.serve_with_incoming_shutdown(
+            tls_incoming(listener, tls, limits.header_timeout, stop_rx.clone()),
+            shutdown,
+        )),
+    };
     let mut drained = stop_rx.clone();
     let deadline = async move {
         stopped(&mut drained).await;
@@ -143,6 +169,47 @@ fn decode_error_is_invalid_argument<B>(mut r: axum::http::Response<B>) -> axum::
     r
 }
 
+/// gRPC connections over TLS: accepted here, each handshake in its own task (bounded by
+/// `server.header_timeout_ms`) with the certificate current at that moment, so a SIGHUP
+/// reload applies to every new connection.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<crate::tls::Tls>,
+    handshake: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "gRPC accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stopped(&mut stop) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, tx) = (tls.grpc_acceptor(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(s)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// Resolves once `stop` says so (or its sender is gone).
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
@@ -159,7 +226,7 @@ async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
     limits: crate::config::ServerConfig,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<crate::tls::Tls>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -194,7 +261,7 @@ async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let Some(tls) = tls.clone() else {
+        let Some(tls) = tls.as_ref().map(|t| t.http_acceptor()) else {
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();

@@ -813,3 +813,101 @@ async fn sighup_reloads_the_configured_model() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// SIGHUP re-reads the TLS certificate: new connections get the new one, and a broken file
+/// keeps the current one serving.
+#[tokio::test]
+async fn sighup_reloads_the_tls_certificate() {
+    triage::providers::install_tls_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let make = || {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        (c.cert.pem(), c.key_pair.serialize_pem())
+    };
+    let install = |cert: &str, key: &str| {
+        for (name, text) in [("cert.pem", cert), ("key.pem", key)] {
+            let tmp = dir.path().join(format!("{name}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+        }
+    };
+    let (first_cert, first_key) = make();
+    install(&first_cert, &first_key);
+    let config = dir.path().join("triage.toml");
+    let text = triage::config::DEFAULT_CONFIG_TOML
+        .replacen(
+            "[server]\n",
+            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
+            1,
+        )
+        .replace("watch_interval_ms = 2000", "watch_interval_ms = 0")
+        .replace(
+            "\"models/embeddings\"",
+            &format!(
+                "{:?}",
+                repo().join("models/embeddings").display().to_string()
+            ),
+        );
+    std::fs::write(&config, text).unwrap();
+    let (mut child, addr) = spawn_server_with(
+        &dir.path().join("store"),
+        &["--config".as_ref(), config.as_os_str()],
+    );
+    let connect = |ca: String| {
+        let url = format!("https://{addr}");
+        async move {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("localhost");
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await?;
+            Ok::<_, tonic::transport::Error>(RouterClient::new(channel))
+        }
+    };
+    let mut c = connect(first_cert.clone()).await.unwrap();
+    c.route(req("hi")).await.unwrap();
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // A broken certificate file: the signal is refused and the current one keeps serving.
+    install("not a certificate", &first_key);
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    connect(first_cert.clone())
+        .await
+        .unwrap()
+        .route(req("hi"))
+        .await
+        .unwrap();
+    let (second_cert, second_key) = make();
+    install(&second_cert, &second_key);
+    hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = connect(second_cert.clone()).await
+            && c.route(req("hi")).await.is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = match connect(first_cert).await {
+        Err(_) => true,
+        Ok(mut c) => c.route(req("hi")).await.is_err(),
+    };
+    assert!(old, "a new connection still trusted the old certificate");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -769,3 +769,83 @@ async fn both_doors_round_trip_over_tls_with_a_self_signed_certificate() {
         .into_inner();
     assert!(!decided.tier.is_empty());
 }
+
+/// With server.tls_client_ca, a client without a certificate signed by that CA is refused.
+#[tokio::test]
+async fn client_certificates_are_required_when_a_client_ca_is_configured() {
+    triage::providers::install_tls_provider();
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client = rcgen::CertificateParams::new(vec!["client".to_string()])
+        .unwrap()
+        .signed_by(&client_key, &ca, &ca_key)
+        .unwrap();
+    let stranger = rcgen::generate_simple_self_signed(vec!["client".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("cert.pem", server.cert.pem()),
+        ("key.pem", server.key_pair.serialize_pem()),
+        ("ca.pem", ca.pem()),
+    ] {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let material = triage::tls::TlsMaterial::read(
+        &dir.path().join("cert.pem"),
+        &dir.path().join("key.pem"),
+        Some(&dir.path().join("ca.pem")),
+    )
+    .unwrap();
+    let mut c = config();
+    c.server.tls = Some(material);
+    let d = doors(c, None).await;
+    let url = d.grpc.replace("http://", "https://");
+    let call = |identity: Option<(String, String)>| {
+        let (url, server_ca) = (url.clone(), server.cert.pem());
+        async move {
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(server_ca))
+                .domain_name("localhost");
+            if let Some((cert, key)) = identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            RouterClient::new(channel)
+                .route(route_req("hi"))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let mut admitted = Err(String::new());
+    for _ in 0..50 {
+        admitted = call(Some((client.pem(), client_key.serialize_pem()))).await;
+        if admitted.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    admitted.unwrap();
+    assert!(
+        call(None).await.is_err(),
+        "no client certificate was accepted"
+    );
+    assert!(
+        call(Some((
+            stranger.cert.pem(),
+            stranger.key_pair.serialize_pem()
+        )))
+        .await
+        .is_err(),
+        "a certificate from another CA was accepted"
+    );
+}
