@@ -81,6 +81,22 @@ fn main() {
         let v = f.featurize(Conversation::single(&short)).unwrap().vector;
         b.iter(|| c.score(black_box(&v)))
     });
+    // What the core adds to every decision since load shedding and metrics: one slot taken
+    // and freed, one tier counter, one histogram sample.
+    g.bench_function("admission + metrics per decision", |b| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let gate = triage::admission::Gate::new(4096, 128, std::time::Duration::from_millis(200));
+        let metrics = triage::metrics::Metrics::new();
+        b.iter(|| {
+            rt.block_on(async {
+                let slot = gate.admit().await.unwrap();
+                metrics.decision(black_box("standard"), false, 4e-5);
+                drop(slot);
+            })
+        })
+    });
     g.finish();
     crit.final_summary();
     println!("\nsingle calls, one thread:");
