@@ -3,65 +3,24 @@ package (run by .ci/run).
 
 usage: python tests/anthropic_sdk.py PATH/TO/triage
 
-Starts the same mock OpenAI-compatible provider as tests/openai_sdk.py on 127.0.0.1, then
-`triage serve` on 127.0.0.1:0, and calls /v1/messages through the SDK: unary, streamed, with a
-tool call, and an unknown model. Loopback only; stops by itself.
+Starts the mock provider and `triage serve` exactly as tests/openai_sdk.py does (its `Triage`
+helper, a client token required), and calls /v1/messages through the SDK: unary, streamed,
+with a tool call, an unknown model, and a wrong key. Loopback only; stops by itself.
 """
-import os
 import pathlib
-import subprocess
 import sys
-import tempfile
-import threading
-from http.server import ThreadingHTTPServer
 
 import anthropic
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from openai_sdk import REPO, Provider  # noqa: E402
+from openai_sdk import TOKEN, Provider, Triage, run  # noqa: E402
 
 
 def main():
-    binary = sys.argv[1]
-    provider = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
-    threading.Thread(target=provider.serve_forever, daemon=True).start()
-    tmp = pathlib.Path(tempfile.mkdtemp())
-    tiers = ""
-    for name, i, o in [("fast", 0.1, 0.4), ("standard", 0.4, 1.6), ("frontier", 3.0, 15.0)]:
-        tiers += (
-            f'\n[[tiers]]\nname = "{name}"\ninput_usd_per_mtok = {i}\noutput_usd_per_mtok = {o}\n'
-            f'chain = [{{ provider = "mock", model = "mock-{name}" }}]\n'
-        )
-    (tmp / "triage.toml").write_text(
-        f'[model]\nclassifier = "{REPO / "models/classifier.json"}"\nembeddings = "{REPO / "models/embeddings"}"\n'
-        f"watch_interval_ms = 0\n[feedback]\nenabled = false\n[policy]\nexploration_rate = 0.0\n"
-        f'[providers.mock]\nkind = "openai"\nbase_url = "http://127.0.0.1:{provider.server_port}"\n' + tiers
-    )
-    server = subprocess.Popen(
-        [binary, "serve", "--config", str(tmp / "triage.toml"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "TRIAGE_LOG": "warn"},
-    )
-    passed, failed = 0, 0
-    try:
-        base = None
-        for line in server.stderr:
-            if line.startswith("triage HTTP front door on "):
-                base = f"http://{line.split()[5]}"
-                break
-        assert base, "the server did not start its HTTP front door"
-        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-        client = anthropic.Anthropic(base_url=base, api_key="not-needed", max_retries=0, timeout=20)
+    with Triage(sys.argv[1], feedback=False) as t:
+        # The SDK sends its key as x-api-key, which triage accepts like a bearer token.
+        client = anthropic.Anthropic(base_url=t.base, api_key=TOKEN, max_retries=0, timeout=20)
         msgs = [{"role": "user", "content": "Translate 'good morning' into French."}]
-
-        def check(name, fn):
-            nonlocal passed, failed
-            try:
-                fn()
-                passed += 1
-                print(f"ok   {name}")
-            except Exception as e:  # report every check, then fail the run
-                failed += 1
-                print(f"FAIL {name}: {e!r}")
 
         def unary():
             r = client.messages.create(model="triage", max_tokens=64, system="Be brief.", messages=msgs)
@@ -106,15 +65,18 @@ def main():
                 return
             raise AssertionError("an unknown model must be a 404")
 
-        for name, fn in [("unary", unary), ("streaming", streaming), ("tool call", tool_call),
-                         ("tool call, streamed", tool_call_streamed), ("unknown model", unknown_model)]:
-            check(name, fn)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        provider.shutdown()
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+        def wrong_key():
+            bad = anthropic.Anthropic(base_url=t.base, api_key="not-the-token-at-all", max_retries=0, timeout=20)
+            try:
+                bad.messages.create(model="triage", max_tokens=8, messages=msgs)
+            except anthropic.AuthenticationError as e:
+                assert e.status_code == 401, e
+                return
+            raise AssertionError("a wrong key must be a 401")
+
+        run([("unary", unary), ("streaming", streaming), ("tool call", tool_call),
+             ("tool call, streamed", tool_call_streamed), ("unknown model", unknown_model),
+             ("wrong key", wrong_key)])
 
 
 if __name__ == "__main__":

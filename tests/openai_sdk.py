@@ -3,8 +3,9 @@
 usage: python tests/openai_sdk.py PATH/TO/triage
 
 Starts a mock OpenAI-compatible provider on 127.0.0.1, then `triage serve` on 127.0.0.1:0 with
-its HTTP front door pointed at the mock, and calls it through the SDK: unary, streaming,
-models, a pinned tier, an invalid model, feedback, and tool calls (unary and streamed). Loopback only; stops by itself.
+its HTTP front door pointed at the mock and a client token required, and calls it through the
+SDK: unary, streaming, models, a pinned tier, an invalid model, feedback, tool calls (unary and
+streamed) and a wrong key (401). Loopback only; stops by itself.
 """
 import json
 import os
@@ -79,47 +80,75 @@ class Provider(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def main():
-    binary = sys.argv[1]
-    provider = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
-    threading.Thread(target=provider.serve_forever, daemon=True).start()
-    tmp = pathlib.Path(tempfile.mkdtemp())
-    tiers = ""
-    for name, i, o in [("fast", 0.1, 0.4), ("standard", 0.4, 1.6), ("frontier", 3.0, 15.0)]:
-        tiers += (
-            f'\n[[tiers]]\nname = "{name}"\ninput_usd_per_mtok = {i}\noutput_usd_per_mtok = {o}\n'
-            f'chain = [{{ provider = "mock", model = "mock-{name}" }}]\n'
-        )
-    (tmp / "triage.toml").write_text(
-        f'[model]\nclassifier = "{REPO / "models/classifier.json"}"\nembeddings = "{REPO / "models/embeddings"}"\n'
-        f"watch_interval_ms = 0\n[feedback]\ndata_dir = \"{tmp / 'data'}\"\n[policy]\nexploration_rate = 0.0\n"
-        f'[providers.mock]\nkind = "openai"\nbase_url = "http://127.0.0.1:{provider.server_port}"\n' + tiers
-    )
-    server = subprocess.Popen(
-        [binary, "serve", "--config", str(tmp / "triage.toml"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "TRIAGE_LOG": "warn"},
-    )
-    passed, failed = 0, 0
-    try:
-        base = None
-        for line in server.stderr:
-            if line.startswith("triage HTTP front door on "):
-                base = f"http://{line.split()[5]}/v1"
-                break
-        assert base, "the server did not start its HTTP front door"
-        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
-        client = openai.OpenAI(base_url=base, api_key="not-needed", max_retries=0, timeout=20)
-        msgs = [{"role": "user", "content": "Translate 'good morning' into French."}]
+TOKEN = "sdk-client-token-0123456789"
 
-        def check(name, fn):
-            nonlocal passed, failed
-            try:
-                fn()
-                passed += 1
-                print(f"ok   {name}")
-            except Exception as e:  # report every check, then fail the run
-                failed += 1
-                print(f"FAIL {name}: {e!r}")
+
+class Triage:
+    """The mock provider and `triage serve` in front of it (both doors on 127.0.0.1:0, client
+    token TOKEN required); a context manager that stops both. Shared with anthropic_sdk.py."""
+
+    def __init__(self, binary, feedback=True):
+        self.binary, self.feedback = binary, feedback
+
+    def __enter__(self):
+        self.provider = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
+        threading.Thread(target=self.provider.serve_forever, daemon=True).start()
+        tmp = pathlib.Path(tempfile.mkdtemp())
+        tiers = ""
+        for name, i, o in [("fast", 0.1, 0.4), ("standard", 0.4, 1.6), ("frontier", 3.0, 15.0)]:
+            tiers += (
+                f'\n[[tiers]]\nname = "{name}"\ninput_usd_per_mtok = {i}\noutput_usd_per_mtok = {o}\n'
+                f'chain = [{{ provider = "mock", model = "mock-{name}" }}]\n'
+            )
+        feedback = f"data_dir = \"{tmp / 'data'}\"" if self.feedback else "enabled = false"
+        (tmp / "triage.toml").write_text(
+            f'[model]\nclassifier = "{REPO / "models/classifier.json"}"\nembeddings = "{REPO / "models/embeddings"}"\n'
+            f"watch_interval_ms = 0\n[feedback]\n{feedback}\n[policy]\nexploration_rate = 0.0\n"
+            f'[auth]\ntokens = [{{ name = "sdk", env = "TRIAGE_SDK_TOKEN" }}]\n'
+            f'[providers.mock]\nkind = "openai"\nbase_url = "http://127.0.0.1:{self.provider.server_port}"\n' + tiers
+        )
+        self.server = subprocess.Popen(
+            [self.binary, "serve", "--config", str(tmp / "triage.toml"), "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
+            stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TRIAGE_LOG": "warn", "TRIAGE_SDK_TOKEN": TOKEN},
+        )
+        self.base = None
+        for line in self.server.stderr:
+            if line.startswith("triage HTTP front door on "):
+                self.base = f"http://{line.split()[5]}"
+                break
+        if not self.base:
+            self.__exit__(None, None, None)
+            raise RuntimeError("the server did not start its HTTP front door")
+        threading.Thread(target=lambda: [None for _ in self.server.stderr], daemon=True).start()
+        return self
+
+    def __exit__(self, *_):
+        self.server.terminate()
+        self.server.wait(timeout=10)
+        self.provider.shutdown()
+
+
+def run(checks):
+    """Runs every check, reports each, and exits non-zero if any failed."""
+    passed, failed = 0, 0
+    for name, fn in checks:
+        try:
+            fn()
+            passed += 1
+            print(f"ok   {name}")
+        except Exception as e:  # report every check, then fail the run
+            failed += 1
+            print(f"FAIL {name}: {e!r}")
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+def main():
+    with Triage(sys.argv[1]) as t:
+        base = f"{t.base}/v1"
+        client = openai.OpenAI(base_url=base, api_key=TOKEN, max_retries=0, timeout=20)
+        msgs = [{"role": "user", "content": "Translate 'good morning' into French."}]
 
         def unary():
             raw = client.chat.completions.with_raw_response.create(model="triage", messages=msgs)
@@ -185,22 +214,26 @@ def main():
         def feedback():
             r = client.chat.completions.create(model="triage", messages=msgs)
             req = urllib.request.Request(
-                f"{base}/feedback", method="POST", headers={"content-type": "application/json"},
+                f"{base}/feedback", method="POST",
+                headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"},
                 data=json.dumps({"decision_id": r.model_extra["triage"]["decision_id"], "quality": 1.0}).encode(),
             )
             ack = json.loads(urllib.request.urlopen(req, timeout=10).read())
             assert ack["duplicate"] is False, ack
 
-        for name, fn in [("unary", unary), ("streaming", streaming), ("pinned tier", pinned),
-                         ("models", models), ("invalid model", invalid_model), ("feedback", feedback),
-                         ("tool call", tool_call), ("tool call, streamed", tool_call_streamed)]:
-            check(name, fn)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        provider.shutdown()
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+        def wrong_key():
+            bad = openai.OpenAI(base_url=base, api_key="not-the-token-at-all", max_retries=0, timeout=20)
+            try:
+                bad.chat.completions.create(model="triage", messages=msgs)
+            except openai.AuthenticationError as e:
+                assert e.status_code == 401, e
+                return
+            raise AssertionError("a wrong key must be a 401")
+
+        run([("unary", unary), ("streaming", streaming), ("pinned tier", pinned),
+             ("models", models), ("invalid model", invalid_model), ("feedback", feedback),
+             ("tool call", tool_call), ("tool call, streamed", tool_call_streamed),
+             ("wrong key", wrong_key)])
 
 
 if __name__ == "__main__":
