@@ -88,11 +88,11 @@ fn main() {
             .build()
             .unwrap();
         let gate = triage::admission::Gate::new(4096, 128, std::time::Duration::from_millis(200));
-        let metrics = triage::metrics::Metrics::new();
+        let metrics = triage::metrics::Metrics::new(&["fast".into(), "standard".into()]);
         b.iter(|| {
             rt.block_on(async {
                 let slot = gate.admit().await.unwrap();
-                metrics.decision(black_box("standard"), false, 4e-5);
+                metrics.decision(black_box(1), false, 4e-5);
                 drop(slot);
             })
         })

@@ -120,7 +120,7 @@ impl Triage {
             reloading: Arc::default(),
             admission: Arc::new(crate::admission::Admission::new(&engine.config().server)),
             draining: Arc::default(),
-            metrics: Arc::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new(&engine.config().tier_names())),
             engine,
         }
     }
@@ -204,7 +204,7 @@ impl Triage {
         };
         let decision = decision?;
         self.metrics.decision(
-            &decision.tier_name,
+            decision.tier,
             decision.explored,
             started.elapsed().as_secs_f64(),
         );

@@ -56,6 +56,9 @@ struct VersionLabels {
 pub struct Metrics {
     registry: Registry,
     decisions: Family<TierLabels, Counter>,
+    /// `decisions`' counters by tier index, then explored: made once, so counting a decision
+    /// allocates nothing.
+    by_tier: Vec<[Counter; 2]>,
     route_seconds: Histogram,
     outcomes: Family<OutcomeLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
@@ -72,18 +75,28 @@ pub struct Metrics {
     shed: Family<ClassLabels, Gauge>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    /// A registry with every metric registered under the `triage_` prefix.
-    pub fn new() -> Self {
+    /// A registry with every metric registered under the `triage_` prefix, for these tiers
+    /// (cheapest first, as [`crate::engine::Decision::tier`] indexes them).
+    pub fn new(tiers: &[String]) -> Self {
         let mut registry = Registry::with_prefix("triage");
+        let decisions: Family<TierLabels, Counter> = Family::default();
+        let by_tier = tiers
+            .iter()
+            .map(|tier| {
+                [false, true].map(|explored| {
+                    decisions
+                        .get_or_create(&TierLabels {
+                            tier: tier.clone(),
+                            explored: explored.to_string(),
+                        })
+                        .clone()
+                })
+            })
+            .collect();
         let m = Self {
-            decisions: Family::default(),
+            decisions,
+            by_tier,
             // 10 µs to ~1.3 s: routing is sub-millisecond, the long tail is the blocking pool.
             route_seconds: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 18),
@@ -175,14 +188,11 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// One routing decision and how long it took.
-    pub fn decision(&self, tier: &str, explored: bool, seconds: f64) {
-        self.decisions
-            .get_or_create(&TierLabels {
-                tier: tier.into(),
-                explored: explored.to_string(),
-            })
-            .inc();
+    /// One routing decision (by tier index) and how long it took.
+    pub fn decision(&self, tier: usize, explored: bool, seconds: f64) {
+        if let Some(counters) = self.by_tier.get(tier) {
+            counters[usize::from(explored)].inc();
+        }
         self.route_seconds.observe(seconds);
     }
 
