@@ -368,20 +368,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 }
             });
         }
-        #[cfg(unix)]
-        {
-            let e = engine.clone();
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    let e = e.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        triage::server::reload_configured(&e, "SIGHUP")
-                    })
-                    .await;
-                }
-            });
-        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;

@@ -60,33 +60,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let watcher = spawn_model_watch(engine.clone());
-    let core = crate::app::Triage::new(engine, feedback, gateway);
-    let service = RouterService::new(core.clone());
-    // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tls = match &limits.tls {
         Some(m) => Some(Arc::new(crate::tls::Tls::new(m).map_err(ServeError::Tls)?)),
         None => None,
     };
+    let watcher = spawn_model_watch(engine.clone());
     #[cfg(unix)]
-    if let Some(tls) = tls.clone() {
-        // SIGHUP re-reads the certificate files (as it reloads the model); a bad file keeps
-        // the current certificate serving.
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                let t = tls.clone();
-                match tokio::task::spawn_blocking(move || t.reload()).await {
-                    Ok(Ok(())) => tracing::info!("TLS certificate reloaded"),
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "TLS certificate not reloaded; the current one keeps serving")
-                    }
-                    Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
-                }
-            }
-        });
-    }
+    let hangup = spawn_hangup(engine.clone(), tls.clone())?;
+    let core = crate::app::Triage::new(engine, feedback, gateway);
+    let service = RouterService::new(core.clone());
+    // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let http_task = http.map(|l| {
         let app = crate::http::router(core.clone(), &limits);
         tokio::spawn(serve_http(
@@ -146,6 +130,8 @@ pub async fn serve(
     if let Some(w) = watcher {
         w.abort();
     }
+    #[cfg(unix)]
+    hangup.abort();
     if let Some(h) = http_task {
         let _ = h.await;
     }
@@ -182,32 +168,60 @@ fn tls_incoming(
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stopped(&mut stop) => break,
-            };
-            let _ = stream.set_nodelay(true);
+        while let Some(stream) = accept(&listener, &mut stop).await {
             let (acceptor, tx) = (tls.grpc_acceptor(), tx.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => {
-                        let _ = tx.send(Ok(s)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                if let Some(s) = handshake_within(handshake, &acceptor, stream).await {
+                    let _ = tx.send(Ok(s)).await;
                 }
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The next connection (TCP_NODELAY set), or `None` once `stop` fires. Accept errors (out of
+/// file descriptors and the like) wait a little and keep serving.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => {
+                    // Without TCP_NODELAY, small replies wait on delayed ACKs (~40 ms each).
+                    let _ = s.set_nodelay(true);
+                    return Some(s);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            () = stopped(stop) => return None,
+        }
+    }
+}
+
+/// A TLS handshake bounded like a request head, so a client that never finishes it holds its
+/// own task for a while and nothing else.
+async fn handshake_within(
+    limit: std::time::Duration,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Resolves once `stop` says so (or its sender is gone).
@@ -247,49 +261,29 @@ async fn serve_http(
             s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
             () = stopped(&mut stop) => break,
         };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, keep serving.
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut stop) => break,
+        let Some(stream) = accept(&listener, &mut stop).await else {
+            break;
         };
-        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let Some(tls) = tls.as_ref().map(|t| t.http_acceptor()) else {
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _ = conn.await;
-                drop(slot);
-            });
-            continue;
-        };
-        // The handshake runs in the connection's own task, bounded like a request head, so a
-        // client that never finishes it holds one slot for a while and nothing else.
-        let (builder, watcher, handshake) =
-            (builder.clone(), graceful.watcher(), limits.header_timeout);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let tls = tls.as_ref().map(|t| t.http_acceptor());
+        let handshake = limits.header_timeout;
+        // Each connection (and its TLS handshake) runs in its own task, holding one slot.
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(handshake, tls.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
+            let _slot = slot;
+            match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn.into_owned()).await;
                 }
-                Err(_) => return,
-            };
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let _ = watcher.watch(conn).await;
-            drop(slot);
+                Some(acceptor) => {
+                    if let Some(s) = handshake_within(handshake, &acceptor, stream).await {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(s), service);
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                }
+            }
         });
     }
     drop(listener);
@@ -299,6 +293,30 @@ async fn serve_http(
             "HTTP calls still running at the drain deadline (server.drain_timeout_ms) were cut"
         ),
     }
+}
+
+/// SIGHUP reloads the configured model and, with TLS, re-reads the certificate files; either
+/// keeps what it has on a bad file. Both read files, so both run on the blocking pool.
+#[cfg(unix)]
+fn spawn_hangup(
+    engine: Arc<Engine>,
+    tls: Option<Arc<crate::tls::Tls>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let (e, tls) = (engine.clone(), tls.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                reload_configured(&e, "SIGHUP");
+                match tls.map(|t| t.reload()) {
+                    Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                    Some(Err(e)) => tracing::error!(error = %e, "TLS certificate not reloaded; the current one keeps serving"),
+                    None => {}
+                }
+            })
+            .await;
+        }
+    }))
 }
 
 /// Reloads the configured model file (used by SIGHUP and the file watch). Errors keep the old
