@@ -87,7 +87,8 @@ fn main() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let gate = triage::admission::Gate::new(4096, 128, std::time::Duration::from_millis(200));
+        let gate =
+            triage::admission::Gate::new("bench", 4096, 128, std::time::Duration::from_millis(200));
         let metrics = triage::metrics::Metrics::new(&["fast".into(), "standard".into()]);
         b.iter(|| {
             rt.block_on(async {

@@ -32,6 +32,7 @@ impl Class {
 /// One bound: `slots` calls in flight, at most `queue` more waiting up to `wait`.
 #[derive(Debug)]
 pub struct Gate {
+    key: &'static str,
     slots: Arc<Semaphore>,
     limit: usize,
     queue: usize,
@@ -48,9 +49,11 @@ pub struct Permit {
 }
 
 impl Gate {
-    /// A gate of `limit` slots with a queue of `queue` waiting at most `wait`.
-    pub fn new(limit: usize, queue: usize, wait: Duration) -> Self {
+    /// A gate of `limit` slots (set by config key `key`) with a queue of `queue` waiting at
+    /// most `wait`.
+    pub fn new(key: &'static str, limit: usize, queue: usize, wait: Duration) -> Self {
         Self {
+            key,
             slots: Arc::new(Semaphore::new(limit)),
             limit,
             queue,
@@ -74,6 +77,7 @@ impl Gate {
         let refused = || {
             self.shed.fetch_add(1, Ordering::Relaxed);
             Error::Overloaded {
+                key: self.key,
                 in_flight: self.limit,
                 retry_after_s: 1,
             }
@@ -103,11 +107,13 @@ impl Admission {
     pub fn new(config: &crate::config::ServerConfig) -> Self {
         Self {
             route: Gate::new(
+                "server.max_in_flight_routes",
                 config.max_in_flight_routes,
                 config.max_queued,
                 config.queue_timeout,
             ),
             complete: Gate::new(
+                "server.max_in_flight_completions",
                 config.max_in_flight_completions,
                 config.max_queued,
                 config.queue_timeout,
@@ -130,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_the_slots_and_the_queue_calls_are_refused_at_once() {
-        let gate = Gate::new(2, 1, Duration::from_secs(30));
+        let gate = Gate::new("test.limit", 2, 1, Duration::from_secs(30));
         let a = gate.admit().await.unwrap();
         let _b = gate.admit().await.unwrap();
         assert_eq!(gate.in_flight(), 2);
@@ -145,6 +151,7 @@ mod tests {
         assert!(matches!(
             refused,
             Error::Overloaded {
+                key: "test.limit",
                 in_flight: 2,
                 retry_after_s: 1
             }
@@ -156,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queued_call_gives_up_after_the_wait() {
-        let gate = Gate::new(1, 4, Duration::from_millis(50));
+        let gate = Gate::new("test.limit", 1, 4, Duration::from_millis(50));
         let _held = gate.admit().await.unwrap();
         assert!(matches!(gate.admit().await, Err(Error::Overloaded { .. })));
     }

@@ -128,11 +128,13 @@ pub enum Error {
     /// The caller's token is missing or wrong, or does not allow this call.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
-    /// More calls are in flight than `server.max_in_flight` allows; retry after the hint.
+    /// More calls are in flight than the bound `key` allows; retry after the hint.
     #[error(
-        "overloaded: {in_flight} calls in flight (server.max_in_flight); retry after {retry_after_s} s"
+        "overloaded: {in_flight} calls in flight ({key}, with server.max_queued waiting); retry after {retry_after_s} s"
     )]
     Overloaded {
+        /// The config key of the bound.
+        key: &'static str,
         /// The bound that was reached.
         in_flight: usize,
         /// Seconds to wait, sent as `Retry-After`.
