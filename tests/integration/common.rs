@@ -201,3 +201,41 @@ impl Server {
         RouterClient::new(self.channel().await)
     }
 }
+
+/// Both doors on loopback; the handle resolves when the server has stopped.
+pub struct Doors {
+    pub grpc: String,
+    pub http: String,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub done: tokio::task::JoinHandle<Result<(), triage::server::ServeError>>,
+}
+
+pub async fn doors(
+    c: triage::config::Config,
+    fb: Option<Arc<triage::feedback::Feedback>>,
+) -> Doors {
+    let g = triage::chain::Gateway::from_config(&c)
+        .unwrap()
+        .map(Arc::new);
+    let engine = crate::common::engine(c);
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(triage::server::serve(
+        engine,
+        fb,
+        g,
+        grpc,
+        Some(http),
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Doors {
+        grpc: format!("http://{grpc_addr}"),
+        http: format!("http://{http_addr}"),
+        stop: Some(tx),
+        done,
+    }
+}

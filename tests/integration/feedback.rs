@@ -756,13 +756,12 @@ fn orphan_outcomes_join_decisions_from_another_store() {
 }
 
 #[cfg(unix)]
-#[tokio::test]
-async fn sighup_reloads_the_configured_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = altered_model(dir.path(), "before-hup", 0.5);
-    // A config with the file watch off, so only the signal can trigger the reload.
-    let config = dir.path().join("triage.toml");
+/// The shipped config in `dir` with `server_lines` added to `[server]`, the shipped embeddings
+/// and the file watch off, so only the signal can trigger a reload.
+fn hup_config(dir: &std::path::Path, server_lines: &str) -> std::path::PathBuf {
+    let config = dir.join("triage.toml");
     let text = triage::config::DEFAULT_CONFIG_TOML
+        .replacen("[server]\n", &format!("[server]\n{server_lines}"), 1)
         .replace("watch_interval_ms = 2000", "watch_interval_ms = 0")
         .replace(
             "\"models/embeddings\"",
@@ -772,6 +771,14 @@ async fn sighup_reloads_the_configured_model() {
             ),
         );
     std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_configured_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = altered_model(dir.path(), "before-hup", 0.5);
+    let config = hup_config(dir.path(), "");
     let (mut child, addr) = spawn_server_with(
         &dir.path().join("store"),
         &[
@@ -833,22 +840,10 @@ async fn sighup_reloads_the_tls_certificate() {
     };
     let (first_cert, first_key) = make();
     install(&first_cert, &first_key);
-    let config = dir.path().join("triage.toml");
-    let text = triage::config::DEFAULT_CONFIG_TOML
-        .replacen(
-            "[server]\n",
-            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
-            1,
-        )
-        .replace("watch_interval_ms = 2000", "watch_interval_ms = 0")
-        .replace(
-            "\"models/embeddings\"",
-            &format!(
-                "{:?}",
-                repo().join("models/embeddings").display().to_string()
-            ),
-        );
-    std::fs::write(&config, text).unwrap();
+    let config = hup_config(
+        dir.path(),
+        "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
+    );
     let (mut child, addr) = spawn_server_with(
         &dir.path().join("store"),
         &["--config".as_ref(), config.as_os_str()],

@@ -619,23 +619,8 @@ pub(crate) async fn http_server(
     c: Config,
     fb: Option<Arc<triage::feedback::Feedback>>,
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let g = Gateway::from_config(&c).unwrap().map(Arc::new);
-    let engine = crate::common::engine(c);
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", http.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(triage::server::serve(
-        engine,
-        fb,
-        g,
-        grpc,
-        Some(http),
-        async {
-            let _ = rx.await;
-        },
-    ));
-    (base, tx)
+    let mut d = crate::common::doors(c, fb).await;
+    (format!("{}/v1", d.http), d.stop.take().unwrap())
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use triage::proto::v1::router_client::RouterClient;
 use triage::proto::v1::{Message, OutcomeRequest, OutcomeSource, ReloadModelRequest, RouteRequest};
 use wiremock::MockServer;
 
-use crate::common::{Server, config};
+use crate::common::{Server, config, doors};
 use crate::gateway::{gateway_config, http_server};
 
 fn feedback(dir: &std::path::Path) -> Arc<Feedback> {
@@ -195,41 +195,6 @@ async fn unsupported_chat_fields_are_refused_naming_them_and_harmless_ones_pass(
         e["error"]["message"].as_str().unwrap().contains("top_k"),
         "{e}"
     );
-}
-
-/// Both doors on loopback; the handle resolves when the server has stopped.
-struct Doors {
-    grpc: String,
-    http: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<Result<(), triage::server::ServeError>>,
-}
-
-async fn doors(c: triage::config::Config, fb: Option<Arc<Feedback>>) -> Doors {
-    let g = triage::chain::Gateway::from_config(&c)
-        .unwrap()
-        .map(Arc::new);
-    let engine = crate::common::engine(c);
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(triage::server::serve(
-        engine,
-        fb,
-        g,
-        grpc,
-        Some(http),
-        async {
-            let _ = rx.await;
-        },
-    ));
-    Doors {
-        grpc: format!("http://{grpc_addr}"),
-        http: format!("http://{http_addr}"),
-        stop: Some(tx),
-        done,
-    }
 }
 
 async fn grpc_client(url: &str) -> RouterClient<tonic::transport::Channel> {
