@@ -111,6 +111,58 @@ pub fn with_thresholds(
     versioned(f)
 }
 
+/// The fewest rows with every tier's outcome that thresholds are tuned on jointly; below it
+/// each cheaper tier is tuned against the dearest on the rows that have both outcomes.
+const MIN_COMPLETE_ROWS: usize = 50;
+
+/// The cheapest thresholds that keep `target` of the dearest tier's quality on the
+/// out-of-fold probabilities `p`. Jointly on the rows with every tier's outcome when there are
+/// enough; otherwise, per cheaper tier, against the dearest on the rows with both outcomes
+/// (each pair kept at the target on its own). Why the fallback: pooled sources often lack a
+/// tier each (RouteLLM has no `fast` model, AlpacaEval no `standard`), and thresholds of 0.5
+/// for lack of complete rows sent nearly everything to the cheapest tier (the model card
+/// measured 62 % of frontier quality kept). A tier no row can tune is never chosen (1.0).
+pub fn tuned_thresholds(p: &[Vec<f64>], data: &Prepared, prices: &[f64], target: f64) -> Vec<f64> {
+    let tiers = prices.len();
+    let top = tiers - 1;
+    let (complete, scores) = data.complete();
+    if complete.len() >= MIN_COMPLETE_ROWS {
+        let q_top = complete.iter().map(|&r| scores[r][top]).sum::<f64>() / complete.len() as f64;
+        if let Some((t, _)) =
+            eval::cheapest_thresholds(p, &scores, prices, &complete, target * q_top)
+        {
+            return t;
+        }
+    }
+    let mut out: Vec<f64> = (0..top)
+        .map(|k| {
+            let rows: Vec<usize> = (0..data.rows.len())
+                .filter(|&r| data.scores[r][k].is_some() && data.scores[r][top].is_some())
+                .collect();
+            let pair_p: Vec<Vec<f64>> = p.iter().map(|pr| vec![pr[k], 1.0]).collect();
+            let pair_s: Vec<Vec<f64>> = data
+                .scores
+                .iter()
+                .map(|s| vec![s[k].unwrap_or(0.0), s[top].unwrap_or(0.0)])
+                .collect();
+            let q_top = rows.iter().map(|&r| pair_s[r][1]).sum::<f64>() / rows.len().max(1) as f64;
+            if rows.is_empty() {
+                return 1.0;
+            }
+            eval::cheapest_thresholds(
+                &pair_p,
+                &pair_s,
+                &[prices[k], prices[top]],
+                &rows,
+                target * q_top,
+            )
+            .map_or(1.0, |(t, _)| t[0])
+        })
+        .collect();
+    out.push(0.0);
+    out
+}
+
 /// A classifier over freshly fitted heads, uncalibrated, for scoring held-out rows.
 pub fn scorer(schema: &Schema, tiers: &[String], fitted: Fitted) -> Result<Classifier, TrainError> {
     let file = model_file(
@@ -187,14 +239,7 @@ pub fn train(
     )?;
     let rep = report::report(data, &names, &p, Some(&fold), None, opts);
     let thresholds = match &opts.prices {
-        Some(prices) => {
-            let (complete, scores) = data.complete();
-            let q_top = complete.iter().map(|&r| scores[r][top]).sum::<f64>()
-                / complete.len().max(1) as f64;
-            eval::cheapest_thresholds(&p, &scores, prices, &complete, opts.target_quality * q_top)
-                .map(|(t, _)| t)
-                .unwrap_or_else(|| vec![0.5; names.len()])
-        }
+        Some(prices) => tuned_thresholds(&p, data, prices, opts.target_quality),
         None => vec![0.5; names.len()],
     };
     let calibration = if opts.recipe.calibrate {
@@ -218,4 +263,72 @@ pub fn train(
         model_file(schema, &names, fitted, calibration, thresholds, training),
         rep,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows of two sources each missing one cheaper tier: `standard` has outcomes in the
+    /// first half, `fast` in the second; `p` is informative (the cheap tier succeeds where
+    /// its probability is high).
+    fn two_partial_sources() -> (Vec<Vec<f64>>, Prepared) {
+        let mut data = Prepared::default();
+        let mut p = Vec::new();
+        for i in 0..200 {
+            let u = (i % 100) as f64 / 100.0;
+            let cheap_ok = u >= 0.3;
+            let s = Some(f64::from(u8::from(cheap_ok)));
+            data.rows.push(dataset::Row {
+                id: i.to_string(),
+                source: None,
+                category: None,
+                prompt: String::new(),
+                outcomes: Default::default(),
+            });
+            data.scores.push(if i < 100 {
+                vec![None, s, Some(1.0)]
+            } else {
+                vec![s, None, Some(1.0)]
+            });
+            p.push(vec![u, u.max(0.5), 1.0]);
+        }
+        (p, data)
+    }
+
+    #[test]
+    fn without_complete_rows_each_tier_is_tuned_against_the_dearest_on_its_own_rows() {
+        let (p, data) = two_partial_sources();
+        let t = tuned_thresholds(&p, &data, &[1.0, 2.0, 10.0], 0.95);
+        assert_eq!(t.len(), 3);
+        // Each pair keeps 95 % of the dearest's quality (1.0) on its rows: a tier is chosen
+        // only where p >= t, and rows with u < 0.3 fail, so at most 5 of 100 may fall below.
+        for (k, rows) in [(0usize, 100..200), (1, 0..100)] {
+            let q: f64 = rows
+                .map(|r| {
+                    if p[r][k] >= t[k] {
+                        data.scores[r][k].unwrap_or(0.0)
+                    } else {
+                        1.0
+                    }
+                })
+                .sum::<f64>()
+                / 100.0;
+            assert!(q >= 0.95, "tier {k}: threshold {} keeps {q}", t[k]);
+            // And it is not the old blind 0.5, nor "never": it saves something.
+            assert!(t[k] > 0.0 && t[k] < 1.0, "tier {k}: {}", t[k]);
+        }
+        assert!((t[0] - 0.5).abs() > 1e-9 || (t[1] - 0.5).abs() > 1e-9);
+    }
+
+    #[test]
+    fn a_tier_no_row_can_tune_is_never_chosen() {
+        let (p, mut data) = two_partial_sources();
+        for s in &mut data.scores {
+            s[0] = None;
+        }
+        let t = tuned_thresholds(&p, &data, &[1.0, 2.0, 10.0], 0.95);
+        assert_eq!(t[0], 1.0);
+        assert!(t[1] < 1.0);
+    }
 }
