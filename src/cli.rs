@@ -41,6 +41,34 @@ enum Command {
     Logs(LogsCommand),
     /// Choose tier thresholds that meet a cost, share or quality target on labelled data.
     Tune(TuneArgs),
+    /// Run your own prompts through every tier, score the answers (reference or judge) and
+    /// write outcome rows for train, eval, tune and report.
+    Collect(CollectArgs),
+}
+
+#[derive(Debug, Args)]
+struct CollectArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// JSON Lines: {"id", "prompt" | "messages", "source"?, "category"?, "reference"?, "match"?}.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Outcome rows are appended here (answers to OUT.answers.jsonl, failures to
+    /// OUT.failures.jsonl); prompts already in it are skipped.
+    #[arg(long)]
+    out: PathBuf,
+    /// Tiers to call, by config name (default: every tier).
+    #[arg(long, value_delimiter = ',')]
+    tiers: Vec<String>,
+    /// PROVIDER/MODEL from the config's providers that scores answers without a reference.
+    #[arg(long)]
+    judge: Option<String>,
+    /// Prompts in flight at once (each calls every tier at once).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// max_tokens of every tier's answer.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: u32,
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +296,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval_cmd(a),
         Command::Logs(LogsCommand::Export(a)) => export(a),
         Command::Tune(a) => tune(a),
+        Command::Collect(a) => collect(a),
         Command::CheckConfig(a) => {
             let c = load_config(&a)?;
             println!(
@@ -292,6 +321,73 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn collect(a: CollectArgs) -> anyhow::Result<()> {
+    let config = load_config(&a.config)?;
+    let judge = a
+        .judge
+        .as_deref()
+        .map(|j| {
+            j.split_once('/')
+                .filter(|(p, m)| !p.is_empty() && !m.is_empty())
+                .map(|(p, m)| triage::config::ModelRef {
+                    provider: p.into(),
+                    model: m.into(),
+                })
+                .ok_or_else(|| anyhow::anyhow!("--judge: {j:?} is not PROVIDER/MODEL"))
+        })
+        .transpose()?;
+    let prompts = triage::collect::read_prompts(&a.prompts, judge.is_some())?;
+    let gateway = triage::chain::Gateway::from_config(&config)
+        .map_err(|e| anyhow::anyhow!(e))?
+        .ok_or_else(|| {
+            anyhow::anyhow!("collect calls providers: the config has none ([providers.NAME])")
+        })?;
+    let opts = triage::collect::CollectOptions {
+        out: a.out.clone(),
+        tiers: a.tiers,
+        judge,
+        concurrency: a.concurrency,
+        max_tokens: a.max_tokens,
+    };
+    let bar = triage::train::progress_bar(prompts.len() as u64, "collecting");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = rt.block_on(triage::collect::collect(
+        std::sync::Arc::new(config),
+        std::sync::Arc::new(gateway),
+        prompts,
+        opts,
+        bar,
+    ))?;
+    let spent: f64 = summary.spend_usd.values().sum();
+    eprintln!(
+        "collect: {} prompts, {} done earlier, {} written, {} failed (see {}); spent ${spent:.4} ({}); judge: {} calls, {} + {} tokens",
+        summary.prompts,
+        summary.skipped,
+        summary.written,
+        summary.failed,
+        triage::collect::side_file(&a.out, "failures").display(),
+        summary
+            .spend_usd
+            .iter()
+            .map(|(t, c)| format!("{t} ${c:.4}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        summary.judge_calls,
+        summary.judge_tokens.0,
+        summary.judge_tokens.1,
+    );
+    println!("{}", serde_json::to_string(&summary)?);
+    if summary.failed > 0 {
+        anyhow::bail!(
+            "{} prompts had a failed tier and were not written; rerun the same command to retry them",
+            summary.failed
+        );
+    }
+    Ok(())
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {

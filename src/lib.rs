@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod chain;
 pub mod classifier;
+pub mod collect;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -72,9 +72,8 @@ impl std::str::FromStr for TierMap {
     fn from_str(s: &str) -> Result<Self, String> {
         let mut tiers: Vec<(String, Vec<String>)> = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, models) = part
-                .split_once('=')
-                .ok_or_else(|| format!("--tiers: {part:?} is not NAME=MODEL"))?;
+            // A bare NAME is NAME=NAME: rows whose outcomes are keyed by tier (`collect`).
+            let (name, models) = part.split_once('=').unwrap_or((part, part));
             let name = name.trim().to_string();
             let models: Vec<String> = models
                 .split('|')
