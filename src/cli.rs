@@ -240,6 +240,11 @@ struct TrainArgs {
     /// With --log: clip inverse-propensity weights here.
     #[arg(long, default_value_t = 50.0)]
     max_weight: f64,
+    /// Adapt this model instead of starting from nothing: its slopes are the prior the rows
+    /// move away from only as far as they show (same features and tiers; e.g. the shipped
+    /// model, for a few hundred labelled rows of your own workload).
+    #[arg(long, conflicts_with = "logs")]
+    base: Option<PathBuf>,
     /// Where to write the model file.
     #[arg(long)]
     out: PathBuf,
@@ -260,6 +265,11 @@ struct EvalArgs {
     /// measure the group left out (the figure that predicts a workload never trained on).
     #[arg(long, value_enum, conflicts_with_all = ["model", "repeats"])]
     leave_one_out: Option<LeaveOneOut>,
+    /// With --leave-one-out: fit N rows of each held-out group (the model trained without it
+    /// adapted with `train --base`, and plain `train` on those rows alone) and measure them
+    /// and the unadapted model on the group's other rows.
+    #[arg(long, requires = "leave_one_out")]
+    adapt: Option<usize>,
 }
 
 /// `--leave-one-out`: what a held-out group is.
@@ -841,12 +851,68 @@ fn train_cmd(a: TrainArgs) -> anyhow::Result<()> {
     if !a.logs.is_empty() {
         return train_logs(a);
     }
-    let (featurizer, data, opts, sources) = prepare(&a.data)?;
+    let (featurizer, data, mut opts, sources) = prepare(&a.data)?;
     let tiers = a.data.tiers.as_ref().context("--tiers is required")?;
-    let (file, rep) = train::train(&featurizer, &data, tiers, &opts, sources)?;
+    if let Some(b) = &a.base {
+        let base = triage::classifier::Classifier::load(b, featurizer.schema())
+            .with_context(|| format!("--base {}", b.display()))?;
+        opts.recipe.base = Some(
+            train::recipe::Base::from_model(base.file(), featurizer.schema(), &tiers.names())
+                .map_err(|e| anyhow::anyhow!(e))?,
+        );
+    }
+    let (mut file, rep) = train::train(&featurizer, &data, tiers, &opts, sources)?;
+    if let (Some(b), serde_json::Value::Object(m)) = (&opts.recipe.base, &mut file.training) {
+        m.insert("base".into(), b.version.clone().into());
+        file = train::versioned(file);
+    }
     print_report(&rep);
     write_report(a.data.report.as_deref(), &rep)?;
     write_model(&a.out, &file)
+}
+
+fn print_adapted(t: &[train::transfer::Adapted]) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    let own = |s: &train::transfer::Scored| {
+        s.own_thresholds.map_or("-".to_string(), |(saved, q)| {
+            format!("{:.1}% @{q:.3}", 100.0 * saved)
+        })
+    };
+    println!("adapting to a held-out group from a few of its rows, measured on the rest\n");
+    println!(
+        "  {:<14} {:>5} {:>6}  {:>6} {:>7} {:>6} {:>6} {:>6}   APGR",
+        "group", "fit", "scored", "base", "adapted", "plain", "length", "random"
+    );
+    for a in t {
+        println!(
+            "  {:<14} {:>5} {:>6}  {:>6.3} {:>7.3} {:>6.3} {:>6.3} {:>6.3}",
+            a.group,
+            a.adapt_rows,
+            a.scored_rows,
+            a.base.apgr,
+            a.adapted.apgr,
+            a.plain.as_ref().map_or(f64::NAN, |p| p.apgr),
+            a.length.0,
+            a.random.0
+        );
+    }
+    println!(
+        "\n  every tier, cost saved at the quality target (own thresholds: saving @ quality kept; best thresholds):"
+    );
+    for a in t.iter().filter(|a| a.base.best_thresholds.is_some()) {
+        println!(
+            "  {:<14} base {} / {}   adapted {} / {}   plain {} / {}   length {}   random {}",
+            a.group,
+            own(&a.base),
+            pct(a.base.best_thresholds),
+            own(&a.adapted),
+            pct(a.adapted.best_thresholds),
+            a.plain.as_ref().map_or("-".into(), own),
+            pct(a.plain.as_ref().and_then(|p| p.best_thresholds)),
+            pct(a.length.1),
+            pct(a.random.1)
+        );
+    }
 }
 
 fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
@@ -857,6 +923,11 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
             LeaveOneOut::Source => train::transfer::GroupBy::Source,
             LeaveOneOut::Category => train::transfer::GroupBy::Category,
         };
+        if let Some(n) = a.adapt {
+            let t = train::transfer::adapt(&featurizer, &data, tiers, &opts, by, n)?;
+            print_adapted(&t);
+            return write_report(a.data.report.as_deref(), &t);
+        }
         let t = train::transfer::leave_one_out(&featurizer, &data, tiers, &opts, by)?;
         print_transfer(&t);
         return write_report(a.data.report.as_deref(), &t);

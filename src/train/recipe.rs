@@ -75,6 +75,84 @@ pub struct Recipe {
     pub calibrate: bool,
     /// Seed for k-means.
     pub seed: u64,
+    /// Adapt an existing model (`triage train --base`): the slopes are pulled towards the
+    /// base model's instead of towards 0, so a few hundred of the user's rows move them only
+    /// as far as the rows show, while intercepts, calibration and thresholds are fitted on the
+    /// user's rows alone.
+    #[serde(skip)]
+    pub base: Option<Base>,
+    /// When adapting, the slopes' penalty towards the base model's is this many times
+    /// `alpha`: how much more the base is trusted than a few hundred new rows.
+    pub base_strength: f64,
+}
+
+/// The base model's slopes, on raw (unscaled) features, per sufficiency head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Base {
+    /// The base model's version, recorded in the new model's training notes.
+    pub version: String,
+    /// Per head (tier order), one slope per raw feature.
+    pub slopes: Vec<Vec<f64>>,
+    /// Per head, the intercept on raw features: a head the user's rows say nothing about
+    /// (no outcome for its tier) keeps the base's base rate.
+    pub intercepts: Vec<f64>,
+}
+
+impl Base {
+    /// The slopes of `file`, a model for the same features and tiers with sufficiency heads
+    /// and no prototypes; otherwise why it cannot be a base.
+    pub fn from_model(
+        file: &crate::classifier::ModelFile,
+        schema: &crate::features::Schema,
+        tiers: &[String],
+    ) -> Result<Self, String> {
+        if file.schema.fingerprint != schema.fingerprint {
+            return Err(format!(
+                "--base: the model was trained on other features ({} {}), this featurizer is {} {}",
+                file.schema.version, file.schema.fingerprint, schema.version, schema.fingerprint
+            ));
+        }
+        if file.tiers != tiers {
+            return Err(format!(
+                "--base: the model's tiers are {:?}, --tiers gives {:?}; they must match",
+                file.tiers, tiers
+            ));
+        }
+        if file.heads_kind != HeadsKind::Sufficiency || file.prototypes.is_some() {
+            return Err(
+                "--base: only a model with sufficiency heads and no prototypes can be adapted"
+                    .into(),
+            );
+        }
+        let slopes: Vec<Vec<f64>> = file
+            .heads
+            .iter()
+            .map(|h| {
+                h.weights
+                    .iter()
+                    .zip(&file.scaling.std)
+                    .map(|(w, s)| f64::from(*w) / f64::from(*s))
+                    .collect()
+            })
+            .collect();
+        let intercepts = file
+            .heads
+            .iter()
+            .zip(&slopes)
+            .map(|(h, w)| {
+                f64::from(h.intercept)
+                    - w.iter()
+                        .zip(&file.scaling.mean)
+                        .map(|(w, m)| w * f64::from(*m))
+                        .sum::<f64>()
+            })
+            .collect();
+        Ok(Self {
+            version: file.version.clone(),
+            slopes,
+            intercepts,
+        })
+    }
 }
 
 impl Default for Recipe {
@@ -100,6 +178,8 @@ impl Default for Recipe {
             interact: Vec::new(),
             calibrate: true,
             seed: 7,
+            base: None,
+            base_strength: 1.0,
         }
     }
 }
@@ -127,6 +207,12 @@ impl Recipe {
         }
         if let Some((m, v)) = self.marker_priors.iter().find(|(_, v)| !v.is_finite()) {
             return Err(format!("marker prior {m} must be a finite number, got {v}"));
+        }
+        if !(self.base_strength.is_finite() && self.base_strength > 0.0) {
+            return Err(format!(
+                "base strength must be a positive number, got {}",
+                self.base_strength
+            ));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(format!(
@@ -184,6 +270,13 @@ pub fn fit(
     let scaling = fit::scaling(x, rows);
     let z = fit::design(x, rows, &scaling);
     let d = scaling.mean.len();
+    if let Some(b) = &recipe.base
+        && (b.slopes.len() != tiers.len() - 1 || b.slopes.iter().any(|s| s.len() != d))
+    {
+        return Err(TrainError::Data(
+            "--base: the model's heads do not fit these features and tiers".into(),
+        ));
+    }
     let penalty: Vec<f64> = (0..d)
         .map(|j| {
             let emb = names.get(j).is_some_and(|n| n.starts_with("emb_"));
@@ -229,6 +322,8 @@ pub fn fit(
         _ => (0..head_tiers.len()).map(|k| vec![k]).collect(),
     };
     let problem = Problem {
+        std: scaling.std.iter().map(|s| f64::from(*s)).collect(),
+        mean: scaling.mean.iter().map(|s| f64::from(*s)).collect(),
         z: &z,
         rows,
         data,
@@ -275,6 +370,10 @@ pub fn fit(
 
 /// What every head's fit reads: the standardized design of the training rows and their labels.
 struct Problem<'a> {
+    /// Standard deviation of each column, to put a base model's raw slopes on this scale.
+    std: Vec<f64>,
+    /// Mean of each column, likewise.
+    mean: Vec<f64>,
     /// Standardized features, one row per entry of `rows`.
     z: &'a ndarray::Array2<f64>,
     rows: &'a [usize],
@@ -319,7 +418,9 @@ impl Problem<'_> {
             .copied()
             .filter(|&k| !used.iter().any(|u| u.1 == k))
             .collect();
-        if let Some(&k) = missing.first() {
+        if let Some(&k) = missing.first()
+            && self.recipe.base.is_none()
+        {
             return Err(TrainError::Data(format!(
                 "tier {:?}: no row has the outcomes this head learns from",
                 head_tiers[k]
@@ -403,12 +504,30 @@ impl Problem<'_> {
                 })
                 .collect()
         });
+        // Adapting: the residual slopes are pulled towards the base's (on this scaling),
+        // less what the fixed priors already add.
+        if self.recipe.base.is_some() {
+            pen.iter_mut()
+                .take(d)
+                .for_each(|p| *p *= self.recipe.base_strength);
+        }
+        let base_prior: Option<Vec<f64>> = self.recipe.base.as_ref().map(|b| {
+            let mut v: Vec<f64> = (0..d)
+                .map(|j| {
+                    let mean: f64 =
+                        family.iter().map(|&k| b.slopes[k][j]).sum::<f64>() / family.len() as f64;
+                    mean * self.std[j] - prior[j]
+                })
+                .collect();
+            v.resize(d + extra, 0.0);
+            v
+        });
         let Logistic { weights, intercept } = fit::fit_logistic(
             &design,
             &y,
             &Spec {
                 penalty: &pen,
-                prior: None,
+                prior: base_prior.as_deref(),
                 sample_weight: (!uniform).then_some(weight.as_slice()),
                 offset: offset.as_deref(),
             },
@@ -440,6 +559,23 @@ impl Problem<'_> {
                 } else {
                     0.0
                 };
+                if let (true, Some(b)) = (missing.contains(&k), &self.recipe.base) {
+                    // No row for this tier: the base's base rate, on this scaling.
+                    let on_means: f64 = slopes
+                        .iter()
+                        .zip(&self.std)
+                        .zip(&self.mean)
+                        .map(|((w, s), m)| f64::from(*w) / s * m)
+                        .sum();
+                    return (
+                        k,
+                        Head {
+                            tier: head_tiers[k].clone(),
+                            weights: slopes.clone(),
+                            intercept: (b.intercepts[k] + on_means) as f32,
+                        },
+                    );
+                }
                 (
                     k,
                     Head {
@@ -494,7 +630,7 @@ fn fit_prototypes(
 }
 
 /// The keys [`Recipe::set`] accepts, with what each takes (for `--experimental` help).
-pub const EXPERIMENTAL_KEYS: &str = "heads=gain|quality|sufficiency, alpha=F, embedding-weight=F, group-offsets=BOOL, share-tiers=BOOL, balance-groups=BOOL, length-prior=F, marker-priors=MARKER:F[+…]|none, prototypes=N, temperature=F, interact=NAME[+NAME…], calibrate=BOOL, seed=N";
+pub const EXPERIMENTAL_KEYS: &str = "heads=gain|quality|sufficiency, alpha=F, embedding-weight=F, group-offsets=BOOL, share-tiers=BOOL, balance-groups=BOOL, length-prior=F, marker-priors=MARKER:F[+…]|none, prototypes=N, temperature=F, interact=NAME[+NAME…], calibrate=BOOL, base-strength=F, seed=N";
 
 impl Recipe {
     /// Overrides one setting from a `KEY=VALUE` string (`triage train --experimental …`).
@@ -549,6 +685,7 @@ impl Recipe {
                     .collect()
             }
             "calibrate" => self.calibrate = boolean(value)?,
+            "base-strength" => self.base_strength = float(value)?,
             "seed" => self.seed = value.parse().map_err(|_| bad("an integer"))?,
             _ => {
                 return Err(format!(

@@ -183,3 +183,139 @@ fn means(held_out: &[HeldOut], tiers: &[String]) -> Means {
         pooled: None,
     }
 }
+
+/// Two-tier and N-tier figures of one routing of the scored rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scored {
+    /// APGR between the group's cheapest tier and the dearest.
+    pub apgr: f64,
+    /// With every tier's outcome and prices: share of the always-dearest cost saved with the
+    /// model's own thresholds (tuned on the adaptation rows), and the quality kept there as a
+    /// share of always-dearest quality.
+    pub own_thresholds: Option<(f64, f64)>,
+    /// Share saved with the best thresholds for the scored rows.
+    pub best_thresholds: Option<f64>,
+}
+
+/// One group adapted to from a few of its rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Adapted {
+    /// The group.
+    pub group: String,
+    /// Rows of the group the models were fitted on.
+    pub adapt_rows: usize,
+    /// Rows of the group measured (the rest).
+    pub scored_rows: usize,
+    /// The model trained on every other group, unchanged.
+    pub base: Scored,
+    /// That model adapted with `train --base` on the adaptation rows.
+    pub adapted: Scored,
+    /// Plain `train` on the adaptation rows alone (`None` when it cannot be fitted: e.g. a tier
+    /// the rows have no outcome for, which only a base model can fill in).
+    pub plain: Option<Scored>,
+    /// Length baseline APGR and, with prices, its saving at the target.
+    pub length: (f64, Option<f64>),
+    /// Random routing APGR (0.5) and the cheapest random mix's saving.
+    pub random: (f64, Option<f64>),
+}
+
+/// For every group: train on the other groups (the base), then fit `n` of the group's rows
+/// (seeded pick) three ways — not at all, `train --base`, plain `train` — and measure each on
+/// the group's other rows. This is what a user with a few hundred labelled rows of their own
+/// workload gets.
+pub fn adapt(
+    featurizer: &Featurizer,
+    data: &Prepared,
+    tiers: &TierMap,
+    opts: &TrainOptions,
+    by: GroupBy,
+    n: usize,
+) -> Result<Vec<Adapted>, TrainError> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let keys: Vec<String> = data.rows.iter().map(|r| by.key(r)).collect();
+    let mut groups = keys.clone();
+    groups.sort();
+    groups.dedup();
+    let names = tiers.names();
+    let schema = featurizer.schema();
+    let mut out = Vec::new();
+    for g in &groups {
+        let mut own: Vec<usize> = (0..keys.len()).filter(|&r| keys[r] == *g).collect();
+        if own.len() < n + 50 {
+            tracing::warn!(group = %g, rows = own.len(), "too few rows to adapt and score; skipped");
+            continue;
+        }
+        own.shuffle(&mut rand::rngs::StdRng::seed_from_u64(opts.seed));
+        let (fit_rows, score_rows) = own.split_at(n);
+        let others: Vec<usize> = (0..keys.len()).filter(|&r| keys[r] != *g).collect();
+        tracing::info!(group = %g, adapt = n, score = score_rows.len(), "adapting");
+        let (base_file, _) = train(
+            featurizer,
+            &data.subset(&others),
+            tiers,
+            opts,
+            serde_json::Value::Null,
+        )?;
+        let few = data.subset(fit_rows);
+        let mut with_base = opts.clone();
+        with_base.recipe.base = Some(
+            super::recipe::Base::from_model(&base_file, schema, &names)
+                .map_err(TrainError::Data)?,
+        );
+        let (adapted_file, _) =
+            train(featurizer, &few, tiers, &with_base, serde_json::Value::Null)?;
+        let plain_file = train(featurizer, &few, tiers, opts, serde_json::Value::Null)
+            .map_err(|e| tracing::warn!(group = %g, error = %e, "plain training on the adaptation rows failed"))
+            .ok()
+            .map(|(f, _)| f);
+        let test = data.subset(score_rows);
+        let measure = |file: crate::classifier::ModelFile| -> Result<(Scored, Report), TrainError> {
+            let thresholds = file.thresholds.clone();
+            let c = Classifier::new(file, schema).map_err(TrainError::Data)?;
+            let p = report::score_all(&c, &test);
+            let rep = report::report(&test, &names, &p, None, Some(&thresholds), opts);
+            let apgr = rep.two_tier.first().map_or(0.0, |t| t.router.apgr);
+            let (own_thresholds, best) = match &rep.cost {
+                Some(c) => (
+                    c.router
+                        .map(|o| (c.saved(Some(o)), o.quality / c.dearest.quality.max(1e-12))),
+                    Some(c.saved(c.router_best)),
+                ),
+                None => (None, None),
+            };
+            Ok((
+                Scored {
+                    apgr,
+                    own_thresholds,
+                    best_thresholds: best,
+                },
+                rep,
+            ))
+        };
+        let (base, rep) = measure(base_file)?;
+        let (adapted, _) = measure(adapted_file)?;
+        let plain = match plain_file {
+            Some(f) => Some(measure(f)?.0),
+            None => None,
+        };
+        let two = rep.two_tier.first();
+        out.push(Adapted {
+            group: g.clone(),
+            adapt_rows: n,
+            scored_rows: score_rows.len(),
+            base,
+            adapted,
+            plain,
+            length: (
+                two.map_or(0.0, |t| t.length_baseline.apgr),
+                rep.cost.as_ref().map(|c| c.saved(c.length_baseline)),
+            ),
+            random: (
+                two.map_or(0.5, |t| t.random_baseline.apgr),
+                rep.cost.as_ref().map(|c| c.saved(c.random_baseline)),
+            ),
+        });
+    }
+    Ok(out)
+}

@@ -382,3 +382,76 @@ fn repeated_cross_validation_reports_every_seed_and_their_mean() {
     assert!(!rep.reports[0].pareto.is_empty());
     assert!(rep.reports[1].pareto.is_empty());
 }
+
+#[test]
+fn a_base_model_is_adapted_from_few_rows_and_fills_in_a_tier_they_lack() {
+    use triage::train::recipe::Base;
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
+    let (base_file, _) =
+        train::train(&f, &data, &tiers, &options(), serde_json::Value::Null).unwrap();
+    let base = Base::from_model(&base_file, f.schema(), &tiers.names()).unwrap();
+
+    // Twelve rows of a new workload with no outcome for `fast`: plain training cannot fit
+    // the fast head; adapting keeps the base's for it.
+    let few_rows: Vec<_> = fixture_rows()
+        .into_iter()
+        .step_by(5)
+        .map(|mut r| {
+            r.outcomes.remove("small");
+            r
+        })
+        .collect();
+    assert_eq!(few_rows.len(), 12);
+    let few = train::prepare(&f, few_rows, &tiers, false).unwrap();
+    let err = train::train(&f, &few, &tiers, &options(), serde_json::Value::Null).unwrap_err();
+    assert!(err.to_string().contains("\"fast\""), "{err}");
+    let mut adapt = options();
+    adapt.recipe.base = Some(base.clone());
+    let (file, _) = train::train(&f, &few, &tiers, &adapt, serde_json::Value::Null).unwrap();
+    // The fast head has no row to tune on: never chosen (threshold 1), but it still ranks.
+    assert_eq!(file.thresholds[0], 1.0);
+    let c = Classifier::new(file.clone(), f.schema()).unwrap();
+    let score = |t: &str| {
+        c.score(
+            &f.featurize(triage::features::Conversation::single(t))
+                .unwrap()
+                .vector,
+        )
+    };
+    let chat = score("Hi! How are you? Let's chat about the weather.");
+    let proof = score(
+        "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
+    );
+    assert!(
+        chat[0] > proof[0] && chat[1] > proof[1],
+        "chat {chat:?} proof {proof:?}"
+    );
+
+    // The adapted slopes stay nearer the base's than a plain fit of the same rows does
+    // (with every tier present, so that plain training works).
+    let few_all = data.subset(&(0..60).step_by(5).collect::<Vec<_>>());
+    let (plain, _) =
+        train::train(&f, &few_all, &tiers, &options(), serde_json::Value::Null).unwrap();
+    let (adapted, _) = train::train(&f, &few_all, &tiers, &adapt, serde_json::Value::Null).unwrap();
+    let distance = |m: &triage::classifier::ModelFile| {
+        let b = Base::from_model(m, f.schema(), &tiers.names()).unwrap();
+        b.slopes[0]
+            .iter()
+            .zip(&base.slopes[0])
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f64>()
+    };
+    assert!(
+        distance(&adapted) < distance(&plain),
+        "{} vs {}",
+        distance(&adapted),
+        distance(&plain)
+    );
+
+    // A base for other tiers is refused, naming both.
+    let other: TierMap = "fast=small,frontier=large".parse().unwrap();
+    let err = Base::from_model(&base_file, f.schema(), &other.names()).unwrap_err();
+    assert!(err.contains("tiers") && err.contains("standard"), "{err}");
+}
