@@ -44,6 +44,31 @@ enum Command {
     /// Run your own prompts through every tier, score the answers (reference or judge) and
     /// write outcome rows for train, eval, tune and report.
     Collect(CollectArgs),
+    /// Before switching: the cost–quality picture of a model on your labelled rows, as
+    /// Markdown and an SVG plot, with suggested thresholds.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The model to measure.
+    #[arg(long, default_value = "models/classifier.json", env = "TRIAGE_MODEL")]
+    model: PathBuf,
+    /// Labelled JSON Lines file (repeatable), e.g. what `triage collect` wrote.
+    #[arg(long = "dataset", required = true)]
+    datasets: Vec<PathBuf>,
+    /// Which dataset model stands for each tier, NAME=MODEL[|MODEL…],… (default: outcomes
+    /// keyed by tier name, as `collect` writes them).
+    #[arg(long)]
+    tiers: Option<TierMap>,
+    /// Quality floors to suggest thresholds for, as shares of always-dearest quality.
+    #[arg(long, value_delimiter = ',', default_value = "0.9,0.95,0.98,0.99")]
+    floors: Vec<f64>,
+    /// The Markdown file to write; the SVG plot goes beside it (same name, .svg).
+    #[arg(long, default_value = "report.md")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -307,6 +332,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(LogsCommand::Export(a)) => export(a),
         Command::Tune(a) => tune(a),
         Command::Collect(a) => collect(a),
+        Command::Report(a) => report_cmd(a),
         Command::CheckConfig(a) => {
             let c = load_config(&a)?;
             println!(
@@ -331,6 +357,98 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
+    if let Some(f) = a.floors.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
+        bail!("--floors: {f} is not a share in (0, 1]");
+    }
+    let config = load_config(&a.config)?;
+    let featurizer = Featurizer::load(&config.model.embeddings)?;
+    let model = triage::classifier::Classifier::load(&a.model, featurizer.schema())?;
+    let names = model.tiers().to_vec();
+    let tiers = match a.tiers {
+        Some(t) => t,
+        None => names
+            .join(",")
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?,
+    };
+    if tiers.names() != names {
+        bail!(
+            "--tiers names [{}] must be the model's tiers [{}]",
+            tiers.names().join(", "),
+            names.join(", ")
+        );
+    }
+    if config.tier_names() != names {
+        bail!(
+            "the config's tiers [{}] differ from the model's [{}] (costs come from the config)",
+            config.tier_names().join(", "),
+            names.join(", ")
+        );
+    }
+    let mut rows = Vec::new();
+    for d in &a.datasets {
+        rows.extend(read_jsonl(d)?);
+    }
+    let data = train::prepare(
+        &featurizer,
+        rows,
+        &tiers,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )?;
+    let (complete, scores) = data.complete();
+    if complete.is_empty() {
+        bail!(
+            "no row has an outcome for every tier; a report needs each tier's result per prompt (triage collect writes them)"
+        );
+    }
+    let out_tokens = u64::from(config.expected_output_tokens);
+    let costs: Vec<Vec<f64>> = data
+        .tokens
+        .iter()
+        .map(|&t| {
+            config
+                .tiers
+                .iter()
+                .map(|tier| tier.cost_usd(u64::from(t), out_tokens))
+                .collect()
+        })
+        .collect();
+    let p: Vec<Vec<f64>> = data.x.iter().map(|x| model.score(x)).collect();
+    let groups: Vec<String> = data
+        .rows
+        .iter()
+        .map(|r| match (&r.source, &r.category) {
+            (Some(s), Some(c)) => format!("{s}/{c}"),
+            (None, Some(c)) => c.clone(),
+            (Some(s), None) => s.clone(),
+            (None, None) => "-".into(),
+        })
+        .collect();
+    let w = train::workload::measure(
+        &names,
+        &model.file().thresholds,
+        &p,
+        &scores,
+        &costs,
+        &data.tokens,
+        &groups,
+        &complete,
+        &a.floors,
+    );
+    let svg = a.out.with_extension("svg");
+    train::workload::plot(&svg, &w).map_err(|e| anyhow::anyhow!(e))?;
+    let md = train::workload::markdown(
+        &w,
+        model.version(),
+        svg.file_name().and_then(|n| n.to_str()),
+    );
+    std::fs::write(&a.out, &md).with_context(|| format!("writing {}", a.out.display()))?;
+    print!("{md}");
+    eprintln!("wrote {} and {}", a.out.display(), svg.display());
+    Ok(())
 }
 
 fn collect(a: CollectArgs) -> anyhow::Result<()> {

@@ -3,7 +3,7 @@
 //! `dataset` reads and joins rows, `prepare` featurizes them with the serving featurizer,
 //! `recipe` fits the heads (`fit` holds the solver), `report` cross-validates and measures,
 //! `transfer` holds whole sources out, `tune` and `eval` pick thresholds, `logs` learns from
-//! logged traffic. This file ties them into [`train`] and writes the model file.
+//! logged traffic, `workload` reports one workload before switching. This file ties them into [`train`] and writes the model file.
 
 pub mod dataset;
 pub mod eval;
@@ -15,6 +15,7 @@ pub mod repeated;
 pub mod report;
 pub mod transfer;
 pub mod tune;
+pub mod workload;
 
 use sha2::{Digest, Sha256};
 

@@ -301,3 +301,66 @@ fn train_from_an_exported_log_writes_a_model_and_reports_labels() {
     let model = triage::classifier::Classifier::load(&out, f.schema()).unwrap();
     assert_eq!(model.tiers(), ["fast", "standard", "frontier"]);
 }
+
+#[test]
+fn report_writes_markdown_and_a_plot_against_every_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_fixture(dir.path());
+    let md = dir.path().join("r.md");
+    let out = triage()
+        .args(["report", "--model"])
+        .arg(model_path())
+        .arg("--dataset")
+        .arg(&data)
+        .args(["--tiers", crate::common::TIERS, "--out"])
+        .arg(&md)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&md).unwrap();
+    for want in [
+        "60 rows with every tier's outcome",
+        "| always fast |",
+        "| always frontier |",
+        "router, current thresholds",
+        "| floor (share of always-dearest quality) | router | prompt length | random mix |",
+        "| 95.0 % |",
+        "- keep 95.0 %: thresholds `",
+        "`triage tune --min-quality ",
+        "| chat | 20 |",
+        "| proof | 20 |",
+        "![cost against quality](r.svg)",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    // The fixture's signal is clear: the router keeps 95 % of the frontier's quality for
+    // less than always-frontier costs.
+    let line = text.lines().find(|l| l.starts_with("| 95.0 % |")).unwrap();
+    let router: f64 = line
+        .split('|')
+        .nth(2)
+        .unwrap()
+        .trim()
+        .trim_end_matches(" %")
+        .parse()
+        .unwrap();
+    assert!(router > 10.0, "{line}");
+    let svg = std::fs::read_to_string(dir.path().join("r.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg")
+            && svg.contains("prompt length")
+            && svg.contains("current thresholds")
+    );
+
+    let bad = triage()
+        .args(["report", "--floors", "1.5", "--dataset"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--floors: 1.5"));
+}
