@@ -5,7 +5,8 @@
 #   bash training/evaluate.sh [DATA_DIR]          # DATA_DIR defaults to ../shared/data
 #
 # 1. Transfer, the figure we optimise: leave one source out (mmlu, gsm8k, mmlu_pro,
-#    alpaca_eval), train on the others, measure the one left out.
+#    alpaca_eval), train on the others, measure the one left out; then adapt that model with
+#    300 of the held-out source's rows (`train --base`) and measure the rest.
 # 2. In-file 5-fold cross-validation, repeated over five fold assignments (seeds 7-11),
 #    because one split moves MMLU APGR by about ±0.01: RouteLLM two tiers, MMLU-Pro three.
 set -euo pipefail
@@ -19,6 +20,14 @@ triage eval --leave-one-out source \
   --dataset "$data/alpaca_eval/alpaca_eval_dev.jsonl" \
   --tiers "$(cat training/tiers.txt)" --prices 0.18,0.88,3.125 \
   --report models/eval.leave-one-out.json
+echo
+echo "### Your own workload: 300 rows of each held-out source adapt the model trained without it"
+triage eval --leave-one-out source --adapt 300 \
+  --dataset "$data/mmlu_pro/mmlu_pro_dev.jsonl" \
+  --dataset "$data/routellm/routellm_dev.jsonl" \
+  --dataset "$data/alpaca_eval/alpaca_eval_dev.jsonl" \
+  --tiers "$(cat training/tiers.txt)" --prices 0.18,0.88,3.125 \
+  --report models/eval.adapt.json
 echo
 echo "### In-file, two tiers on RouteLLM (MMLU + GSM8K): mixtral-8x7b vs gpt-4"
 triage eval --dataset "$data/routellm/routellm_dev.jsonl" \
