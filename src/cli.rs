@@ -518,6 +518,36 @@ fn collect(a: CollectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the feedback store keeps, and for how long (`None`: for ever).
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    prompts_ms: Option<u64>,
+    decisions_ms: Option<u64>,
+}
+
+impl Retention {
+    fn applies(&self) -> bool {
+        self.prompts_ms.is_some() || self.decisions_ms.is_some()
+    }
+}
+
+/// Applies retention once: (stored prompts removed, decisions removed).
+fn expire(
+    store: &triage::feedback::Store,
+    r: &Retention,
+) -> Result<(usize, usize), triage::feedback::StoreError> {
+    let now = now_ms();
+    let decisions = match r.decisions_ms {
+        Some(ms) => store.expire_decisions(now, ms)?,
+        None => 0,
+    };
+    let prompts = match r.prompts_ms {
+        Some(ms) => store.expire_prompts(now, ms)?,
+        None => 0,
+    };
+    Ok((prompts, decisions))
+}
+
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut config = load_config(&a.config)?;
     // Every override of the config file is said at start, so none is silent.
@@ -535,6 +565,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let addr = config.server.addr;
     let engine = Arc::new(engine(config, a.model)?);
     let fb = &engine.config().feedback;
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let retention = Retention {
+        prompts_ms: fb.store_prompts.then(|| ms(fb.prompt_retention)),
+        decisions_ms: fb.decision_retention.map(ms),
+    };
     let feedback = if fb.enabled {
         let limits = triage::feedback::FeedbackLimits {
             decision_queue: fb.decision_queue,
@@ -542,19 +577,18 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             batch: fb.batch,
         };
         let f = triage::feedback::Feedback::start(&fb.data_dir, limits, fb.store_prompts)?;
-        let expired = f
-            .store()
-            .expire_prompts(
-                now_ms(),
-                u64::try_from(fb.prompt_retention.as_millis()).unwrap_or(u64::MAX),
-            )
-            .context("expiring stored prompts")?;
+        let (expired, dropped) = expire(f.store(), &retention).context("applying retention")?;
         let (d, o) = f.store().counts();
         eprintln!(
-            "feedback store {}: {d} decisions, {o} outcomes{}",
+            "feedback store {}: {d} decisions, {o} outcomes{}{}",
             fb.data_dir.display(),
             if expired > 0 {
                 format!(", {expired} expired prompts removed")
+            } else {
+                String::new()
+            },
+            if dropped > 0 {
+                format!(", {dropped} decisions past feedback.decision_retention_days removed")
             } else {
                 String::new()
             }
@@ -563,32 +597,31 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let retention = (
-        fb.store_prompts,
-        u64::try_from(fb.prompt_retention.as_millis()).unwrap_or(u64::MAX),
-    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        if let (Some(f), (true, keep_ms)) = (feedback.clone(), retention) {
-            // Stored prompts expire while the server runs, not only at start.
+        if let Some(f) = feedback.clone().filter(|_| retention.applies()) {
+            // Retention is enforced while the server runs, not only at start.
             tokio::spawn(async move {
                 let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3_600));
                 hourly.tick().await;
                 loop {
                     hourly.tick().await;
                     let f = f.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        match f.store().expire_prompts(now_ms(), keep_ms) {
-                            Ok(n) if n > 0 => {
-                                tracing::info!(expired = n, "stored prompts past retention removed")
+                    let _ =
+                        tokio::task::spawn_blocking(move || match expire(f.store(), &retention) {
+                            Ok((p, d)) if p + d > 0 => {
+                                tracing::info!(
+                                    prompts = p,
+                                    decisions = d,
+                                    "records past retention removed"
+                                )
                             }
                             Ok(_) => {}
-                            Err(e) => tracing::error!(error = %e, "expiring stored prompts failed"),
-                        }
-                    })
-                    .await;
+                            Err(e) => tracing::error!(error = %e, "applying retention failed"),
+                        })
+                        .await;
                 }
             });
         }

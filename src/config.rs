@@ -499,6 +499,8 @@ pub struct RawFeedback {
     pub store_prompts: bool,
     /// How long stored prompt texts are kept, in hours.
     pub prompt_retention_hours: u64,
+    /// How long decisions (and their outcomes) are kept, in days; 0 keeps them for ever.
+    pub decision_retention_days: u64,
     /// Decisions waiting to be written; beyond this they are dropped and counted.
     pub decision_queue: usize,
     /// Outcomes waiting to be written; beyond this `RecordOutcome` callers wait.
@@ -520,6 +522,7 @@ impl Default for RawFeedback {
             data_dir: PathBuf::from("triage-data"),
             store_prompts: false,
             prompt_retention_hours: 168,
+            decision_retention_days: 0,
             decision_queue: 65_536,
             outcome_queue: 65_536,
             batch: 1_024,
@@ -541,6 +544,8 @@ pub struct FeedbackConfig {
     pub store_prompts: bool,
     /// How long stored prompt texts are kept.
     pub prompt_retention: std::time::Duration,
+    /// How long decisions and their outcomes are kept (`None`: for ever).
+    pub decision_retention: Option<std::time::Duration>,
     /// Decisions waiting to be written.
     pub decision_queue: usize,
     /// Outcomes waiting to be written.
@@ -578,6 +583,9 @@ impl RawFeedback {
             prompt_retention: std::time::Duration::from_secs(
                 f.prompt_retention_hours.saturating_mul(3_600),
             ),
+            decision_retention: (f.decision_retention_days > 0).then(|| {
+                std::time::Duration::from_secs(f.decision_retention_days.saturating_mul(86_400))
+            }),
             decision_queue: f.decision_queue,
             outcome_queue: f.outcome_queue,
             batch: f.batch,

@@ -285,6 +285,50 @@ impl Store {
         Ok(n)
     }
 
+    /// Removes decisions older than `retention_ms` with their outcomes, and orphan outcomes
+    /// observed before then; returns how many decisions went. Every record is checked by its
+    /// own time (caller-chosen ids need not sort by time). Writes go in batches of 1,000, so
+    /// a large expiry never holds one huge batch in memory.
+    pub fn expire_decisions(&self, now_ms: u64, retention_ms: u64) -> Result<usize, StoreError> {
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let mut gone = 0;
+        let mut batch = sled::Batch::default();
+        let mut outcomes = sled::Batch::default();
+        let mut pending = 0;
+        for item in self.decisions.iter() {
+            let (k, v) = item?;
+            let d: DecisionRecord = serde_json::from_slice(&v)?;
+            if d.time_unix_ms >= cutoff {
+                continue;
+            }
+            batch.remove(k);
+            let mut prefix = d.decision_id.as_bytes().to_vec();
+            prefix.push(b'/');
+            for kv in self.outcomes.scan_prefix(prefix) {
+                outcomes.remove(kv?.0);
+            }
+            gone += 1;
+            pending += 1;
+            if pending == 1_000 {
+                self.outcomes.apply_batch(std::mem::take(&mut outcomes))?;
+                self.decisions.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        self.outcomes.apply_batch(outcomes)?;
+        self.decisions.apply_batch(batch)?;
+        let mut orphans = sled::Batch::default();
+        for item in self.outcomes.iter() {
+            let (k, v) = item?;
+            let o: OutcomeRecord = serde_json::from_slice(&v)?;
+            if o.orphan && u64::try_from(o.observed_at_unix_ms).unwrap_or(0) < cutoff {
+                orphans.remove(k);
+            }
+        }
+        self.outcomes.apply_batch(orphans)?;
+        Ok(gone)
+    }
+
     fn outcomes_of(&self, decision_id: &str) -> Result<Vec<OutcomeRecord>, StoreError> {
         let mut prefix = decision_id.as_bytes().to_vec();
         prefix.push(b'/');
@@ -474,6 +518,31 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(s.export(Some(15), &mut out).unwrap(), 1);
         assert!(String::from_utf8(out).unwrap().contains("\"d2\""));
+    }
+
+    #[test]
+    fn decisions_past_retention_go_with_their_outcomes_and_newer_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_decisions(&[decision("old", 1_000), decision("new", 9_000)])
+            .unwrap();
+        s.put_outcome(outcome("old", "a", 1.0)).unwrap();
+        s.put_outcome(outcome("new", "a", 1.0)).unwrap();
+        // An orphan observed long ago, and one observed recently.
+        let mut stale = outcome("gone", "a", 1.0);
+        stale.observed_at_unix_ms = 500;
+        s.put_outcome(stale).unwrap();
+        let mut fresh = outcome("later", "a", 1.0);
+        fresh.observed_at_unix_ms = 9_500;
+        s.put_outcome(fresh).unwrap();
+        assert_eq!(s.counts(), (2, 4));
+        assert_eq!(s.expire_decisions(10_000, 5_000).unwrap(), 1);
+        let ids: Vec<String> = s.decisions().map(|d| d.unwrap().decision_id).collect();
+        assert_eq!(ids, ["new"]);
+        let left: Vec<String> = s.outcomes().map(|o| o.unwrap().decision_id).collect();
+        assert_eq!(left, ["later", "new"]);
+        // Nothing more to expire.
+        assert_eq!(s.expire_decisions(10_000, 5_000).unwrap(), 0);
     }
 
     #[test]
