@@ -391,6 +391,34 @@ impl Triage {
         Ok(stored)
     }
 
+    /// Streams the decision log as `triage logs export` writes it (decisions at or after
+    /// `since_ms` with their outcomes, then orphan outcomes), read from the live store on the
+    /// blocking pool, so it works while the server runs. Chunks of about 64 KiB; the read
+    /// stops as soon as the receiver is dropped (the caller went away).
+    pub fn export_log(
+        &self,
+        since_ms: Option<u64>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>, Error> {
+        let fb = self.feedback.clone().ok_or(Error::FeedbackDisabled)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut out = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(EXPORT_CHUNK),
+            };
+            let result = fb
+                .store()
+                .export(since_ms, &mut out)
+                .map(|_| ())
+                .and_then(|()| std::io::Write::flush(&mut out).map_err(Into::into));
+            if let Err(e) = result {
+                // The receiver may be gone already; then nobody is waiting for the error.
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        });
+        Ok(rx)
+    }
+
     /// Replaces the classifier with the file at `path` (the configured one when `None`); on
     /// any error the old model keeps serving. A caller's path must name a regular file of at
     /// most `model.max_model_bytes` inside `model.reload_dirs`; the read runs on the blocking
@@ -534,5 +562,35 @@ fn decision_record(
         estimated_cost_usd: d.estimated_cost_usd,
         prompt_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
         prompt: store_prompt.then(|| input.prompt.clone()),
+    }
+}
+
+/// Bytes per chunk of a streamed export.
+const EXPORT_CHUNK: usize = 64 * 1024;
+
+/// A blocking writer into a bounded channel: backpressure from a slow reader blocks the export
+/// thread, and a dropped reader ends it with an error.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= EXPORT_CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader went away")
+        })
     }
 }

@@ -41,9 +41,10 @@ pub fn router(core: Triage, limits: &crate::config::ServerConfig) -> Http {
         .route("/v1/feedback", post(feedback))
         .route("/v1/messages", post(crate::anthropic_door::messages_handler))
         .route("/metrics", get(metrics))
+        .route("/v1/admin/export", get(export_log))
         .fallback(|| async {
             error(&Error::NotFound(
-                "no such route; this server answers POST /v1/chat/completions, POST /v1/messages, GET /v1/models, POST /v1/feedback, GET /metrics, /healthz, /readyz".into(),
+                "no such route; this server answers POST /v1/chat/completions, POST /v1/messages, GET /v1/models, POST /v1/feedback, GET /metrics, GET /v1/admin/export, /healthz, /readyz".into(),
             ))
         })
         .method_not_allowed_fallback(|| async {
@@ -74,7 +75,7 @@ async fn authenticate(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    let scope = if path == "/metrics" {
+    let scope = if path == "/metrics" || path.starts_with("/v1/admin/") {
         crate::auth::Scope::Admin
     } else {
         crate::auth::Scope::Client
@@ -108,6 +109,45 @@ async fn readyz(State(core): State<Triage>) -> Response {
         "ready\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}
+
+/// `GET /v1/admin/export[?since_ms=N]`: the live decision log as JSON Lines (admin scope).
+async fn export_log(
+    State(core): State<Triage>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let mut since = None;
+    for (k, v) in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+    {
+        match (k, v.parse::<u64>()) {
+            ("since_ms", Ok(ms)) => since = Some(ms),
+            ("since_ms", Err(_)) => {
+                return error(&Error::Request(crate::error::RequestError::invalid(
+                    "since_ms",
+                    format!("must be milliseconds since the Unix epoch, got {v:?}"),
+                )));
+            }
+            _ => {
+                return error(&Error::Request(crate::error::RequestError::invalid(
+                    k,
+                    "unknown query parameter (this endpoint takes since_ms)",
+                )));
+            }
+        }
+    }
+    match core.export_log(since) {
+        Ok(rx) => (
+            [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+            axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+            .into_response(),
+        Err(e) => error(&e),
     }
 }
 
