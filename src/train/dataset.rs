@@ -208,11 +208,17 @@ mod tests {
                 .unwrap_err()
                 .contains("twice")
         );
+        // A bare name stands for itself (outcomes keyed by tier, as `collect` writes them).
+        let bare: TierMap = "fast,x=b".parse().unwrap();
+        assert_eq!(
+            bare.tiers[0],
+            ("fast".to_string(), vec!["fast".to_string()])
+        );
         assert!(
-            "fast,x=b"
+            "=a,b"
                 .parse::<TierMap>()
                 .unwrap_err()
-                .contains("NAME=MODEL")
+                .contains("needs a tier name")
         );
     }
 
