@@ -249,10 +249,17 @@ pub fn side_file(out: &Path, what: &str) -> PathBuf {
 }
 
 /// One tier's answer to one prompt, as written to the answers file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 struct AnswerLine<'a> {
     id: &'a str,
     tier: &'a str,
+    #[serde(flatten)]
+    scored: &'a Scored,
+}
+
+/// One scored answer.
+#[derive(Debug, Clone, Serialize)]
+struct Scored {
     provider: String,
     model: String,
     answer: String,
@@ -264,21 +271,8 @@ struct AnswerLine<'a> {
     output_tokens: u64,
     cost_usd: f64,
     attempts: usize,
-}
-
-/// One scored answer, before it is written.
-#[derive(Debug, Clone)]
-struct Scored {
-    provider: String,
-    model: String,
-    answer: String,
-    score: f64,
-    scored_by: String,
-    judge_reply: Option<String>,
-    input_tokens: u64,
-    output_tokens: u64,
-    cost_usd: f64,
-    attempts: usize,
+    /// Counted in the summary, not written per answer.
+    #[serde(skip)]
     judge_tokens: Option<(u64, u64)>,
 }
 
@@ -294,38 +288,32 @@ struct OutcomeLine<'a> {
     outcomes: BTreeMap<&'a str, f64>,
 }
 
-/// Ids already written to `out` by an earlier run. A last line cut off by an interruption is
-/// removed from the file (its prompt is redone), so appending never glues two rows together.
+/// Ids already written to `out` by an earlier run (after [`trim_partial`]).
 fn resume(out: &Path) -> Result<HashSet<String>, CollectError> {
-    let io = |source| CollectError::Io {
-        path: out.to_path_buf(),
-        source,
-    };
+    trim_partial(out)?;
     let text = match std::fs::read_to_string(out) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
-        Err(e) => return Err(io(e)),
+        Err(source) => {
+            return Err(CollectError::Io {
+                path: out.to_path_buf(),
+                source,
+            });
+        }
     };
-    let whole = text.rfind('\n').map_or(0, |i| i + 1);
-    if whole < text.len() {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(out)
-            .map_err(io)?;
-        f.set_len(whole as u64).map_err(io)?;
-    }
     #[derive(Deserialize)]
     struct Id {
         id: String,
     }
-    Ok(text[..whole]
+    Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<Id>(l).ok())
         .map(|r| r.id)
         .collect())
 }
 
-/// Drops a cut-off last line of a side file, so the next append starts on a line of its own.
+/// Drops a last line cut off by an interruption (its prompt is redone), so the next append
+/// starts on a line of its own and never glues two rows together.
 fn trim_partial(path: &Path) -> Result<(), CollectError> {
     let io = |source| CollectError::Io {
         path: path.to_path_buf(),
@@ -592,16 +580,7 @@ pub async fn collect(
                     let line = AnswerLine {
                         id: &p.id,
                         tier: &config.tiers[t].name,
-                        provider: s.provider.clone(),
-                        model: s.model.clone(),
-                        answer: s.answer.clone(),
-                        score: s.score,
-                        scored_by: s.scored_by.clone(),
-                        judge_reply: s.judge_reply.clone(),
-                        input_tokens: s.input_tokens,
-                        output_tokens: s.output_tokens,
-                        cost_usd: s.cost_usd,
-                        attempts: s.attempts,
+                        scored: s,
                     };
                     write(&mut answers, &answers_path, json_line(&line)?)?;
                 }
