@@ -141,7 +141,7 @@ pub struct Classifier {
 }
 
 /// Folds `(x - mean) / std` into a head's weights and intercept, so it applies to raw features.
-fn fold(h: &Head, scaling: &Scaling, i: &str) -> Result<(Vec<f32>, f32), String> {
+pub(crate) fn fold(h: &Head, scaling: &Scaling, i: &str) -> Result<(Vec<f32>, f32), String> {
     let n = scaling.mean.len();
     if h.weights.len() != n {
         return Err(format!("{i} has {} weights, expected {n}", h.weights.len()));

@@ -124,29 +124,14 @@ impl Base {
                     .into(),
             );
         }
-        let slopes: Vec<Vec<f64>> = file
-            .heads
-            .iter()
-            .map(|h| {
-                h.weights
-                    .iter()
-                    .zip(&file.scaling.std)
-                    .map(|(w, s)| f64::from(*w) / f64::from(*s))
-                    .collect()
-            })
-            .collect();
-        let intercepts = file
-            .heads
-            .iter()
-            .zip(&slopes)
-            .map(|(h, w)| {
-                f64::from(h.intercept)
-                    - w.iter()
-                        .zip(&file.scaling.mean)
-                        .map(|(w, m)| w * f64::from(*m))
-                        .sum::<f64>()
-            })
-            .collect();
+        let mut slopes = Vec::with_capacity(file.heads.len());
+        let mut intercepts = Vec::with_capacity(file.heads.len());
+        for h in &file.heads {
+            let (w, b) =
+                crate::classifier::fold(h, &file.scaling, &format!("--base: head {}", h.tier))?;
+            slopes.push(w.into_iter().map(f64::from).collect());
+            intercepts.push(f64::from(b));
+        }
         Ok(Self {
             version: file.version.clone(),
             slopes,
@@ -322,8 +307,7 @@ pub fn fit(
         _ => (0..head_tiers.len()).map(|k| vec![k]).collect(),
     };
     let problem = Problem {
-        std: scaling.std.iter().map(|s| f64::from(*s)).collect(),
-        mean: scaling.mean.iter().map(|s| f64::from(*s)).collect(),
+        scaling: &scaling,
         z: &z,
         rows,
         data,
@@ -370,10 +354,8 @@ pub fn fit(
 
 /// What every head's fit reads: the standardized design of the training rows and their labels.
 struct Problem<'a> {
-    /// Standard deviation of each column, to put a base model's raw slopes on this scale.
-    std: Vec<f64>,
-    /// Mean of each column, likewise.
-    mean: Vec<f64>,
+    /// The columns' standardization, to put a base model's raw slopes and rates on this scale.
+    scaling: &'a Scaling,
     /// Standardized features, one row per entry of `rows`.
     z: &'a ndarray::Array2<f64>,
     rows: &'a [usize],
@@ -516,7 +498,7 @@ impl Problem<'_> {
                 .map(|j| {
                     let mean: f64 =
                         family.iter().map(|&k| b.slopes[k][j]).sum::<f64>() / family.len() as f64;
-                    mean * self.std[j] - prior[j]
+                    mean * f64::from(self.scaling.std[j]) - prior[j]
                 })
                 .collect();
             v.resize(d + extra, 0.0);
@@ -563,9 +545,9 @@ impl Problem<'_> {
                     // No row for this tier: the base's base rate, on this scaling.
                     let on_means: f64 = slopes
                         .iter()
-                        .zip(&self.std)
-                        .zip(&self.mean)
-                        .map(|((w, s), m)| f64::from(*w) / s * m)
+                        .zip(&self.scaling.std)
+                        .zip(&self.scaling.mean)
+                        .map(|((w, s), m)| f64::from(*w / s * m))
                         .sum();
                     return (
                         k,
