@@ -359,21 +359,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
-    if let Some(f) = a.floors.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
-        bail!("--floors: {f} is not a share in (0, 1]");
-    }
-    let config = load_config(&a.config)?;
+/// Labelled rows scored by a model, for `tune` and `report`: the rows with every tier's
+/// outcome, per-row tier costs from the config's prices (each prompt's tokens,
+/// `expected_output_tokens`), and the model's probabilities.
+struct Labelled {
+    model: triage::classifier::Classifier,
+    names: Vec<String>,
+    data: train::Prepared,
+    complete: Vec<usize>,
+    scores: Vec<Vec<f64>>,
+    costs: Vec<Vec<f64>>,
+    p: Vec<Vec<f64>>,
+}
+
+/// Loads and checks what [`Labelled`] holds: the model's tiers must be `--tiers`' and the
+/// config's; `what` names the command in the error when no row has every tier's outcome.
+fn labelled(
+    config: &ConfigArg,
+    model: &std::path::Path,
+    datasets: &[PathBuf],
+    tiers: TierMap,
+    what: &str,
+) -> anyhow::Result<Labelled> {
+    let config = load_config(config)?;
     let featurizer = Featurizer::load(&config.model.embeddings)?;
-    let model = triage::classifier::Classifier::load(&a.model, featurizer.schema())?;
+    let model = triage::classifier::Classifier::load(model, featurizer.schema())?;
     let names = model.tiers().to_vec();
-    let tiers = match a.tiers {
-        Some(t) => t,
-        None => names
-            .join(",")
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!(e))?,
-    };
     if tiers.names() != names {
         bail!(
             "--tiers names [{}] must be the model's tiers [{}]",
@@ -389,7 +400,7 @@ fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
         );
     }
     let mut rows = Vec::new();
-    for d in &a.datasets {
+    for d in datasets {
         rows.extend(read_jsonl(d)?);
     }
     let data = train::prepare(
@@ -400,12 +411,10 @@ fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
     )?;
     let (complete, scores) = data.complete();
     if complete.is_empty() {
-        bail!(
-            "no row has an outcome for every tier; a report needs each tier's result per prompt (triage collect writes them)"
-        );
+        bail!("no row has an outcome for every tier; {what} needs each tier's result per prompt");
     }
     let out_tokens = u64::from(config.expected_output_tokens);
-    let costs: Vec<Vec<f64>> = data
+    let costs = data
         .tokens
         .iter()
         .map(|&t| {
@@ -416,7 +425,48 @@ fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
                 .collect()
         })
         .collect();
-    let p: Vec<Vec<f64>> = data.x.iter().map(|x| model.score(x)).collect();
+    let p = data.x.iter().map(|x| model.score(x)).collect();
+    Ok(Labelled {
+        model,
+        names,
+        data,
+        complete,
+        scores,
+        costs,
+        p,
+    })
+}
+
+fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
+    if let Some(f) = a.floors.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
+        bail!("--floors: {f} is not a share in (0, 1]");
+    }
+    let tiers = match a.tiers {
+        Some(t) => t,
+        None => {
+            // Outcomes keyed by tier name, as `collect` writes them.
+            let c = load_config(&a.config)?;
+            c.tier_names()
+                .join(",")
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?
+        }
+    };
+    let Labelled {
+        model,
+        names,
+        data,
+        complete,
+        scores,
+        costs,
+        p,
+    } = labelled(
+        &a.config,
+        &a.model,
+        &a.datasets,
+        tiers,
+        "a report (triage collect writes them)",
+    )?;
     let groups: Vec<String> = data
         .rows
         .iter()
@@ -433,7 +483,7 @@ fn report_cmd(a: ReportArgs) -> anyhow::Result<()> {
         &p,
         &scores,
         &costs,
-        &data.tokens,
+        &train::report::length_p(&data, names.len()),
         &groups,
         &complete,
         &a.floors,
@@ -1328,24 +1378,15 @@ fn tune(a: TuneArgs) -> anyhow::Result<()> {
     if a.max_cost_per_1k_requests.is_none() && a.max_share.is_empty() && a.min_quality.is_none() {
         bail!("give a target: --max-cost-per-1k-requests, --max-share TIER=x or --min-quality");
     }
-    let config = load_config(&a.config)?;
-    let featurizer = Featurizer::load(&config.model.embeddings)?;
-    let model = triage::classifier::Classifier::load(&a.model, featurizer.schema())?;
-    let names = model.tiers().to_vec();
-    if a.tiers.names() != names {
-        bail!(
-            "--tiers names [{}] must be the model's tiers [{}]",
-            a.tiers.names().join(", "),
-            names.join(", ")
-        );
-    }
-    if config.tier_names() != names {
-        bail!(
-            "the config's tiers [{}] differ from the model's [{}]",
-            config.tier_names().join(", "),
-            names.join(", ")
-        );
-    }
+    let Labelled {
+        model,
+        names,
+        complete,
+        scores,
+        costs,
+        p,
+        ..
+    } = labelled(&a.config, &a.model, &a.datasets, a.tiers, "tuning")?;
     let mut targets = tune::Targets {
         max_cost_per_1k: a.max_cost_per_1k_requests,
         min_quality: a.min_quality,
@@ -1358,33 +1399,6 @@ fn tune(a: TuneArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--max-share: unknown tier {t:?}"))?;
         targets.max_share.push((k, *v));
     }
-    let mut rows = Vec::new();
-    for d in &a.datasets {
-        rows.extend(read_jsonl(d)?);
-    }
-    let data = train::prepare(
-        &featurizer,
-        rows,
-        &a.tiers,
-        std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    )?;
-    let (complete, scores) = data.complete();
-    if complete.is_empty() {
-        bail!("no row has an outcome for every tier; tuning needs each tier's result per prompt");
-    }
-    let out_tokens = u64::from(config.expected_output_tokens);
-    let costs: Vec<Vec<f64>> = data
-        .tokens
-        .iter()
-        .map(|&t| {
-            config
-                .tiers
-                .iter()
-                .map(|tier| tier.cost_usd(u64::from(t), out_tokens))
-                .collect()
-        })
-        .collect();
-    let p: Vec<Vec<f64>> = data.x.iter().map(|x| model.score(x)).collect();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::new(0).with_message("sweeping thresholds")
     } else {

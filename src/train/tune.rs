@@ -163,14 +163,45 @@ pub fn choose(points: &[Point], targets: &Targets, tier_names: &[String]) -> Res
 
 /// Draws quality against cost per 1,000 requests: all points, the Pareto front, the choice.
 pub fn plot(path: &Path, points: &[Point], front: &[Point], chosen: &Point) -> Result<(), String> {
+    draw(
+        path,
+        "triage tune: quality vs cost",
+        &[
+            Series::Cloud(points),
+            Series::Line(front, "Pareto front", (0, 0, 255), 2),
+            Series::Markers(
+                std::slice::from_ref(chosen),
+                "chosen thresholds",
+                (255, 0, 0),
+                7,
+            ),
+        ],
+    )
+}
+
+/// One thing drawn on a quality-against-cost chart. Colours are RGB.
+#[derive(Debug, Clone, Copy)]
+pub enum Series<'a> {
+    /// Small grey dots, not in the legend.
+    Cloud(&'a [Point]),
+    /// A line through the points in order: label, colour, stroke width.
+    Line(&'a [Point], &'static str, (u8, u8, u8), u32),
+    /// Filled circles: label, colour, radius.
+    Markers(&'a [Point], &'static str, (u8, u8, u8), u32),
+}
+
+/// Draws quality against cost per 1,000 requests as an SVG, the axes fitted to every series.
+pub fn draw(path: &Path, caption: &str, series: &[Series<'_>]) -> Result<(), String> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let (c0, c1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
-        (a.min(p.cost_per_1k), b.max(p.cost_per_1k))
+    let all = series.iter().flat_map(|s| match s {
+        Series::Cloud(p) | Series::Line(p, ..) | Series::Markers(p, ..) => p.iter(),
     });
-    let (q0, q1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
-        (a.min(p.quality), b.max(p.quality))
-    });
+    let (mut c0, mut c1, mut q0, mut q1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for p in all {
+        (c0, c1) = (c0.min(p.cost_per_1k), c1.max(p.cost_per_1k));
+        (q0, q1) = (q0.min(p.quality), q1.max(p.quality));
+    }
     let pad = |lo: f64, hi: f64| {
         let d = ((hi - lo) * 0.05).max(1e-6);
         (lo - d)..(hi + d)
@@ -178,7 +209,7 @@ pub fn plot(path: &Path, points: &[Point], front: &[Point], chosen: &Point) -> R
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("triage tune: quality vs cost", ("sans-serif", 22))
+        .caption(caption, ("sans-serif", 22))
         .margin(20)
         .x_label_area_size(45)
         .y_label_area_size(60)
@@ -190,32 +221,43 @@ pub fn plot(path: &Path, points: &[Point], front: &[Point], chosen: &Point) -> R
         .y_desc("mean quality")
         .draw()
         .map_err(|e| err(&e))?;
-    chart
-        .draw_series(points.iter().map(|p| {
-            Circle::new(
-                (p.cost_per_1k, p.quality),
-                1,
-                RGBColor(180, 180, 180).filled(),
-            )
-        }))
-        .map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(
-            front.iter().map(|p| (p.cost_per_1k, p.quality)),
-            BLUE.stroke_width(2),
-        ))
-        .map_err(|e| err(&e))?
-        .label("Pareto front")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(std::iter::once(Circle::new(
-            (chosen.cost_per_1k, chosen.quality),
-            7,
-            RED.filled(),
-        )))
-        .map_err(|e| err(&e))?
-        .label("chosen thresholds")
-        .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
+    let xy = |p: &Point| (p.cost_per_1k, p.quality);
+    for s in series {
+        match *s {
+            Series::Cloud(points) => {
+                chart
+                    .draw_series(
+                        points
+                            .iter()
+                            .map(|p| Circle::new(xy(p), 1, RGBColor(180, 180, 180).filled())),
+                    )
+                    .map_err(|e| err(&e))?;
+            }
+            Series::Line(points, label, (r, g, b), width) => {
+                let colour = RGBColor(r, g, b);
+                chart
+                    .draw_series(LineSeries::new(
+                        points.iter().map(xy),
+                        colour.stroke_width(width),
+                    ))
+                    .map_err(|e| err(&e))?
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            }
+            Series::Markers(points, label, (r, g, b), radius) => {
+                let colour = RGBColor(r, g, b);
+                chart
+                    .draw_series(
+                        points
+                            .iter()
+                            .map(|p| Circle::new(xy(p), radius, colour.filled())),
+                    )
+                    .map_err(|e| err(&e))?
+                    .label(label)
+                    .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
+            }
+        }
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))

@@ -26,8 +26,22 @@ pub struct Workload {
     pub length: Vec<Point>,
     /// Per category at the current thresholds.
     pub categories: Vec<Category>,
-    /// Thresholds that keep a share of always-dearest quality at least cost.
-    pub suggestions: Vec<(f64, Result<Point, String>)>,
+    /// Per quality floor (a share of always-dearest quality): the router's cheapest
+    /// thresholds, or why none reaches it, and the baselines' savings there.
+    pub floors: Vec<Floor>,
+}
+
+/// The cheapest routing of each kind that keeps one quality floor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Floor {
+    /// Share of always-dearest quality to keep.
+    pub floor: f64,
+    /// The router's cheapest thresholds (the `tune` choice), or why none reaches the floor.
+    pub router: Result<Point, String>,
+    /// Share of the always-dearest cost saved by prompt length at its best cut points.
+    pub length_saved: Option<f64>,
+    /// Share saved by the cheapest random mix of tiers.
+    pub random_saved: Option<f64>,
 }
 
 /// One category at the current thresholds.
@@ -72,7 +86,8 @@ fn point(
 }
 
 /// Measures the workload. `p[r]` are the model's probabilities, `scores[r]` per-tier scores,
-/// `costs[r]` per-tier USD, `tokens[r]` prompt tokens, `groups[r]` the category of each row;
+/// `costs[r]` per-tier USD, `length[r]` the length baseline's probabilities
+/// ([`super::report::length_p`]), `groups[r]` the category of each row;
 /// `rows` those with every tier's outcome.
 #[allow(clippy::too_many_arguments)]
 pub fn measure(
@@ -81,7 +96,7 @@ pub fn measure(
     p: &[Vec<f64>],
     scores: &[Vec<f64>],
     costs: &[Vec<f64>],
-    tokens: &[u32],
+    length: &[Vec<f64>],
     groups: &[String],
     rows: &[usize],
     floors: &[f64],
@@ -95,40 +110,14 @@ pub fn measure(
     let current = point(rows, scores, costs, t, thresholds.to_vec(), route);
     let points = tune::sweep(p, scores, costs, rows, t, &indicatif::ProgressBar::hidden());
     let front = tune::pareto(&points);
-    // Length: cut points on the length ranks (a 20-step grid per cut), shortest to the cheapest.
-    let mut order: Vec<usize> = rows.to_vec();
-    order.sort_by_key(|&r| tokens[r]);
-    let rank: std::collections::HashMap<usize, f64> = order
-        .iter()
-        .enumerate()
-        .map(|(i, &r)| (r, i as f64 / order.len().max(1) as f64))
-        .collect();
-    let steps = 20;
-    let mut cuts: Vec<Vec<f64>> = vec![Vec::new()];
-    for _ in 0..t - 1 {
-        cuts = cuts
-            .into_iter()
-            .flat_map(|prefix| {
-                let lo = prefix.last().copied().unwrap_or(0.0);
-                (0..=steps)
-                    .map(move |i| i as f64 / steps as f64)
-                    .filter(move |c| *c >= lo)
-                    .map(move |c| {
-                        let mut v = prefix.clone();
-                        v.push(c);
-                        v
-                    })
-            })
-            .collect();
-    }
-    let length_points: Vec<Point> = cuts
-        .into_iter()
-        .map(|c| {
-            let choice = |r: usize| c.iter().position(|&cut| rank[&r] < cut).unwrap_or(t - 1);
-            point(rows, scores, costs, t, c.clone(), choice)
-        })
-        .collect();
-    let length = tune::pareto(&length_points);
+    let length = tune::pareto(&tune::sweep(
+        length,
+        scores,
+        costs,
+        rows,
+        t,
+        &indicatif::ProgressBar::hidden(),
+    ));
     let mut names: Vec<&String> = rows.iter().map(|&r| &groups[r]).collect();
     names.sort();
     names.dedup();
@@ -146,14 +135,26 @@ pub fn measure(
             }
         })
         .collect();
-    let suggestions = floors
+    let dear = &single[t - 1];
+    let saved = |cost_per_1k: f64| 1.0 - cost_per_1k / dear.cost_per_1k.max(1e-12);
+    let mean_cost: Vec<f64> = single.iter().map(|p| p.cost_per_1k).collect();
+    let floors = floors
         .iter()
         .map(|&f| {
             let targets = Targets {
-                min_quality: Some(f * single[t - 1].quality),
+                min_quality: Some(f * dear.quality),
                 ..Targets::default()
             };
-            (f, tune::choose(&front, &targets, tiers))
+            Floor {
+                floor: f,
+                router: tune::choose(&front, &targets, tiers),
+                length_saved: tune::choose(&length, &targets, tiers)
+                    .ok()
+                    .map(|p| saved(p.cost_per_1k)),
+                // Random mixing costs each tier's mean cost per request, whatever the rows.
+                random_saved: super::eval::random_mix(scores, &mean_cost, rows, f * dear.quality)
+                    .map(|o| saved(o.cost)),
+            }
         })
         .collect();
     Workload {
@@ -164,7 +165,7 @@ pub fn measure(
         front,
         length,
         categories,
-        suggestions,
+        floors,
     }
 }
 
@@ -176,41 +177,6 @@ fn saved(w: &Workload, pt: &Point) -> f64 {
     } else {
         0.0
     }
-}
-
-/// The cheapest point of a front that keeps `floor` of always-dearest quality.
-fn cheapest_at(w: &Workload, front: &[Point], floor: f64) -> Option<Point> {
-    let q = floor * w.single.last().map_or(0.0, |s| s.quality);
-    front
-        .iter()
-        .filter(|p| p.quality + 1e-12 >= q)
-        .min_by(|a, b| a.cost_per_1k.total_cmp(&b.cost_per_1k))
-        .cloned()
-}
-
-/// Cheapest random mix of two adjacent tiers that keeps `floor` (mixing is linear in both).
-fn random_at(w: &Workload, floor: f64) -> Option<Point> {
-    let q = floor * w.single.last().map_or(0.0, |s| s.quality);
-    let mut best: Option<Point> = None;
-    for a in &w.single {
-        for b in &w.single {
-            for i in 0..=100 {
-                let s = f64::from(i) / 100.0;
-                let pt = Point {
-                    thresholds: Vec::new(),
-                    quality: (1.0 - s) * a.quality + s * b.quality,
-                    cost_per_1k: (1.0 - s) * a.cost_per_1k + s * b.cost_per_1k,
-                    shares: Vec::new(),
-                };
-                if pt.quality + 1e-12 >= q
-                    && best.as_ref().is_none_or(|x| pt.cost_per_1k < x.cost_per_1k)
-                {
-                    best = Some(pt);
-                }
-            }
-        }
-    }
-    best
 }
 
 /// The Markdown summary; `plot` is the SVG's file name, linked from it.
@@ -268,19 +234,24 @@ pub fn markdown(w: &Workload, model: &str, plot: Option<&str>) -> String {
         "| floor (share of always-dearest quality) | router | prompt length | random mix |"
     );
     let _ = writeln!(s, "| --- | --- | --- | --- |");
-    let cell = |p: Option<Point>| p.map_or("not reachable".to_string(), |p| pct(saved(w, &p)));
-    for (f, _) in &w.suggestions {
+    let cell = |v: Option<f64>| v.map_or("not reachable".to_string(), pct);
+    for f in &w.floors {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} |",
-            pct(*f),
-            cell(cheapest_at(w, &w.front, *f)),
-            cell(cheapest_at(w, &w.length, *f)),
-            cell(random_at(w, *f))
+            pct(f.floor),
+            cell(f.router.as_ref().ok().map(|p| saved(w, p))),
+            cell(f.length_saved),
+            cell(f.random_saved)
         );
     }
     let _ = writeln!(s, "\n## Suggested thresholds\n");
-    for (f, r) in &w.suggestions {
+    for Floor {
+        floor: f,
+        router: r,
+        ..
+    } in &w.floors
+    {
         match r {
             Ok(pt) => {
                 let th: Vec<String> = pt.thresholds[..w.tiers.len() - 1]
@@ -325,90 +296,23 @@ pub fn markdown(w: &Workload, model: &str, plot: Option<&str>) -> String {
 /// The SVG: the router's front, the length baseline's, single tiers, random mixing between
 /// them, and the current operating point.
 pub fn plot(path: &Path, w: &Workload) -> Result<(), String> {
-    use plotters::prelude::*;
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let all: Vec<&Point> = w
-        .front
-        .iter()
-        .chain(&w.length)
-        .chain(&w.single)
-        .chain([&w.current])
-        .collect();
-    let (c0, c1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
-        (a.min(p.cost_per_1k), b.max(p.cost_per_1k))
-    });
-    let (q0, q1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
-        (a.min(p.quality), b.max(p.quality))
-    });
-    let pad = |lo: f64, hi: f64| {
-        let d = ((hi - lo) * 0.05).max(1e-6);
-        (lo - d)..(hi + d)
-    };
-    let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption("triage report: quality against cost", ("sans-serif", 22))
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(pad(c0, c1), pad(q0, q1))
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("cost per 1,000 requests (USD)")
-        .y_desc("mean quality")
-        .draw()
-        .map_err(|e| err(&e))?;
-    let line = |pts: &[Point]| {
-        pts.iter()
-            .map(|p| (p.cost_per_1k, p.quality))
-            .collect::<Vec<_>>()
-    };
-    chart
-        .draw_series(LineSeries::new(line(&w.front), BLUE.stroke_width(2)))
-        .map_err(|e| err(&e))?
-        .label("router")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(line(&w.length), GREEN.stroke_width(2)))
-        .map_err(|e| err(&e))?
-        .label("prompt length")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN));
+    use tune::Series;
     let mut singles = w.single.clone();
     singles.sort_by(|a, b| a.cost_per_1k.total_cmp(&b.cost_per_1k));
-    chart
-        .draw_series(LineSeries::new(
-            line(&singles),
-            RGBColor(150, 150, 150).stroke_width(1),
-        ))
-        .map_err(|e| err(&e))?
-        .label("random mix of tiers")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(150, 150, 150)));
-    chart
-        .draw_series(
-            w.single
-                .iter()
-                .map(|p| Circle::new((p.cost_per_1k, p.quality), 5, BLACK.filled())),
-        )
-        .map_err(|e| err(&e))?
-        .label("always one tier")
-        .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK.filled()));
-    chart
-        .draw_series(std::iter::once(Circle::new(
-            (w.current.cost_per_1k, w.current.quality),
-            7,
-            RED.filled(),
-        )))
-        .map_err(|e| err(&e))?
-        .label("current thresholds")
-        .legend(|(x, y)| Circle::new((x + 10, y), 5, RED.filled()));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    tune::draw(
+        path,
+        "triage report: quality against cost",
+        &[
+            Series::Line(&w.front, "router", (0, 0, 255), 2),
+            Series::Line(&w.length, "prompt length", (0, 255, 0), 2),
+            Series::Line(&singles, "random mix of tiers", (150, 150, 150), 1),
+            Series::Markers(&w.single, "always one tier", (0, 0, 0), 5),
+            Series::Markers(
+                std::slice::from_ref(&w.current),
+                "current thresholds",
+                (255, 0, 0),
+                7,
+            ),
+        ],
+    )
 }
