@@ -265,11 +265,25 @@ fn train_from_an_exported_log_writes_a_model_and_reports_labels() {
         }
         store.flush().unwrap();
     }
-    let export = triage()
+    // sled's background flusher may hold the store's lock a moment after the drop above.
+    let mut export = triage()
         .args(["logs", "export", "--data-dir"])
         .arg(&store_dir)
         .output()
         .unwrap();
+    for _ in 0..50 {
+        if export.status.success()
+            || !String::from_utf8_lossy(&export.stderr).contains("could not acquire lock")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        export = triage()
+            .args(["logs", "export", "--data-dir"])
+            .arg(&store_dir)
+            .output()
+            .unwrap();
+    }
     assert!(
         export.status.success(),
         "{}",
