@@ -35,8 +35,9 @@ async fn main() {
         decision_queue: 65_536,
         outcome_queue: 65_536,
         batch: 1_024,
+        max_store_bytes: None,
     };
-    let fb = Feedback::start(dir.path(), limits, false).unwrap();
+    let fb = Feedback::start(dir.path(), limits, Default::default(), false).unwrap();
     let store = ModelStore::open(&config).unwrap();
     let engine = Arc::new(Engine::new(Arc::new(config), store));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

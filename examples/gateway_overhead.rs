@@ -113,7 +113,9 @@ async fn main() {
             decision_queue: 65_536,
             outcome_queue: 65_536,
             batch: 1_024,
+            max_store_bytes: None,
         },
+        Default::default(),
         false,
     )
     .unwrap();

@@ -378,10 +378,14 @@ impl Triage {
             .admit()
             .await?;
         let source = record.source.clone();
-        let stored = fb
-            .record_outcome(record)
-            .await
-            .map_err(|e| Error::Unavailable(format!("outcome not recorded, retry: {e}")))?;
+        let stored = fb.record_outcome(record).await.map_err(|e| {
+            Error::Unavailable(if e.out_of_space {
+                "outcome not recorded: the feedback store's disk is full; retry once space returns"
+                    .into()
+            } else {
+                format!("outcome not recorded, retry: {e}")
+            })
+        })?;
         let result = match (stored.duplicate, stored.orphan) {
             (true, _) => "duplicate",
             (false, true) => "orphan",

@@ -625,13 +625,20 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             decision_queue: fb.decision_queue,
             outcome_queue: fb.outcome_queue,
             batch: fb.batch,
+            max_store_bytes: fb.max_store_bytes,
         };
-        let f = triage::feedback::Feedback::start(&fb.data_dir, limits, fb.store_prompts)?;
+        let options = triage::feedback::StoreOptions {
+            embedding_dim: engine.store().current().featurizer.embedding_dim(),
+        };
+        let f = triage::feedback::Feedback::start(&fb.data_dir, limits, options, fb.store_prompts)?;
         let (expired, dropped) = expire(f.store(), &retention).context("applying retention")?;
-        let (d, o) = f.store().counts();
+        // The size, not a count: counting reads every record, and start-up must not grow
+        // with the store.
+        let size = f.store().size_on_disk().unwrap_or(0);
         eprintln!(
-            "feedback store {}: {d} decisions, {o} outcomes{}{}",
+            "feedback store {}: {:.1} MB on disk{}{}",
             fb.data_dir.display(),
+            size as f64 / 1e6,
             if expired > 0 {
                 format!(", {expired} expired prompts removed")
             } else {
@@ -649,6 +656,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(engine.config().server.max_blocking_threads)
+        // Idle featurizing threads go soon, and their memory with them.
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()?;
     rt.block_on(async move {
         if let Some(f) = feedback.clone().filter(|_| retention.applies()) {

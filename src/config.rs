@@ -348,6 +348,9 @@ pub struct RawServer {
     /// Prompts at least this long (bytes) are featurized on the blocking pool so that one
     /// huge prompt cannot stall the async workers.
     pub blocking_threshold_bytes: usize,
+    /// Threads of that blocking pool: featurizing is CPU-bound, so more threads than cores
+    /// only add memory (each holds a huge prompt's token buffers).
+    pub max_blocking_threads: usize,
     /// Route and outcome calls in flight at once, over every door; beyond it (and the queue)
     /// callers get `RESOURCE_EXHAUSTED` / 429 with `Retry-After`.
     pub max_in_flight_routes: usize,
@@ -388,6 +391,7 @@ impl Default for RawServer {
             request_timeout_ms: 5_000,
             concurrency_limit_per_connection: 256,
             blocking_threshold_bytes: 32 << 10,
+            max_blocking_threads: 8,
             max_in_flight_routes: 4_096,
             max_in_flight_completions: 1_024,
             max_queued: 128,
@@ -501,6 +505,8 @@ pub struct RawFeedback {
     pub prompt_retention_hours: u64,
     /// How long decisions (and their outcomes) are kept, in days; 0 keeps them for ever.
     pub decision_retention_days: u64,
+    /// Bytes on disk beyond which the oldest decisions are removed; 0 sets no cap.
+    pub max_store_bytes: u64,
     /// Decisions waiting to be written; beyond this they are dropped and counted.
     pub decision_queue: usize,
     /// Outcomes waiting to be written; beyond this `RecordOutcome` callers wait.
@@ -523,6 +529,7 @@ impl Default for RawFeedback {
             store_prompts: false,
             prompt_retention_hours: 168,
             decision_retention_days: 0,
+            max_store_bytes: 0,
             decision_queue: 65_536,
             outcome_queue: 65_536,
             batch: 1_024,
@@ -546,6 +553,8 @@ pub struct FeedbackConfig {
     pub prompt_retention: std::time::Duration,
     /// How long decisions and their outcomes are kept (`None`: for ever).
     pub decision_retention: Option<std::time::Duration>,
+    /// Bytes on disk beyond which the oldest decisions are removed (`None`: no cap).
+    pub max_store_bytes: Option<u64>,
     /// Decisions waiting to be written.
     pub decision_queue: usize,
     /// Outcomes waiting to be written.
@@ -586,6 +595,7 @@ impl RawFeedback {
             decision_retention: (f.decision_retention_days > 0).then(|| {
                 std::time::Duration::from_secs(f.decision_retention_days.saturating_mul(86_400))
             }),
+            max_store_bytes: (f.max_store_bytes > 0).then_some(f.max_store_bytes),
             decision_queue: f.decision_queue,
             outcome_queue: f.outcome_queue,
             batch: f.batch,
@@ -693,6 +703,8 @@ pub struct ServerConfig {
     pub concurrency_limit_per_connection: usize,
     /// Prompts at least this long are featurized on the blocking pool.
     pub blocking_threshold_bytes: usize,
+    /// Threads of the blocking pool.
+    pub max_blocking_threads: usize,
     /// Route and outcome calls in flight at once.
     pub max_in_flight_routes: usize,
     /// Completions in flight at once.
@@ -876,6 +888,7 @@ impl RawConfig {
                 s.concurrency_limit_per_connection,
             ),
             ("server.max_in_flight_routes", s.max_in_flight_routes),
+            ("server.max_blocking_threads", s.max_blocking_threads),
             (
                 "server.max_in_flight_completions",
                 s.max_in_flight_completions,
@@ -1029,6 +1042,7 @@ impl RawConfig {
                 request_timeout: std::time::Duration::from_millis(s.request_timeout_ms),
                 concurrency_limit_per_connection: s.concurrency_limit_per_connection,
                 blocking_threshold_bytes: s.blocking_threshold_bytes,
+                max_blocking_threads: s.max_blocking_threads,
                 max_in_flight_routes: s.max_in_flight_routes,
                 max_in_flight_completions: s.max_in_flight_completions,
                 max_queued: s.max_queued,

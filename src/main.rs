@@ -4,6 +4,12 @@ mod cli;
 
 use clap::Parser;
 
+// glibc's malloc kept the memory of a 2,000-stream flood (RSS 64 MB -> 1 GB and stayed) and
+// paid for every decision record freed on the writer thread that another thread allocated;
+// mimalloc returns freed pages and frees across threads cheaply.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -168,6 +168,11 @@ impl Featurizer {
         })
     }
 
+    /// How many trailing elements of every vector are the pooled embedding.
+    pub fn embedding_dim(&self) -> usize {
+        self.embeddings.dim()
+    }
+
     /// The layout and identity of the vectors this featurizer produces.
     pub fn schema(&self) -> &Schema {
         &self.schema

@@ -1,12 +1,18 @@
-//! The sled store behind the feedback loop: decisions and outcomes trees, idempotent outcome
-//! inserts, prompt retention, and JSON Lines export.
+//! The sled store behind the feedback loop: time-sorted decisions and outcomes trees,
+//! idempotent outcome inserts, retention, the size cap's removals, and JSON Lines export.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
+use sled::IVec;
 
+use super::codec::{
+    CodecError, Context, decision_key, decision_time, decode_decision, decode_outcome,
+    encode_decision, encode_outcome, key_decision_id, outcome_key, text_keys_start, time_key,
+};
 use crate::error::LoadError;
 
 /// The request knobs as logged.
@@ -112,12 +118,44 @@ pub enum StoreError {
     /// sled failed.
     #[error("feedback store: {0}")]
     Sled(#[from] sled::Error),
-    /// A record could not be (de)serialized.
+    /// A stored record could not be read.
     #[error("feedback store record: {0}")]
-    Codec(#[from] serde_json::Error),
+    Codec(#[from] CodecError),
+    /// An export line could not be written as JSON.
+    #[error("export: {0}")]
+    Json(#[from] serde_json::Error),
     /// Writing an export failed.
     #[error("export: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// Whether the disk refused the write (full, quota, read-only): the caller can retry once
+    /// space returns.
+    pub fn is_out_of_space(&self) -> bool {
+        let io = match self {
+            Self::Sled(sled::Error::Io(e)) | Self::Io(e) => e,
+            _ => return false,
+        };
+        matches!(
+            io.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EFBIG)
+        ) || io.kind() == std::io::ErrorKind::StorageFull
+    }
+}
+
+/// How a store writes; readers need none of it (records carry their own layout).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreOptions {
+    /// Trailing feature-vector elements that are the embedding, stored as int8 with one scale;
+    /// the elements before them are stored as half floats.
+    pub embedding_dim: usize,
+}
+
+#[derive(Debug, Default)]
+struct Contexts {
+    list: Vec<Context>,
+    index: HashMap<Context, u32>,
 }
 
 /// The feedback store in a data directory.
@@ -126,6 +164,10 @@ pub struct Store {
     db: sled::Db,
     decisions: sled::Tree,
     outcomes: sled::Tree,
+    contexts_tree: sled::Tree,
+    meta: sled::Tree,
+    contexts: Arc<RwLock<Contexts>>,
+    options: StoreOptions,
     path: PathBuf,
 }
 
@@ -158,18 +200,31 @@ pub fn merge(mut stored: OutcomeRecord, new: &OutcomeRecord) -> Option<OutcomeRe
     })
 }
 
-fn outcome_key(decision_id: &str, source: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(decision_id.len() + 1 + source.len());
-    k.extend_from_slice(decision_id.as_bytes());
-    k.push(b'/');
-    k.extend_from_slice(source.as_bytes());
-    k
+/// Tree names of this layout; the first layout's trees were `decisions` and `outcomes`.
+const DECISIONS: &str = "decisions/2";
+const OUTCOMES: &str = "outcomes/2";
+const CONTEXTS: &str = "contexts/2";
+const META: &str = "meta";
+/// Meta key: decisions made before this time (ms, big-endian) have had their prompts expired.
+const PROMPTS_EXPIRED_UNTIL: &[u8] = b"prompts_expired_until";
+/// Records per write batch in scans that rewrite or remove (bounds the memory a batch holds).
+const SCAN_BATCH: usize = 1_000;
+
+fn lock_poisoned() -> StoreError {
+    StoreError::Io(std::io::Error::other("context table lock poisoned"))
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. A corrupt or unreadable store is an error naming
-    /// the path; nothing is overwritten or deleted.
+    /// Opens (or creates) the store in `dir` for reading; see [`Self::open_with`].
     pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        Self::open_with(dir, StoreOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir`. A store of the first (JSON) layout is migrated to
+    /// this one in batches, each record written anew before its old copy goes, so an
+    /// interrupted migration resumes at the next open. A corrupt or unreadable store is an
+    /// error naming the path.
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, LoadError> {
         if dir.exists() && !dir.is_dir() {
             return Err(LoadError::invalid(
                 dir,
@@ -190,12 +245,120 @@ impl Store {
             db.open_tree(name)
                 .map_err(|e| LoadError::invalid(dir, format!("cannot open tree {name:?}: {e}")))
         };
-        Ok(Self {
-            decisions: tree("decisions")?,
-            outcomes: tree("outcomes")?,
+        let contexts_tree = tree(CONTEXTS)?;
+        let mut contexts = Contexts::default();
+        for (i, kv) in contexts_tree.iter().enumerate() {
+            let bad = |m: String| LoadError::invalid(dir, format!("context table: {m}"));
+            let (k, v) = kv.map_err(|e| bad(e.to_string()))?;
+            let c: Context = postcard::from_bytes(&v).map_err(|e| bad(e.to_string()))?;
+            // Numbers are dense from 0; a gap would make later records resolve wrongly.
+            if k.as_ref() != u32::try_from(i).unwrap_or(u32::MAX).to_be_bytes() {
+                return Err(bad(format!("entry {i} is out of order")));
+            }
+            contexts
+                .index
+                .insert(c.clone(), u32::try_from(i).unwrap_or(u32::MAX));
+            contexts.list.push(c);
+        }
+        let store = Self {
+            decisions: tree(DECISIONS)?,
+            outcomes: tree(OUTCOMES)?,
+            meta: tree(META)?,
+            contexts_tree,
+            contexts: Arc::new(RwLock::new(contexts)),
             db,
+            options,
             path: dir.to_path_buf(),
-        })
+        };
+        store
+            .migrate_first_layout()
+            .map_err(|e| LoadError::invalid(dir, format!("migrating the JSON layout: {e}")))?;
+        Ok(store)
+    }
+
+    /// Moves the first layout's JSON records into this layout's trees, then drops the old trees.
+    fn migrate_first_layout(&self) -> Result<(), StoreError> {
+        let names = self.db.tree_names();
+        for (old, is_decision) in [("decisions", true), ("outcomes", false)] {
+            if !names.iter().any(|n| n.as_ref() == old.as_bytes()) {
+                continue;
+            }
+            let tree = self.db.open_tree(old)?;
+            loop {
+                let mut gone = sled::Batch::default();
+                let mut fresh = sled::Batch::default();
+                let mut n = 0;
+                for kv in tree.iter().take(SCAN_BATCH) {
+                    let (k, v) = kv?;
+                    if is_decision {
+                        let d = decode_decision(String::new, &v, &[])?;
+                        let ctx = self.context_of(&d)?;
+                        fresh.insert(
+                            decision_key(&d.decision_id),
+                            encode_decision(&d, ctx, self.options.embedding_dim),
+                        );
+                    } else {
+                        let o = decode_outcome(&k, &v)?;
+                        fresh.insert(outcome_key(&o.decision_id, &o.source), encode_outcome(&o));
+                    }
+                    gone.remove(k);
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                let target = if is_decision {
+                    &self.decisions
+                } else {
+                    &self.outcomes
+                };
+                target.apply_batch(fresh)?;
+                self.db.flush()?;
+                tree.apply_batch(gone)?;
+            }
+            drop(tree);
+            self.db.drop_tree(old)?;
+            self.db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The context number of a decision's model, tiers and schema, interning it on first use.
+    fn context_of(&self, d: &DecisionRecord) -> Result<u32, StoreError> {
+        let c = Context {
+            model_version: d.model_version.clone(),
+            tiers: d.tiers.clone(),
+            schema_fingerprint: d.schema_fingerprint.clone(),
+        };
+        if let Some(&n) = self
+            .contexts
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .index
+            .get(&c)
+        {
+            return Ok(n);
+        }
+        let mut w = self.contexts.write().map_err(|_| lock_poisoned())?;
+        if let Some(&n) = w.index.get(&c) {
+            return Ok(n);
+        }
+        let n = u32::try_from(w.list.len()).unwrap_or(u32::MAX);
+        let bytes = postcard::to_allocvec(&c).map_err(CodecError::from)?;
+        // Written before any record that names it, so the log never holds a dangling number.
+        self.contexts_tree.insert(n.to_be_bytes(), bytes)?;
+        w.index.insert(c.clone(), n);
+        w.list.push(c);
+        Ok(n)
+    }
+
+    fn decode(&self, key: &[u8], value: &[u8]) -> Result<DecisionRecord, StoreError> {
+        let contexts = self.contexts.read().map_err(|_| lock_poisoned())?;
+        Ok(decode_decision(
+            || key_decision_id(key).unwrap_or_default(),
+            value,
+            &contexts.list,
+        )?)
     }
 
     /// The data directory.
@@ -203,11 +366,20 @@ impl Store {
         &self.path
     }
 
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     /// Writes decisions in one batch (not flushed; sled flushes in the background).
     pub fn put_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for r in records {
-            batch.insert(r.decision_id.as_bytes(), serde_json::to_vec(r)?);
+            let ctx = self.context_of(r)?;
+            batch.insert(
+                decision_key(&r.decision_id),
+                encode_decision(r, ctx, self.options.embedding_dim),
+            );
         }
         self.decisions.apply_batch(batch)?;
         Ok(())
@@ -217,7 +389,7 @@ impl Store {
     /// verdict wins, and an outcome without a verdict (latency or cost only) never blocks a
     /// later verdict. Not flushed: call [`Self::flush`] before acknowledging.
     pub fn put_outcome(&self, mut r: OutcomeRecord) -> Result<Stored, StoreError> {
-        let orphan = !self.decisions.contains_key(r.decision_id.as_bytes())?;
+        let orphan = !self.decisions.contains_key(decision_key(&r.decision_id))?;
         r.orphan = orphan;
         let key = outcome_key(&r.decision_id, &r.source);
         // Compare-and-swap until no concurrent writer of the same key got in between.
@@ -225,7 +397,7 @@ impl Store {
             let old = self.outcomes.get(&key)?;
             let next = match &old {
                 None => Some(r.clone()),
-                Some(bytes) => merge(serde_json::from_slice(bytes)?, &r),
+                Some(bytes) => merge(decode_outcome(&key, bytes)?, &r),
             };
             let Some(next) = next else {
                 return Ok(Stored {
@@ -233,9 +405,9 @@ impl Store {
                     orphan,
                 });
             };
-            let swapped =
-                self.outcomes
-                    .compare_and_swap(&key, old, Some(serde_json::to_vec(&next)?))?;
+            let swapped = self
+                .outcomes
+                .compare_and_swap(&key, old, Some(encode_outcome(&next)))?;
             if swapped.is_ok() {
                 return Ok(Stored {
                     duplicate: false,
@@ -251,76 +423,90 @@ impl Store {
         Ok(())
     }
 
-    /// Number of decisions and outcomes stored.
+    /// Number of decisions and outcomes stored (counts every record: for tests and tools, not
+    /// the serving path).
     pub fn counts(&self) -> (usize, usize) {
         (self.decisions.len(), self.outcomes.len())
     }
 
-    /// Every decision, in time order.
+    /// Every decision, oldest first (server-made ids sort by time; other ids follow them).
     pub fn decisions(&self) -> impl Iterator<Item = Result<DecisionRecord, StoreError>> + '_ {
-        self.decisions
-            .iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+        self.decisions.iter().map(|kv| {
+            let (k, v) = kv?;
+            self.decode(&k, &v)
+        })
     }
 
     /// Every outcome, grouped by decision.
     pub fn outcomes(&self) -> impl Iterator<Item = Result<OutcomeRecord, StoreError>> + '_ {
-        self.outcomes
-            .iter()
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+        self.outcomes.iter().map(|kv| {
+            let (k, v) = kv?;
+            Ok(decode_outcome(&k, &v)?)
+        })
     }
 
-    /// Drops stored prompt texts older than `retention_ms` (their hashes stay).
+    /// Decisions that may be older than `cutoff_ms`: the time-sorted keys before it, then every
+    /// key that does not sort by time. Callers still check each record's own time.
+    fn older_than(&self, cutoff_ms: u64) -> impl Iterator<Item = sled::Result<(IVec, IVec)>> {
+        self.decisions
+            .range(..time_key(cutoff_ms))
+            .chain(self.decisions.range(text_keys_start()..))
+    }
+
+    /// Drops stored prompt texts older than `retention_ms` (their hashes stay). Decisions
+    /// already passed by an earlier run are not read again.
     pub fn expire_prompts(&self, now_ms: u64, retention_ms: u64) -> Result<usize, StoreError> {
+        let cutoff = now_ms.saturating_sub(retention_ms);
+        let done = self
+            .meta
+            .get(PROMPTS_EXPIRED_UNTIL)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
         let mut n = 0;
-        for item in self.decisions.iter() {
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
+        let scan = self
+            .decisions
+            .range(time_key(done.min(cutoff))..time_key(cutoff))
+            .chain(self.decisions.range(text_keys_start()..));
+        for item in scan {
             let (k, v) = item?;
-            let mut d: DecisionRecord = serde_json::from_slice(&v)?;
-            if d.prompt.is_some() && now_ms.saturating_sub(d.time_unix_ms) > retention_ms {
+            let mut d = self.decode(&k, &v)?;
+            if d.prompt.is_some() && d.time_unix_ms < cutoff {
                 d.prompt = None;
-                self.decisions.insert(k, serde_json::to_vec(&d)?)?;
+                let ctx = self.context_of(&d)?;
+                batch.insert(k, encode_decision(&d, ctx, self.options.embedding_dim));
                 n += 1;
+                pending += 1;
+                if pending == SCAN_BATCH {
+                    self.decisions.apply_batch(std::mem::take(&mut batch))?;
+                    pending = 0;
+                }
             }
         }
+        self.decisions.apply_batch(batch)?;
+        self.meta
+            .insert(PROMPTS_EXPIRED_UNTIL, &cutoff.max(done).to_be_bytes())?;
         Ok(n)
     }
 
     /// Removes decisions older than `retention_ms` with their outcomes, and orphan outcomes
-    /// observed before then; returns how many decisions went. Every record is checked by its
-    /// own time (caller-chosen ids need not sort by time). Writes go in batches of 1,000, so
+    /// observed before then; returns how many decisions went. Writes go in batches of 1,000, so
     /// a large expiry never holds one huge batch in memory.
     pub fn expire_decisions(&self, now_ms: u64, retention_ms: u64) -> Result<usize, StoreError> {
         let cutoff = now_ms.saturating_sub(retention_ms);
-        let mut gone = 0;
-        let mut batch = sled::Batch::default();
-        let mut outcomes = sled::Batch::default();
-        let mut pending = 0;
-        for item in self.decisions.iter() {
+        let mut old = Vec::new();
+        for item in self.older_than(cutoff) {
             let (k, v) = item?;
-            let d: DecisionRecord = serde_json::from_slice(&v)?;
-            if d.time_unix_ms >= cutoff {
-                continue;
-            }
-            batch.remove(k);
-            let mut prefix = d.decision_id.as_bytes().to_vec();
-            prefix.push(b'/');
-            for kv in self.outcomes.scan_prefix(prefix) {
-                outcomes.remove(kv?.0);
-            }
-            gone += 1;
-            pending += 1;
-            if pending == 1_000 {
-                self.outcomes.apply_batch(std::mem::take(&mut outcomes))?;
-                self.decisions.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
+            if decision_time(&v)? < cutoff {
+                old.push(k);
             }
         }
-        self.outcomes.apply_batch(outcomes)?;
-        self.decisions.apply_batch(batch)?;
+        let gone = self.remove_decisions(&old)?;
         let mut orphans = sled::Batch::default();
         for item in self.outcomes.iter() {
             let (k, v) = item?;
-            let o: OutcomeRecord = serde_json::from_slice(&v)?;
+            let o = decode_outcome(&k, &v)?;
             if o.orphan && u64::try_from(o.observed_at_unix_ms).unwrap_or(0) < cutoff {
                 orphans.remove(k);
             }
@@ -329,12 +515,42 @@ impl Store {
         Ok(gone)
     }
 
-    fn outcomes_of(&self, decision_id: &str) -> Result<Vec<OutcomeRecord>, StoreError> {
-        let mut prefix = decision_id.as_bytes().to_vec();
-        prefix.push(b'/');
+    /// Removes the `n` oldest decisions with their outcomes (the size cap); returns how many went.
+    pub fn remove_oldest(&self, n: usize) -> Result<usize, StoreError> {
+        let keys: Vec<IVec> = self
+            .decisions
+            .iter()
+            .keys()
+            .take(n)
+            .collect::<Result<_, _>>()?;
+        self.remove_decisions(&keys)
+    }
+
+    fn remove_decisions(&self, keys: &[IVec]) -> Result<usize, StoreError> {
+        for chunk in keys.chunks(SCAN_BATCH) {
+            let mut decisions = sled::Batch::default();
+            let mut outcomes = sled::Batch::default();
+            for k in chunk {
+                for kv in self.outcomes.scan_prefix(k) {
+                    outcomes.remove(kv?.0);
+                }
+                decisions.remove(k.clone());
+            }
+            // Outcomes first: a crash in between leaves a decision without outcomes, never
+            // outcomes that look like orphans.
+            self.outcomes.apply_batch(outcomes)?;
+            self.decisions.apply_batch(decisions)?;
+        }
+        Ok(keys.len())
+    }
+
+    fn outcomes_of(&self, decision_key: &[u8]) -> Result<Vec<OutcomeRecord>, StoreError> {
         self.outcomes
-            .scan_prefix(prefix)
-            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .scan_prefix(decision_key)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok(decode_outcome(&k, &v)?)
+            })
             .collect()
     }
 
@@ -343,13 +559,17 @@ impl Store {
     /// of lines.
     pub fn export(&self, since_ms: Option<u64>, out: &mut impl Write) -> Result<usize, StoreError> {
         let mut lines = 0;
-        for item in self.decisions.iter() {
-            let (_, v) = item?;
-            let d: DecisionRecord = serde_json::from_slice(&v)?;
+        let scan = self
+            .decisions
+            .range(time_key(since_ms.unwrap_or(0))..text_keys_start())
+            .chain(self.decisions.range(text_keys_start()..));
+        for item in scan {
+            let (k, v) = item?;
+            let d = self.decode(&k, &v)?;
             if since_ms.is_some_and(|s| d.time_unix_ms < s) {
                 continue;
             }
-            let outcomes = self.outcomes_of(&d.decision_id)?;
+            let outcomes = self.outcomes_of(&k)?;
             serde_json::to_writer(
                 &mut *out,
                 &serde_json::json!({"decision_id": d.decision_id, "decision": d, "outcomes": outcomes}),
@@ -359,9 +579,9 @@ impl Store {
         }
         let mut orphans: BTreeMap<String, Vec<OutcomeRecord>> = BTreeMap::new();
         for item in self.outcomes.iter() {
-            let (_, v) = item?;
-            let o: OutcomeRecord = serde_json::from_slice(&v)?;
-            if !self.decisions.contains_key(o.decision_id.as_bytes())?
+            let (k, v) = item?;
+            let o = decode_outcome(&k, &v)?;
+            if !self.decisions.contains_key(decision_key(&o.decision_id))?
                 && since_ms.is_none_or(|s| o.recorded_at_unix_ms >= s)
             {
                 orphans.entry(o.decision_id.clone()).or_default().push(o);
@@ -539,7 +759,8 @@ mod tests {
         assert_eq!(s.expire_decisions(10_000, 5_000).unwrap(), 1);
         let ids: Vec<String> = s.decisions().map(|d| d.unwrap().decision_id).collect();
         assert_eq!(ids, ["new"]);
-        let left: Vec<String> = s.outcomes().map(|o| o.unwrap().decision_id).collect();
+        let mut left: Vec<String> = s.outcomes().map(|o| o.unwrap().decision_id).collect();
+        left.sort();
         assert_eq!(left, ["later", "new"]);
         // Nothing more to expire.
         assert_eq!(s.expire_decisions(10_000, 5_000).unwrap(), 0);
@@ -589,5 +810,90 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read(&conf).unwrap(), b"garbage\x00\x01");
+    }
+
+    fn v7(ms: u64) -> String {
+        uuid::Uuid::new_v7(uuid::Timestamp::from_unix_time(ms / 1_000, 0, 0, 0)).to_string()
+    }
+
+    #[test]
+    fn a_first_layout_store_is_migrated_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("store");
+        let id = v7(5_000);
+        let d = DecisionRecord {
+            decision_id: id.clone(),
+            features: vec![1.0, 0.5, -0.25],
+            ..decision("unused", 5_000)
+        };
+        {
+            // What the first layout wrote: JSON values under text keys.
+            let db = sled::open(&p).unwrap();
+            let t = db.open_tree("decisions").unwrap();
+            t.insert(id.as_bytes(), serde_json::to_vec(&d).unwrap())
+                .unwrap();
+            let o = db.open_tree("outcomes").unwrap();
+            let out = outcome(&id, "user", 0.5);
+            o.insert(format!("{id}/user"), serde_json::to_vec(&out).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.decisions().map(Result::unwrap).collect::<Vec<_>>(), [d]);
+        let outs: Vec<OutcomeRecord> = s.outcomes().map(Result::unwrap).collect();
+        assert_eq!(outs, [outcome(&id, "user", 0.5)]);
+        assert!(
+            !s.db.tree_names().iter().any(|n| n.as_ref() == b"decisions"),
+            "the old trees are gone"
+        );
+        // An outcome arriving now finds the migrated decision.
+        assert!(!s.put_outcome(outcome(&id, "judge", 1.0)).unwrap().orphan);
+        drop(s);
+        assert_eq!(Store::open(&p).unwrap().counts(), (1, 2));
+    }
+
+    #[test]
+    fn time_ranges_use_the_keys_and_the_oldest_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ids: Vec<String> = (1..=5).map(|i| v7(i * 10_000)).collect();
+        let mut records: Vec<DecisionRecord> = ids
+            .iter()
+            .zip(1..)
+            .map(|(id, i)| decision(id, i * 10_000))
+            .collect();
+        // A caller-chosen id sorts after the UUIDs and is judged by its own time.
+        records.push(decision("custom", 15_000));
+        records.reverse();
+        s.put_decisions(&records).unwrap();
+        for id in &ids {
+            s.put_outcome(outcome(id, "user", 1.0)).unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(s.export(Some(30_000), &mut out).unwrap(), 3);
+        let order: Vec<String> = s.decisions().map(|d| d.unwrap().decision_id).collect();
+        assert_eq!(order[..5], ids[..], "UUIDv7 keys sort by time");
+        // Retention: 10 s and 15 s go (the text id by its own time), with their outcomes.
+        assert_eq!(s.expire_decisions(36_000, 16_000).unwrap(), 2);
+        assert_eq!(s.counts(), (4, 4));
+        // The cap's removal takes the oldest first.
+        assert_eq!(s.remove_oldest(2).unwrap(), 2);
+        let left: Vec<String> = s.decisions().map(|d| d.unwrap().decision_id).collect();
+        assert_eq!(left, [ids[3].clone(), ids[4].clone()]);
+        assert_eq!(s.counts().1, 2);
+    }
+
+    #[test]
+    fn prompt_expiry_does_not_reread_what_it_already_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_decisions(&[decision(&v7(1_000), 1_000)]).unwrap();
+        assert_eq!(s.expire_prompts(10_000, 100).unwrap(), 1);
+        // A record written later with an old time is below the watermark: not looked at again.
+        s.put_decisions(&[decision(&v7(2_000), 2_000)]).unwrap();
+        assert_eq!(s.expire_prompts(10_000, 100).unwrap(), 0);
+        // Newer records past retention are.
+        s.put_decisions(&[decision(&v7(12_000), 12_000)]).unwrap();
+        assert_eq!(s.expire_prompts(20_000, 100).unwrap(), 1);
     }
 }

@@ -41,13 +41,14 @@ fn limits() -> FeedbackLimits {
         decision_queue: 1024,
         outcome_queue: 1024,
         batch: 64,
+        max_store_bytes: None,
     }
 }
 
 #[tokio::test]
 async fn outcomes_are_validated_idempotent_and_orphans_are_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let fb = Feedback::start(dir.path(), limits(), false).unwrap();
+    let fb = Feedback::start(dir.path(), limits(), Default::default(), false).unwrap();
     let server = Server::start_with(config(), Some(fb.clone())).await;
     let mut c = server.client().await;
     let d = c
@@ -169,8 +170,9 @@ async fn a_full_decision_queue_drops_and_counts_instead_of_blocking() {
         decision_queue: 1,
         outcome_queue: 16,
         batch: 1,
+        max_store_bytes: None,
     };
-    let fb = Feedback::start(dir.path(), tiny, false).unwrap();
+    let fb = Feedback::start(dir.path(), tiny, Default::default(), false).unwrap();
     let server = Server::start_with(config(), Some(fb.clone())).await;
     let c = server.client().await;
     let calls: Vec<_> = (0..200)
@@ -209,7 +211,9 @@ fn a_burst_beyond_the_queue_is_dropped_and_counted() {
             decision_queue: 1,
             outcome_queue: 1,
             batch: 1,
+            max_store_bytes: None,
         },
+        Default::default(),
         false,
     )
     .unwrap();
@@ -599,7 +603,13 @@ async fn retraining_on_explored_traffic_cuts_cost_at_equal_quality() {
     let mut cfg = config();
     cfg.model.classifier = weak_path.clone();
     cfg.exploration_rate = 0.5;
-    let fb = Feedback::start(&dir.path().join("store"), limits(), false).unwrap();
+    let fb = Feedback::start(
+        &dir.path().join("store"),
+        limits(),
+        Default::default(),
+        false,
+    )
+    .unwrap();
     let server = Server::start_with(cfg, Some(fb.clone())).await;
     let mut c = server.client().await;
     let rows = fixture_rows();

@@ -641,8 +641,10 @@ async fn the_http_front_door_speaks_openai_chat_completions() {
         decision_queue: 64,
         outcome_queue: 64,
         batch: 8,
+        max_store_bytes: None,
     };
-    let fb = triage::feedback::Feedback::start(dir.path(), limits, false).unwrap();
+    let fb =
+        triage::feedback::Feedback::start(dir.path(), limits, Default::default(), false).unwrap();
     let (base, _stop) = http_server(gateway_config(&a.uri(), &b.uri()), Some(fb)).await;
     let http = reqwest::Client::new();
     let msgs = serde_json::json!([{"role": "user", "content": "Hello there"}]);

@@ -21,8 +21,9 @@ fn feedback(dir: &std::path::Path) -> Arc<Feedback> {
         decision_queue: 64,
         outcome_queue: 64,
         batch: 8,
+        max_store_bytes: None,
     };
-    Feedback::start(dir, limits, false).unwrap()
+    Feedback::start(dir, limits, Default::default(), false).unwrap()
 }
 
 fn stored_outcomes(fb: &Feedback) -> Vec<Value> {
