@@ -9,5 +9,6 @@ mod feedback;
 mod gateway;
 mod grpc;
 mod hardening;
+mod storage;
 mod tools;
 mod training;
