@@ -102,8 +102,12 @@ pub struct FeedbackStats {
     pub outcomes_duplicate: u64,
     /// Outcomes whose decision was not found.
     pub outcomes_orphan: u64,
-    /// Failed write batches.
+    /// Records that failed to write.
     pub write_errors: u64,
+    /// Of those, records refused by a full (or read-only) disk.
+    pub out_of_space: u64,
+    /// Decisions removed to keep the store under its size cap.
+    pub decisions_capped: u64,
 }
 
 impl Triage {
@@ -496,6 +500,8 @@ impl Triage {
                     outcomes_duplicate: c.outcomes_duplicate.load(Relaxed),
                     outcomes_orphan: c.outcomes_orphan.load(Relaxed),
                     write_errors: c.write_errors.load(Relaxed),
+                    out_of_space: c.out_of_space.load(Relaxed),
+                    decisions_capped: c.decisions_capped.load(Relaxed),
                 }
             }),
         }

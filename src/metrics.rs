@@ -68,6 +68,8 @@ pub struct Metrics {
     // Mirrors, set at scrape time.
     decisions_dropped: Gauge,
     write_errors: Gauge,
+    out_of_space: Gauge,
+    decisions_capped: Gauge,
     latency_estimate_ms: Family<MemberLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     breaker: Family<BreakerLabels, Gauge>,
     model_version: Family<VersionLabels, Gauge>,
@@ -108,6 +110,8 @@ impl Metrics {
             refused: Family::default(),
             decisions_dropped: Gauge::default(),
             write_errors: Gauge::default(),
+            out_of_space: Gauge::default(),
+            decisions_capped: Gauge::default(),
             latency_estimate_ms: Family::default(),
             breaker: Family::default(),
             model_version: Family::default(),
@@ -159,6 +163,16 @@ impl Metrics {
             "log_write_errors",
             "Decision and outcome records the store failed to write (since start)",
             m.write_errors.clone(),
+        );
+        registry.register(
+            "log_out_of_space",
+            "Of those, records refused because the disk was full or read-only (since start)",
+            m.out_of_space.clone(),
+        );
+        registry.register(
+            "decisions_capped",
+            "Decisions removed, oldest first, to keep the store under feedback.max_store_bytes (since start)",
+            m.decisions_capped.clone(),
         );
         registry.register(
             "provider_latency_estimate_ms",
@@ -258,6 +272,10 @@ impl Metrics {
                 .set(i64::try_from(f.decisions_dropped).unwrap_or(i64::MAX));
             self.write_errors
                 .set(i64::try_from(f.write_errors).unwrap_or(i64::MAX));
+            self.out_of_space
+                .set(i64::try_from(f.out_of_space).unwrap_or(i64::MAX));
+            self.decisions_capped
+                .set(i64::try_from(f.decisions_capped).unwrap_or(i64::MAX));
         }
         self.breaker.clear();
         for h in &stats.providers {

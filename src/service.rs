@@ -751,6 +751,8 @@ impl Router for RouterService {
             r.outcomes_duplicate = c.outcomes_duplicate;
             r.outcomes_orphan = c.outcomes_orphan;
             r.write_errors = c.write_errors;
+            r.out_of_space = c.out_of_space;
+            r.decisions_capped = c.decisions_capped;
         }
         Ok(Response::new(r))
     }

@@ -34,7 +34,9 @@ impl Tmpfs {
                 std::env::var_os("TRIAGE_REQUIRE_TMPFS").is_none(),
                 "TRIAGE_REQUIRE_TMPFS is set but a tmpfs could not be mounted"
             );
-            eprintln!("skipped: mounting a tmpfs needs root (set TRIAGE_REQUIRE_TMPFS=1 to insist)");
+            eprintln!(
+                "skipped: mounting a tmpfs needs root (set TRIAGE_REQUIRE_TMPFS=1 to insist)"
+            );
             return None;
         }
         Some(Self { _dir: dir, path })
@@ -179,6 +181,15 @@ async fn a_full_disk_drops_decisions_counted_refuses_outcomes_retryably_and_reop
     let e = refused.expect("outcomes kept being acknowledged on a full disk");
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("disk is full"), "{}", e.message());
+    let stats = c
+        .stats(triage::proto::v1::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        stats.out_of_space > 0 && stats.write_errors >= stats.out_of_space,
+        "{stats:?}"
+    );
     // Routing itself still answers while the disk is full.
     let r = c
         .route(triage::proto::v1::RouteRequest {
@@ -199,7 +210,10 @@ async fn a_full_disk_drops_decisions_counted_refuses_outcomes_retryably_and_reop
     fs.resize("64m");
     let store = open_after(&path);
     let (decisions, _) = store.counts();
-    assert!(decisions >= 1 && decisions as u64 <= before + 1, "{decisions}");
+    assert!(
+        decisions >= 1 && decisions as u64 <= before + 1,
+        "{decisions}"
+    );
     let outcomes: Vec<_> = store.outcomes().map(Result::unwrap).collect();
     assert!(
         outcomes.iter().any(|o| o.decision_id == first_id),
@@ -208,4 +222,76 @@ async fn a_full_disk_drops_decisions_counted_refuses_outcomes_retryably_and_reop
     // And it takes writes again.
     store.put_decisions(&[decision(1, dim)]).unwrap();
     store.flush().unwrap();
+}
+
+fn du(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() { du(&e.path()) } else { m.len() }
+        })
+        .sum()
+}
+
+#[test]
+fn the_size_cap_removes_the_oldest_decisions_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let cap = 4 << 20;
+    let limits = FeedbackLimits {
+        decision_queue: 8_192,
+        outcome_queue: 64,
+        batch: 512,
+        max_store_bytes: Some(cap),
+    };
+    let dim = 256;
+    let fb = Feedback::start(&path, limits, StoreOptions { embedding_dim: dim }, false).unwrap();
+    let round = 40_000;
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    for _ in 0..2 {
+        for _ in 0..round {
+            let i = ids.len();
+            let d = decision(i, dim);
+            ids.push(d.decision_id.clone());
+            // Paced so that none is dropped: the cap, not the queue, is under test.
+            wait_for("the writer", Duration::from_secs(60), || {
+                fb.counters().decisions_written.load(Relaxed) + 4_096 > i as u64
+            });
+            fb.log_decision(d);
+        }
+        wait_for("every decision", Duration::from_secs(60), || {
+            fb.counters().decisions_written.load(Relaxed) == ids.len() as u64
+        });
+        fb.store().flush().unwrap();
+        sizes.push(du(&path));
+    }
+    let c = fb.counters();
+    assert_eq!(c.decisions_dropped.load(Relaxed), 0);
+    let capped = c.decisions_capped.load(Relaxed);
+    assert!(capped > 0, "{c:?}");
+    let (kept, _) = fb.store().counts();
+    assert_eq!(kept as u64, ids.len() as u64 - capped);
+    let left: Vec<String> = fb
+        .store()
+        .decisions()
+        .map(|d| d.unwrap().decision_id)
+        .collect();
+    assert_eq!(
+        left[..],
+        ids[ids.len() - kept..],
+        "the newest stay, in order"
+    );
+    eprintln!(
+        "cap {cap}: {sizes:?} bytes on disk after each round, {kept} of {} kept",
+        ids.len()
+    );
+    // Each round alone is several times the cap; with the cap, the second adds (almost)
+    // nothing on disk: sled reuses the space the removed decisions left.
+    assert!(
+        sizes[1] < sizes[0] + cap / 2,
+        "the store kept growing under a {cap}-byte cap: {sizes:?}"
+    );
 }
