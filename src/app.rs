@@ -531,12 +531,7 @@ impl Triage {
             recorded_at_unix_ms: now_ms(),
             ..OutcomeRecord::default()
         };
-        let fb = fb.clone();
-        tokio::spawn(async move {
-            if let Err(e) = fb.record_outcome(record).await {
-                tracing::warn!(error = %e, "automatic outcome not recorded");
-            }
-        });
+        fb.log_call(record);
     }
 }
 

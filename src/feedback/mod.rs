@@ -143,6 +143,28 @@ impl Cap {
     }
 }
 
+/// Counts a stored outcome by what it turned out to be.
+fn count_stored(counters: &Counters, s: Stored) {
+    let c = if s.duplicate {
+        &counters.outcomes_duplicate
+    } else {
+        if s.orphan {
+            counters.outcomes_orphan.fetch_add(1, Ordering::Relaxed);
+        }
+        &counters.outcomes_stored
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the decision writer takes: decisions, and the gateway's own facts about the calls it
+/// made for them. Neither is acknowledged to anyone, so neither waits for a flush; the facts
+/// queue behind their decision, so they are never stored before it.
+#[derive(Debug)]
+enum LogEntry {
+    Decision(DecisionRecord),
+    Call(OutcomeRecord),
+}
+
 /// Counts a failed write of `records` records, telling a full disk apart.
 fn count_failure(counters: &Counters, e: &StoreError, records: u64) {
     counters.write_errors.fetch_add(records, Ordering::Relaxed);
@@ -183,7 +205,7 @@ type OutcomeJob = (OutcomeRecord, oneshot::Sender<Result<Stored, OutcomeError>>)
 #[derive(Debug)]
 pub struct Feedback {
     store: Store,
-    decisions: mpsc::Sender<DecisionRecord>,
+    decisions: mpsc::Sender<LogEntry>,
     outcomes: mpsc::Sender<OutcomeJob>,
     counters: Arc<Counters>,
     /// Whether decisions keep the prompt text.
@@ -200,7 +222,7 @@ impl Feedback {
     ) -> Result<Arc<Self>, LoadError> {
         let store = Store::open_with(dir, options)?;
         let counters = Arc::new(Counters::default());
-        let (dtx, mut drx) = mpsc::channel::<DecisionRecord>(limits.decision_queue.max(1));
+        let (dtx, mut drx) = mpsc::channel::<LogEntry>(limits.decision_queue.max(1));
         let (otx, mut orx) = mpsc::channel::<OutcomeJob>(limits.outcome_queue.max(1));
         let batch = limits.batch.max(1);
         {
@@ -209,6 +231,8 @@ impl Feedback {
                 .name("triage-decisions".into())
                 .spawn(move || {
                     let mut buf = Vec::with_capacity(batch);
+                    let mut decisions = Vec::with_capacity(batch);
+                    let mut calls = Vec::new();
                     let mut cap = limits.max_store_bytes.map(Cap::new);
                     while drx.blocking_recv_many(&mut buf, batch) > 0 {
                         if buf.len() < batch {
@@ -221,20 +245,33 @@ impl Feedback {
                                 buf.push(r);
                             }
                         }
+                        for entry in buf.drain(..) {
+                            match entry {
+                                LogEntry::Decision(d) => decisions.push(d),
+                                LogEntry::Call(o) => calls.push(o),
+                            }
+                        }
                         let mut written = 0;
-                        match store.put_decisions(&buf) {
+                        match store.put_decisions(&decisions) {
                             Ok(()) => {
-                                written = buf.len() as u64;
+                                written = decisions.len() as u64;
                                 counters.decisions_written.fetch_add(written, Ordering::Relaxed);
                             }
                             Err(e) => {
                                 // Counted in records, like every other counter here; decisions
                                 // are dropped rather than retried so routing never waits on disk.
-                                count_failure(&counters, &e, buf.len() as u64);
-                                tracing::error!(error = %e, lost = buf.len(), "writing decisions failed");
+                                count_failure(&counters, &e, decisions.len() as u64);
+                                tracing::error!(error = %e, lost = decisions.len(), "writing decisions failed");
                             }
                         }
-                        buf.clear();
+                        decisions.clear();
+                        // After the decisions they came behind, so none looks like an orphan.
+                        for o in calls.drain(..) {
+                            match store.put_outcome(o) {
+                                Ok(s) => count_stored(&counters, s),
+                                Err(e) => count_failure(&counters, &e, 1),
+                            }
+                        }
                         if let Some(cap) = &mut cap {
                             cap.check(&store, &counters, written);
                         }
@@ -266,22 +303,14 @@ impl Feedback {
                                 (Ok(()), r) => r,
                             };
                             match &res {
-                                Ok(s) if s.duplicate => {
-                                    counters.outcomes_duplicate.fetch_add(1, Ordering::Relaxed)
-                                }
-                                Ok(s) => {
-                                    if s.orphan {
-                                        counters.outcomes_orphan.fetch_add(1, Ordering::Relaxed);
-                                    }
-                                    counters.outcomes_stored.fetch_add(1, Ordering::Relaxed)
-                                }
+                                Ok(s) => count_stored(&counters, *s),
                                 Err(e) => {
                                     if e.out_of_space {
                                         counters.out_of_space.fetch_add(1, Ordering::Relaxed);
                                     }
-                                    counters.write_errors.fetch_add(1, Ordering::Relaxed)
+                                    counters.write_errors.fetch_add(1, Ordering::Relaxed);
                                 }
-                            };
+                            }
                             let _ = ack.send(res);
                         }
                     }
@@ -300,14 +329,28 @@ impl Feedback {
     /// Queues a decision without waiting; a full queue drops it and counts the drop, so logging
     /// never slows routing down.
     pub fn log_decision(&self, record: DecisionRecord) {
-        if self.decisions.try_send(record).is_err() {
+        self.log(LogEntry::Decision(record));
+    }
+
+    /// Queues the gateway's facts about a call (latency, tokens, cost, error class) behind its
+    /// decision, without waiting and without a flush; dropped and counted like decisions when
+    /// the queue is full.
+    pub fn log_call(&self, record: OutcomeRecord) {
+        self.log(LogEntry::Call(record));
+    }
+
+    fn log(&self, entry: LogEntry) {
+        if self.decisions.try_send(entry).is_err() {
             let n = self
                 .counters
                 .decisions_dropped
                 .fetch_add(1, Ordering::Relaxed)
                 + 1;
             if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "decision log queue full; decisions dropped");
+                tracing::warn!(
+                    dropped = n,
+                    "decision log queue full; decisions and call records dropped"
+                );
             }
         }
     }

@@ -645,7 +645,7 @@ async fn the_http_front_door_speaks_openai_chat_completions() {
     };
     let fb =
         triage::feedback::Feedback::start(dir.path(), limits, Default::default(), false).unwrap();
-    let (base, _stop) = http_server(gateway_config(&a.uri(), &b.uri()), Some(fb)).await;
+    let (base, _stop) = http_server(gateway_config(&a.uri(), &b.uri()), Some(fb.clone())).await;
     let http = reqwest::Client::new();
     let msgs = serde_json::json!([{"role": "user", "content": "Hello there"}]);
 
@@ -664,6 +664,24 @@ async fn the_http_front_door_speaks_openai_chat_completions() {
     assert_eq!(v["choices"][0]["message"]["content"], "plain answer");
     assert_eq!(v["triage"]["decision_id"], header.as_str());
     assert_eq!(v["usage"]["total_tokens"], 17);
+    // The gateway's own record of the call lands behind its decision: never an orphan, and
+    // facts only (no verdict), so training cannot mistake "answered" for "good enough".
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let call = loop {
+        let found = fb
+            .store()
+            .outcomes()
+            .map(Result::unwrap)
+            .find(|o| o.decision_id == header && o.source == "gateway");
+        if let Some(o) = found {
+            break o;
+        }
+        assert!(std::time::Instant::now() < deadline, "no gateway outcome");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(!call.orphan, "{call:?}");
+    assert_eq!((call.success, call.quality), (None, None));
+    assert!(call.latency_ms.is_some() && call.cost_usd.is_some() && call.input_tokens.is_some());
 
     let pinned: serde_json::Value = http
         .post(format!("{base}/chat/completions"))
