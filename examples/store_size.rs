@@ -1,7 +1,9 @@
 //! Bytes on disk per logged decision, and start-up with a full store: logs N decisions with
 //! the shipped featurizer's real vectors through the same writer the server uses, then reopens.
 //!
-//! cargo run --release --example store_size -- [DECISIONS=100000] [MAX_STORE_BYTES=0]
+//! cargo run --release --example store_size -- [DECISIONS=100000] [MAX_STORE_BYTES=0] [KEEP_DIR]
+//!
+//! With KEEP_DIR the store is written there and kept (to time `triage serve --data-dir` on it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -83,7 +85,9 @@ fn main() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store");
+    let path = args
+        .get(2)
+        .map_or_else(|| dir.path().join("store"), std::path::PathBuf::from);
     let limits = FeedbackLimits {
         decision_queue: 65_536,
         outcome_queue: 1_024,

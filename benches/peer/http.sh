@@ -39,11 +39,13 @@ http {
 }
 NGINX
 nginx -c "$work/nginx.conf"
+# LiteLLM refuses to start without a strong master key; triage (no tokens, loopback) ignores it.
+export TOKEN="sk-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 body='{"model":"MODEL","messages":[{"role":"user","content":"Translate into French: good morning, how are you today?"}]}'
 cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("TOKEN")
 wrk.body = os.getenv("BODY")
 LUA
 run() { # url model -> "rps p99_ms"
@@ -52,7 +54,10 @@ run() { # url model -> "rps p99_ms"
          /Non-2xx/ {print "NON-2XX: " $0 > "/dev/stderr"} END {print r, p}'
 }
 median() { sort -n -k1 | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}'; }
-wait_http() { for _ in $(seq 300); do curl -sf -o /dev/null "$1" && return; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+wait_http() { # LiteLLM takes a minute or more to import and start
+  for _ in $(seq 1800); do curl -sf -o /dev/null "$1" && return; sleep 0.1; done
+  echo "not up: $1" >&2; cat "$work"/*.log >&2; exit 1
+}
 
 wait_http "http://127.0.0.1:$mock/v1/chat/completions"
 direct=$(for _ in $(seq "$runs"); do run "http://127.0.0.1:$mock/v1/chat/completions" mock; done | median)
@@ -76,7 +81,7 @@ model_list:
       api_base: http://127.0.0.1:$mock/v1
       api_key: sk-bench
 YAML
-  "$venv/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port "$lport" >"$work/litellm.log" 2>&1 &
+  LITELLM_MASTER_KEY=$TOKEN "$venv/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 --port "$lport" >"$work/litellm.log" 2>&1 &
   wait_http "http://127.0.0.1:$lport/health/liveliness"
   run "http://127.0.0.1:$lport/v1/chat/completions" mock >/dev/null
   litellm=$(for _ in $(seq "$runs"); do run "http://127.0.0.1:$lport/v1/chat/completions" mock; done | median)
