@@ -1,5 +1,5 @@
 //! Training rows from logged traffic: decisions joined with outcomes across stores, monotone
-//! ordinal labels, and inverse-propensity weights.
+//! labels, inverse-propensity weights, and the per-tier success heads fitted on them.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -276,7 +276,9 @@ fn head_metrics(c: &Classifier, rows: &[&LoggedRow], tiers: &[String]) -> Vec<He
 }
 
 /// Appends logged rows to `data`, each weighted by its clipped inverse propensity, in one
-/// intercept group of their own (`log`).
+/// intercept group of their own (`log`), labelled for quality heads (one per tier): a success
+/// at tier k says every dearer tier would have succeeded too, a failure that every cheaper
+/// one would have failed.
 fn append_logged(data: &mut Prepared, rows: &[&LoggedRow], tiers: usize) {
     for r in rows {
         data.rows.push(Row {
@@ -289,7 +291,7 @@ fn append_logged(data: &mut Prepared, rows: &[&LoggedRow], tiers: usize) {
         data.x.push(r.features.clone());
         data.tokens.push(r.prompt_tokens);
         data.scores.push(vec![None; tiers]);
-        data.labels.push(r.labels.clone());
+        data.labels.push(monotone_labels(r.success, r.tier, tiers));
         data.groups.push("log".into());
         data.weight.push(r.weight);
     }
@@ -297,9 +299,16 @@ fn append_logged(data: &mut Prepared, rows: &[&LoggedRow], tiers: usize) {
 
 /// Fits a model on logged traffic (plus optional labelled data), after measuring the recipe on
 /// a time split against the current model. A logged outcome is known only for the tier that
-/// answered, so the heads are sufficiency heads whatever the recipe says, uncalibrated (there
-/// are no out-of-fold scores to calibrate on). Thresholds are kept from `current` when its
-/// tiers and kind of heads match (tune them with `triage tune`), else 0.5.
+/// answered, so the heads are quality heads whatever the recipe says: each tier's chance of
+/// success, fitted on the (inverse-propensity weighted) outcomes of that tier and the ones
+/// monotonicity implies, and a tier's score is 1 minus its expected shortfall against the
+/// dearest tier's estimate. Why not sufficiency heads: a failure at the tier used says that
+/// tier was not good enough but not that the dearest would have done better, so prompts every
+/// tier fails would be learnt as prompts for the dearest (the replay example measured the
+/// difference, see the README). Uncalibrated (there are no out-of-fold scores to calibrate
+/// on). Thresholds are kept from `current` when its tiers match (every kind of head scores the
+/// chance that a tier does as well as the dearest, so they keep their meaning; retune with
+/// `triage tune`), else 0.5.
 pub fn train_from_logs(
     featurizer: &Featurizer,
     logged: &[LoggedRow],
@@ -310,7 +319,7 @@ pub fn train_from_logs(
     current: Option<&Classifier>,
 ) -> Result<(ModelFile, LogReport), TrainError> {
     let mut recipe = opts.recipe.clone();
-    recipe.heads = HeadsKind::Sufficiency;
+    recipe.heads = HeadsKind::Quality;
     recipe.calibrate = false;
     let schema = featurizer.schema();
     let heads = tiers.len() - 1;
@@ -360,10 +369,8 @@ pub fn train_from_logs(
     }
     let all: Vec<usize> = (0..data.rows.len()).collect();
     let fitted = recipe::fit(&schema.names, &data, &all, tiers, &recipe)?;
-    // Thresholds mean something else for another kind of head: they carry over only between
-    // models of one kind (retune with `triage tune` otherwise).
     let thresholds = current
-        .filter(|c| c.tiers() == tiers && c.file().heads_kind == fitted.kind)
+        .filter(|c| c.tiers() == tiers)
         .map_or_else(|| vec![0.5; tiers.len()], |c| c.file().thresholds.clone());
     let report = LogReport {
         logs: stats,

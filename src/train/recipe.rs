@@ -236,11 +236,7 @@ pub fn fit(
 ) -> Result<Fitted, TrainError> {
     recipe.validate().map_err(TrainError::Data)?;
     let kind = recipe.heads;
-    // Sufficiency labels are the rows' own: logged decisions carry them without scores.
-    let labels = match kind {
-        HeadsKind::Sufficiency => data.labels.clone(),
-        _ => head_labels(kind, &data.scores),
-    };
+    let labels = fitted_labels(kind, data, tiers.len());
     let head_tiers = kind.head_tiers(tiers);
     let signs = need_sign(kind, tiers.len());
     let prototypes = fit_prototypes(names, data, rows, recipe)?;
@@ -350,6 +346,22 @@ pub fn fit(
             .map(|h| h.ok_or_else(|| TrainError::Data("a head was not fitted".into())))
             .collect::<Result<_, _>>()?,
     })
+}
+
+/// Per row, the label of each head of `kind`. Sufficiency labels are the rows' own; other
+/// kinds derive theirs from the tier scores, except on rows with no score at all (logged
+/// decisions, which know one tier's verdict), whose `labels` are already the heads' labels.
+fn fitted_labels(kind: HeadsKind, data: &Prepared, tiers: usize) -> Vec<Vec<Option<bool>>> {
+    if kind == HeadsKind::Sufficiency {
+        return data.labels.clone();
+    }
+    let mut labels = head_labels(kind, &data.scores);
+    for (r, scores) in data.scores.iter().enumerate() {
+        if scores.iter().all(Option::is_none) && data.labels[r].len() == kind.count(tiers) {
+            labels[r] = data.labels[r].clone();
+        }
+    }
+    labels
 }
 
 /// What every head's fit reads: the standardized design of the training rows and their labels.

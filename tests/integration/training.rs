@@ -193,7 +193,7 @@ fn every_kind_of_head_learns_the_fixture_with_and_without_shared_tiers() {
 }
 
 #[test]
-fn logs_train_sufficiency_heads_whatever_the_recipe_asks() {
+fn logs_train_quality_heads_whatever_the_recipe_asks() {
     use triage::classifier::HeadsKind;
     let f = featurizer();
     let tiers: TierMap = TIERS.parse().unwrap();
@@ -201,7 +201,7 @@ fn logs_train_sufficiency_heads_whatever_the_recipe_asks() {
     let mut opts = options();
     opts.recipe.heads = HeadsKind::Gain;
     // A logged outcome is only known for the tier that answered: gain heads cannot learn
-    // from it, so the logs' model has sufficiency heads and no calibration.
+    // from it, so the logs' model has one success head per tier and no calibration.
     let (file, _) = train::logs::train_from_logs(
         &f,
         &[],
@@ -212,10 +212,10 @@ fn logs_train_sufficiency_heads_whatever_the_recipe_asks() {
         None,
     )
     .unwrap();
-    assert_eq!(file.heads_kind, HeadsKind::Sufficiency);
-    assert_eq!(file.heads.len(), 2);
+    assert_eq!(file.heads_kind, HeadsKind::Quality);
+    assert_eq!(file.heads.len(), 3);
     assert!(file.calibration.is_empty());
-    assert_eq!(file.training["recipe"]["heads"], "sufficiency");
+    assert_eq!(file.training["recipe"]["heads"], "quality");
     let err = train::logs::train_from_logs(
         &f,
         &[],
@@ -227,6 +227,68 @@ fn logs_train_sufficiency_heads_whatever_the_recipe_asks() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("no usable rows"), "{err}");
+}
+
+/// Logged traffic in which one kind of prompt fails on every tier and another succeeds only on
+/// the dearest: the first gains nothing from the dearest tier, so it must not be learnt as a
+/// prompt for it (which is what treating a failure as "a dearer tier was needed" teaches).
+#[test]
+fn prompts_every_tier_fails_are_not_learnt_as_prompts_for_the_dearest() {
+    let f = featurizer();
+    let tiers: Vec<String> = ["fast", "standard", "frontier"].map(String::from).to_vec();
+    let hopeless = |i: usize| {
+        format!(
+            "Recite word for word page {i} of the unpublished diary my grandmother kept in 1952."
+        )
+    };
+    let hard = |i: usize| {
+        format!(
+            "Solve step by step: a train leaves at {i}:00 at 80 km/h, a second follows at 120 km/h; when does it catch up?"
+        )
+    };
+    let mut rows = Vec::new();
+    for i in 0..90 {
+        for (family, text) in [(0, hopeless(i)), (1, hard(i))] {
+            let tier = i % 3;
+            let v = f
+                .featurize(triage::features::Conversation::single(&text))
+                .unwrap();
+            let success = family == 1 && tier == 2;
+            rows.push(train::logs::LoggedRow {
+                decision_id: format!("{family}-{i}"),
+                time_unix_ms: (2 * i + family) as u64,
+                features: v.vector,
+                prompt_tokens: v.prompt_tokens,
+                labels: train::logs::monotone_labels(success, tier, 2),
+                weight: 3.0,
+                tier,
+                success,
+            });
+        }
+    }
+    let (file, _) = train::logs::train_from_logs(
+        &f,
+        &rows,
+        Default::default(),
+        None,
+        &tiers,
+        &options(),
+        None,
+    )
+    .unwrap();
+    let c = Classifier::new(file, f.schema()).unwrap();
+    let score = |text: &str| {
+        c.score(
+            &f.featurize(triage::features::Conversation::single(text))
+                .unwrap()
+                .vector,
+        )
+    };
+    let (a, b) = (score(&hopeless(500)), score(&hard(500)));
+    assert!(
+        a[0] > b[0] + 0.3 && a[1] > b[1] + 0.3,
+        "hopeless {a:?} vs hard {b:?}"
+    );
 }
 
 /// The fixture, plus the same prompts judged by a harsh judge (another source, other models
