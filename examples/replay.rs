@@ -180,6 +180,7 @@ fn main() {
         let log_opts = logs::LogOptions {
             success_threshold: 0.5,
             max_weight: 50.0,
+            max_rows: 0,
         };
         let (log_rows, stats) =
             logs::read_logs(std::slice::from_ref(&export), &featurizer, &names, log_opts).unwrap();

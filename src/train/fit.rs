@@ -104,6 +104,9 @@ fn softplus(z: f64) -> f64 {
     }
 }
 
+/// Rows per block when the Hessian is accumulated.
+const HESSIAN_BLOCK: usize = 4_096;
+
 /// Minimizes `Σ wᵢ·logloss(yᵢ, xᵢ·β + b + offsetᵢ) + ½ Σⱼ penaltyⱼ (βⱼ - priorⱼ)²` by Newton's
 /// method with a backtracking line search (the objective is convex; with every penalty > 0
 /// it is strictly convex, so the minimum is unique).
@@ -162,14 +165,18 @@ pub fn fit_logistic(x: &Array2<f64>, y: &[bool], spec: &Spec<'_>) -> Result<Logi
         for j in 0..d {
             grad[j] += spec.penalty[j] * (theta[j] - prior(j));
         }
-        // Hessian [[Xᵀ H X + P, Xᵀ h], [hᵀ X, Σ h]], from the rows scaled by √h.
-        let mut xs = x.clone();
-        for (i, mut row) in xs.rows_mut().into_iter().enumerate() {
-            row *= h[i].sqrt();
-        }
+        // Hessian [[Xᵀ H X + P, Xᵀ h], [hᵀ X, Σ h]], from the rows scaled by √h, a block of
+        // rows at a time: a copy of the whole design would double the memory a fit takes.
         let mut hess = Array2::<f64>::zeros((d + 1, d + 1));
-        hess.slice_mut(ndarray::s![..d, ..d])
-            .assign(&xs.t().dot(&xs));
+        for start in (0..n).step_by(HESSIAN_BLOCK) {
+            let end = (start + HESSIAN_BLOCK).min(n);
+            let mut xs = x.slice(ndarray::s![start..end, ..]).to_owned();
+            for (i, mut row) in xs.rows_mut().into_iter().enumerate() {
+                row *= h[start + i].sqrt();
+            }
+            let mut top = hess.slice_mut(ndarray::s![..d, ..d]);
+            top += &xs.t().dot(&xs);
+        }
         let xh = x.t().dot(&h);
         for j in 0..d {
             hess[[j, j]] += spec.penalty[j];

@@ -22,6 +22,10 @@ pub struct LogOptions {
     pub success_threshold: f64,
     /// Inverse-propensity weights are clipped here, so one lucky exploration cannot dominate.
     pub max_weight: f64,
+    /// Keep at most this many joined rows, the newest (0: all). Why: a logistic model over a
+    /// few hundred features has learnt what it can long before a million rows, while memory
+    /// and time grow with every row kept; the newest rows are the traffic the model will see.
+    pub max_rows: usize,
 }
 
 /// One joined, labelled decision.
@@ -65,6 +69,8 @@ pub struct LogStats {
     pub refeaturized: usize,
     /// Decisions whose tiers differ from the training tiers.
     pub other_tiers: usize,
+    /// Joined rows left out because `max_rows` newer ones were kept.
+    pub beyond_cap: usize,
     /// Rows produced.
     pub rows: usize,
 }
@@ -81,132 +87,217 @@ pub fn monotone_labels(success: bool, tier: usize, heads: usize) -> Vec<Option<b
         .collect()
 }
 
-fn read_export(
+/// Calls `each` with every line of a `triage logs export` file: its decision, if any, and its
+/// outcomes. Streams, so an export larger than memory can be read.
+fn each_export_line(
     path: &Path,
-    decisions: &mut Vec<DecisionRecord>,
-    outcomes: &mut Vec<OutcomeRecord>,
-) -> Result<(), LoadError> {
+    mut each: impl FnMut(Option<DecisionRecord>, Vec<OutcomeRecord>) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
     let file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| LoadError::io(path, e))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line)
+        let mut v: serde_json::Value = serde_json::from_str(&line)
             .map_err(|e| LoadError::invalid(path, format!("line {}: {e}", i + 1)))?;
-        if !v["decision"].is_null() {
-            decisions.push(
-                serde_json::from_value(v["decision"].clone()).map_err(|e| {
+        let decision =
+            match v["decision"].take() {
+                serde_json::Value::Null => None,
+                d => Some(serde_json::from_value(d).map_err(|e| {
                     LoadError::invalid(path, format!("line {}: decision: {e}", i + 1))
-                })?,
-            );
-        }
-        let outs: Vec<OutcomeRecord> = serde_json::from_value(v["outcomes"].clone())
+                })?),
+            };
+        let outcomes: Vec<OutcomeRecord> = serde_json::from_value(v["outcomes"].take())
             .map_err(|e| LoadError::invalid(path, format!("line {}: outcomes: {e}", i + 1)))?;
-        outcomes.extend(outs);
+        each(decision, outcomes)?;
     }
     Ok(())
 }
 
-/// Reads stores (directories) and exports (`triage logs export` files) and joins them.
+/// Calls `each` with every decision of a store or export.
+fn each_decision(
+    path: &Path,
+    mut each: impl FnMut(DecisionRecord) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    if path.is_dir() {
+        let store = Store::open(path)?;
+        for d in store.decisions() {
+            each(d.map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?)?;
+        }
+        Ok(())
+    } else {
+        each_export_line(path, |d, _| d.map_or(Ok(()), &mut each))
+    }
+}
+
+/// Calls `each` with every outcome of a store or export.
+fn each_outcome(path: &Path, mut each: impl FnMut(OutcomeRecord)) -> Result<(), TrainError> {
+    if path.is_dir() {
+        let store = Store::open(path)?;
+        for o in store.outcomes() {
+            each(o.map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?);
+        }
+        Ok(())
+    } else {
+        each_export_line(path, |_, outs| {
+            outs.into_iter().for_each(&mut each);
+            Ok(())
+        })
+    }
+}
+
+/// What the outcomes say about one decision.
+#[derive(Default)]
+struct Verdicts {
+    /// Sum and count of the outcomes' qualities (a success counts 1, a failure 0).
+    sum: f64,
+    n: usize,
+    /// Outcome records, and how many of them were stored before their decision.
+    records: usize,
+    orphans: usize,
+    /// Whether the decision was found.
+    matched: bool,
+}
+
+/// A logged row ordered by time, oldest first, so a min-heap of them drops the oldest.
+struct ByTime(LoggedRow);
+
+impl ByTime {
+    fn key(&self) -> (u64, &str) {
+        (self.0.time_unix_ms, &self.0.decision_id)
+    }
+}
+
+impl PartialEq for ByTime {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for ByTime {}
+impl PartialOrd for ByTime {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByTime {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// Reads stores (directories) and exports (`triage logs export` files) and joins them. Reads
+/// twice, outcomes then decisions, so only the verdicts and the rows kept are ever in memory:
+/// with `max_rows` set, the newest that many joined rows (older ones are counted in
+/// [`LogStats::beyond_cap`]).
 pub fn read_logs(
     paths: &[PathBuf],
     featurizer: &Featurizer,
     tiers: &[String],
     opts: LogOptions,
 ) -> Result<(Vec<LoggedRow>, LogStats), TrainError> {
-    let mut decisions: Vec<DecisionRecord> = Vec::new();
-    let mut outcomes: Vec<OutcomeRecord> = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let store = Store::open(p)?;
-            let err =
-                |e: crate::feedback::StoreError| TrainError::Data(format!("{}: {e}", p.display()));
-            for d in store.decisions() {
-                decisions.push(d.map_err(err)?);
-            }
-            for o in store.outcomes() {
-                outcomes.push(o.map_err(err)?);
-            }
-        } else {
-            read_export(p, &mut decisions, &mut outcomes)?;
-        }
-    }
-    let mut stats = LogStats {
-        outcomes: outcomes.len(),
-        ..LogStats::default()
-    };
-    let mut by_id: HashMap<String, DecisionRecord> = HashMap::new();
-    for d in decisions {
-        by_id.entry(d.decision_id.clone()).or_insert(d);
-    }
-    stats.decisions = by_id.len();
+    let mut stats = LogStats::default();
     // Scores per decision: the mean over its outcomes (one per source).
-    let mut scores: HashMap<String, (f64, usize)> = HashMap::new();
-    for o in &outcomes {
-        if !by_id.contains_key(&o.decision_id) {
-            stats.orphans_unmatched += 1;
-            continue;
-        }
-        if o.orphan {
-            stats.orphans_joined += 1;
-        }
-        let q = o.quality.or(o.success.map(|s| if s { 1.0 } else { 0.0 }));
-        if let Some(q) = q {
-            let e = scores.entry(o.decision_id.clone()).or_insert((0.0, 0));
-            e.0 += q;
-            e.1 += 1;
-        }
+    let mut verdicts: HashMap<String, Verdicts> = HashMap::new();
+    for p in paths {
+        each_outcome(p, |o| {
+            stats.outcomes += 1;
+            let v = verdicts.entry(o.decision_id).or_default();
+            v.records += 1;
+            v.orphans += usize::from(o.orphan);
+            if let Some(q) = o.quality.or(o.success.map(|s| if s { 1.0 } else { 0.0 })) {
+                v.sum += q;
+                v.n += 1;
+            }
+        })?;
     }
     let fingerprint = &featurizer.schema().fingerprint;
     let top = tiers.len() - 1;
-    let mut rows = Vec::new();
-    let mut ids: Vec<&String> = by_id.keys().collect();
-    ids.sort();
-    for id in ids {
-        let d = &by_id[id];
-        let Some(&(sum, n)) = scores.get(id) else {
-            stats.without_outcome += 1;
-            continue;
-        };
-        if d.tiers != tiers {
-            stats.other_tiers += 1;
-            continue;
-        }
-        let Some(tier) = tiers.iter().position(|t| *t == d.tier) else {
-            stats.other_tiers += 1;
-            continue;
-        };
-        let (features, prompt_tokens) = if &d.schema_fingerprint == fingerprint {
-            (d.features.clone(), d.prompt_tokens)
-        } else if let Some(p) = &d.prompt {
-            let f = featurizer
-                .featurize(Conversation::single(p))
-                .map_err(|e| TrainError::Data(format!("decision {id}: {e}")))?;
-            stats.refeaturized += 1;
-            (f.vector, f.prompt_tokens)
-        } else {
-            stats.other_schema += 1;
-            continue;
-        };
-        let success = sum / n as f64 >= opts.success_threshold;
-        let labels = monotone_labels(success, tier, top);
-        let propensity = if d.propensity > 0.0 {
-            d.propensity
-        } else {
-            1.0
-        };
-        rows.push(LoggedRow {
-            decision_id: id.clone(),
-            time_unix_ms: d.time_unix_ms,
-            features,
-            prompt_tokens,
-            labels,
-            weight: (1.0 / propensity).min(opts.max_weight),
-            tier,
-            success,
-        });
+    let cap = if opts.max_rows == 0 {
+        usize::MAX
+    } else {
+        opts.max_rows
+    };
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut kept: std::collections::BinaryHeap<std::cmp::Reverse<ByTime>> =
+        std::collections::BinaryHeap::new();
+    for p in paths {
+        each_decision(p, |d| {
+            // The first copy of a decision wins (replicas' exports may overlap).
+            if !seen.insert(d.decision_id.clone()) {
+                return Ok(());
+            }
+            let id = &d.decision_id;
+            let Some(v) = verdicts.get_mut(id) else {
+                stats.without_outcome += 1;
+                return Ok(());
+            };
+            v.matched = true;
+            if v.n == 0 {
+                stats.without_outcome += 1;
+                return Ok(());
+            }
+            if d.tiers != tiers {
+                stats.other_tiers += 1;
+                return Ok(());
+            }
+            let Some(tier) = tiers.iter().position(|t| *t == d.tier) else {
+                stats.other_tiers += 1;
+                return Ok(());
+            };
+            // A row older than every kept one when the buffer is full would be dropped at once.
+            if kept.len() >= cap
+                && kept
+                    .peek()
+                    .is_some_and(|o| (d.time_unix_ms, id.as_str()) < o.0.key())
+            {
+                stats.beyond_cap += 1;
+                return Ok(());
+            }
+            let success = v.sum / v.n as f64 >= opts.success_threshold;
+            let (features, prompt_tokens) = if &d.schema_fingerprint == fingerprint {
+                (d.features, d.prompt_tokens)
+            } else if let Some(p) = &d.prompt {
+                let f = featurizer
+                    .featurize(Conversation::single(p))
+                    .map_err(|e| TrainError::Data(format!("decision {id}: {e}")))?;
+                stats.refeaturized += 1;
+                (f.vector, f.prompt_tokens)
+            } else {
+                stats.other_schema += 1;
+                return Ok(());
+            };
+            let propensity = if d.propensity > 0.0 {
+                d.propensity
+            } else {
+                1.0
+            };
+            kept.push(std::cmp::Reverse(ByTime(LoggedRow {
+                decision_id: d.decision_id,
+                time_unix_ms: d.time_unix_ms,
+                features,
+                prompt_tokens,
+                labels: monotone_labels(success, tier, top),
+                weight: (1.0 / propensity).min(opts.max_weight),
+                tier,
+                success,
+            })));
+            if kept.len() > cap {
+                kept.pop();
+                stats.beyond_cap += 1;
+            }
+            Ok(())
+        })?;
     }
+    stats.decisions = seen.len();
+    for v in verdicts.values() {
+        if v.matched {
+            stats.orphans_joined += v.orphans;
+        } else {
+            stats.orphans_unmatched += v.records;
+        }
+    }
+    let mut rows: Vec<LoggedRow> = kept.into_iter().map(|r| r.0.0).collect();
     rows.sort_by(|a, b| {
         a.time_unix_ms
             .cmp(&b.time_unix_ms)

@@ -648,6 +648,7 @@ async fn retraining_on_explored_traffic_cuts_cost_at_equal_quality() {
     let opts = triage::train::logs::LogOptions {
         success_threshold: 0.5,
         max_weight: 50.0,
+        max_rows: 0,
     };
     let (logged, stats) = triage::train::logs::read_logs(&[export], &f, &tiers, opts).unwrap();
     assert_eq!(stats.rows, 300, "{stats:?}");
@@ -740,6 +741,7 @@ fn orphan_outcomes_join_decisions_from_another_store() {
     let opts = triage::train::logs::LogOptions {
         success_threshold: 0.5,
         max_weight: 50.0,
+        max_rows: 0,
     };
     let (rows, stats) =
         triage::train::logs::read_logs(&[a.clone(), b.clone()], &f, &tiers, opts).unwrap();
@@ -753,6 +755,18 @@ fn orphan_outcomes_join_decisions_from_another_store() {
         "1 / propensity 0.25"
     );
     assert_eq!(rows.iter().filter(|r| r.success).count(), 2);
+    // A row cap keeps the newest rows and counts the older ones it left out.
+    let capped = triage::train::logs::LogOptions {
+        max_rows: 2,
+        ..opts
+    };
+    let (rows, stats) =
+        triage::train::logs::read_logs(&[a.clone(), b.clone()], &f, &tiers, capped).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.time_unix_ms).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert_eq!((stats.rows, stats.beyond_cap, stats.decisions), (2, 2, 4));
     // Either store alone cannot make rows: A has no outcomes, B has no decisions.
     assert_eq!(
         triage::train::logs::read_logs(&[a], &f, &tiers, opts)
