@@ -396,7 +396,7 @@ fn append_logged(data: &mut Prepared, rows: &[&LoggedRow], tiers: usize) {
 /// dearest tier's estimate. Why not sufficiency heads: a failure at the tier used says that
 /// tier was not good enough but not that the dearest would have done better, so prompts every
 /// tier fails would be learnt as prompts for the dearest (the replay example measured the
-/// difference, see the README). Uncalibrated (there are no out-of-fold scores to calibrate
+/// difference, see `docs/feedback-loop.md`). Uncalibrated (there are no out-of-fold scores to calibrate
 /// on). Thresholds are kept from `current` when its tiers match (every kind of head scores the
 /// chance that a tier does as well as the dearest, so they keep their meaning; retune with
 /// `triage tune`), else 0.5.
