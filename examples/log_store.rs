@@ -48,6 +48,7 @@ fn main() {
         &dir,
         StoreOptions {
             embedding_dim: featurizer.embedding_dim(),
+            ..Default::default()
         },
     )
     .unwrap();

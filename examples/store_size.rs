@@ -96,6 +96,7 @@ fn main() {
     };
     let options = StoreOptions {
         embedding_dim: featurizer.embedding_dim(),
+        ..Default::default()
     };
     let fb = Feedback::start(&path, limits, options, false).unwrap();
     let tiers: Vec<String> = ["fast", "standard", "frontier"].map(String::from).to_vec();

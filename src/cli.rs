@@ -633,6 +633,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         };
         let options = triage::feedback::StoreOptions {
             embedding_dim: engine.store().current().featurizer.embedding_dim(),
+            cache_bytes: fb.cache_bytes,
         };
         let f = triage::feedback::Feedback::start(&fb.data_dir, limits, options, fb.store_prompts)?;
         let (expired, dropped) = expire(f.store(), &retention).context("applying retention")?;

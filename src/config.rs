@@ -491,6 +491,9 @@ impl ModelConfig {
     }
 }
 
+/// Smallest `feedback.cache_bytes`: below it sled evicts the index nodes every write needs.
+const MIN_CACHE_BYTES: u64 = 1 << 20;
+
 /// `[feedback]`: the decision log and outcomes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -507,6 +510,8 @@ pub struct RawFeedback {
     pub decision_retention_days: u64,
     /// Bytes on disk beyond which the oldest decisions are removed; 0 sets no cap.
     pub max_store_bytes: u64,
+    /// Memory for the store's page cache, in bytes.
+    pub cache_bytes: u64,
     /// Decisions waiting to be written; beyond this they are dropped and counted.
     pub decision_queue: usize,
     /// Outcomes waiting to be written; beyond this `RecordOutcome` callers wait.
@@ -530,6 +535,7 @@ impl Default for RawFeedback {
             prompt_retention_hours: 168,
             decision_retention_days: 0,
             max_store_bytes: 0,
+            cache_bytes: crate::feedback::DEFAULT_CACHE_BYTES,
             decision_queue: 65_536,
             outcome_queue: 65_536,
             batch: 1_024,
@@ -555,6 +561,8 @@ pub struct FeedbackConfig {
     pub decision_retention: Option<std::time::Duration>,
     /// Bytes on disk beyond which the oldest decisions are removed (`None`: no cap).
     pub max_store_bytes: Option<u64>,
+    /// Memory for the store's page cache, in bytes.
+    pub cache_bytes: u64,
     /// Decisions waiting to be written.
     pub decision_queue: usize,
     /// Outcomes waiting to be written.
@@ -582,6 +590,12 @@ impl RawFeedback {
                 errors.push(format!("{name}: must be at least 1"));
             }
         }
+        if f.cache_bytes < MIN_CACHE_BYTES {
+            errors.push(format!(
+                "feedback.cache_bytes: must be at least {MIN_CACHE_BYTES} (1 MiB), got {}",
+                f.cache_bytes
+            ));
+        }
         if f.store_prompts && f.prompt_retention_hours == 0 {
             errors.push("feedback.prompt_retention_hours: must be at least 1 when feedback.store_prompts is on".into());
         }
@@ -596,6 +610,7 @@ impl RawFeedback {
                 std::time::Duration::from_secs(f.decision_retention_days.saturating_mul(86_400))
             }),
             max_store_bytes: (f.max_store_bytes > 0).then_some(f.max_store_bytes),
+            cache_bytes: f.cache_bytes,
             decision_queue: f.decision_queue,
             outcome_queue: f.outcome_queue,
             batch: f.batch,
@@ -1137,6 +1152,8 @@ addr = "nowhere"
 max_messages = 0
 [policy]
 latency_sensitive_max_tier = "medium"
+[feedback]
+cache_bytes = 4096
 [[tiers]]
 name = "a"
 input_usd_per_mtok = -1.0
@@ -1159,6 +1176,7 @@ chain = [{ provider = "", model = "m" }]
             "tiers[1].name: duplicate tier name \"a\" (also tiers[0])",
             "tiers[1].chain[0].provider: must not be empty",
             "policy.latency_sensitive_max_tier: unknown tier \"medium\"",
+            "feedback.cache_bytes: must be at least 1048576 (1 MiB), got 4096",
         ] {
             assert!(err.contains(needle), "missing {needle:?} in {err}");
         }

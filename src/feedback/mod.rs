@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use codec::CodecError;
 pub use store::{
-    DecisionRecord, KnobsRecord, OutcomeRecord, Store, StoreError, StoreOptions, Stored,
+    DEFAULT_CACHE_BYTES, DecisionRecord, KnobsRecord, OutcomeRecord, Store, StoreError, StoreOptions,
+    Stored,
 };
 
 use crate::error::LoadError;

@@ -145,11 +145,27 @@ impl StoreError {
 }
 
 /// How a store writes; readers need none of it (records carry their own layout).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
     /// Trailing feature-vector elements that are the embedding, stored as int8 with one scale;
     /// the elements before them are stored as half floats.
     pub embedding_dim: usize,
+    /// sled's page cache, in bytes. Why bounded: sled's own default (1 GiB) fills with every
+    /// decision written since start, so a busy server's memory grew by ~1 KB a decision.
+    pub cache_bytes: u64,
+}
+
+/// [`StoreOptions::cache_bytes`] unless configured: the decision writer only appends, and
+/// reads (outcome joins, export) go through the B-tree's index nodes, which fit in far less.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            embedding_dim: 0,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -233,6 +249,7 @@ impl Store {
         }
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(options.cache_bytes)
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| {
