@@ -206,7 +206,7 @@ impl Triage {
         } else {
             (self.engine.route(&input), input)
         };
-        let decision = decision?;
+        let mut decision = decision?;
         self.metrics.decision(
             decision.tier,
             decision.explored,
@@ -214,7 +214,7 @@ impl Triage {
         );
         if let Some(fb) = &self.feedback {
             fb.log_decision(decision_record(
-                &decision,
+                &mut decision,
                 &input,
                 self.config(),
                 fb.store_prompts,
@@ -535,8 +535,9 @@ impl Triage {
     }
 }
 
+/// The decision's log record; takes the feature vector rather than copy it.
 fn decision_record(
-    d: &Decision,
+    d: &mut Decision,
     input: &RouteInput,
     config: &Config,
     store_prompt: bool,
@@ -561,11 +562,11 @@ fn decision_record(
         },
         tenant: input.tenant.clone(),
         labels: input.labels.clone(),
-        features: d.features.clone(),
+        features: std::mem::take(&mut d.features),
         prompt_tokens: d.prompt_tokens,
         context_tokens: d.context_tokens,
         estimated_cost_usd: d.estimated_cost_usd,
-        prompt_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        prompt_sha256: crate::feedback::hex(&digest),
         prompt: store_prompt.then(|| input.prompt.clone()),
     }
 }

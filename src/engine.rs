@@ -56,7 +56,7 @@ pub struct Decision {
     pub context_tokens: u32,
     /// Detected markers.
     pub markers: MarkerSet,
-    /// The feature vector, for the decision log.
+    /// The feature vector, for the decision log (which takes it: empty once logged).
     pub features: Vec<f32>,
     /// Whether exploration overrode the policy's choice.
     pub explored: bool,

@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use codec::CodecError;
+pub use codec::{CodecError, hex};
 pub use store::{
-    DEFAULT_CACHE_BYTES, DecisionRecord, KnobsRecord, OutcomeRecord, Store, StoreError, StoreOptions,
-    Stored,
+    DEFAULT_CACHE_BYTES, DecisionRecord, KnobsRecord, OutcomeRecord, Store, StoreError,
+    StoreOptions, Stored,
 };
 
 use crate::error::LoadError;

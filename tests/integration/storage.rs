@@ -118,7 +118,16 @@ async fn a_full_disk_drops_decisions_counted_refuses_outcomes_retryably_and_reop
         max_store_bytes: None,
     };
     let dim = 256;
-    let fb = Feedback::start(&path, limits, StoreOptions { embedding_dim: dim, ..Default::default() }, false).unwrap();
+    let fb = Feedback::start(
+        &path,
+        limits,
+        StoreOptions {
+            embedding_dim: dim,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
     let server = Server::start_with(config(), Some(fb.clone())).await;
     let mut c = server.client().await;
 
@@ -247,7 +256,16 @@ fn the_size_cap_removes_the_oldest_decisions_while_serving() {
         max_store_bytes: Some(cap),
     };
     let dim = 256;
-    let fb = Feedback::start(&path, limits, StoreOptions { embedding_dim: dim, ..Default::default() }, false).unwrap();
+    let fb = Feedback::start(
+        &path,
+        limits,
+        StoreOptions {
+            embedding_dim: dim,
+            ..Default::default()
+        },
+        false,
+    )
+    .unwrap();
     let round = 40_000;
     let mut ids = Vec::new();
     let mut sizes = Vec::new();

@@ -125,15 +125,11 @@ impl PackedFeatures {
         } else {
             1.0
         };
+        let inv = 1.0 / scale;
         Self {
             dense: dense.iter().map(|&x| f16::from_f32(x).to_bits()).collect(),
             scale,
-            // Rounded and clamped, so the cast cannot wrap.
-            #[allow(clippy::cast_possible_truncation)]
-            embedding: emb
-                .iter()
-                .map(|&x| (x / scale).round().clamp(-127.0, 127.0) as i8)
-                .collect(),
+            embedding: emb.iter().map(|&x| quantize(x * inv)).collect(),
         }
     }
 
@@ -144,6 +140,26 @@ impl PackedFeatures {
             .chain(self.embedding.iter().map(|&q| f32::from(q) * self.scale))
             .collect()
     }
+}
+
+/// `y` rounded half away from zero into [-127, 127] (NaN: 0). By hand because `f32::round` is
+/// a libm call on baseline x86-64, once per embedding element of every logged decision.
+#[allow(clippy::cast_possible_truncation)]
+fn quantize(y: f32) -> i8 {
+    let r = if y >= 0.0 { y + 0.5 } else { y - 0.5 };
+    // `as` saturates and maps NaN to 0, and the clamp keeps -128 out.
+    (r as i32).clamp(-127, 127) as i8
+}
+
+/// Lowercase hexadecimal of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// A SHA-256 kept as its 32 bytes when it is one (always, when the server wrote it).
@@ -171,7 +187,7 @@ impl Digest {
 
     fn unpack(&self) -> String {
         match self {
-            Self::Bytes(b) => b.iter().map(|x| format!("{x:02x}")).collect(),
+            Self::Bytes(b) => hex(b),
             Self::Text(t) => t.clone(),
         }
     }
@@ -222,12 +238,11 @@ struct DiskOutcome {
     orphan: bool,
 }
 
-fn versioned(payload: Result<Vec<u8>, postcard::Error>) -> Vec<u8> {
-    // Serializing these plain structs into a Vec cannot fail; an empty record would be refused
-    // on reading rather than misread.
-    let mut out = vec![RECORD_V2];
-    out.extend(payload.unwrap_or_default());
-    out
+fn versioned<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialized after the version byte in place (no second copy). Serializing these plain
+    // structs into a Vec cannot fail; an empty record would be refused on reading rather
+    // than misread.
+    postcard::to_extend(value, vec![RECORD_V2]).unwrap_or_else(|_| vec![RECORD_V2])
 }
 
 /// Encodes a decision given its context number.
@@ -263,7 +278,7 @@ pub fn encode_decision(d: &DecisionRecord, context: u32, embedding_dim: usize) -
         prompt_sha256: Digest::pack(&d.prompt_sha256),
         prompt: d.prompt.clone(),
     };
-    versioned(postcard::to_allocvec(&disk))
+    versioned(&disk)
 }
 
 /// Decodes a stored decision value of either layout; `contexts` resolves context numbers.
@@ -362,7 +377,7 @@ pub fn encode_outcome(o: &OutcomeRecord) -> Vec<u8> {
         recorded_at_unix_ms: o.recorded_at_unix_ms,
         orphan: o.orphan,
     };
-    versioned(postcard::to_allocvec(&disk))
+    versioned(&disk)
 }
 
 /// Decodes a stored outcome of either layout.

@@ -178,3 +178,23 @@ fn non_finite_or_empty_embeddings_do_not_poison_the_record() {
     assert_eq!(p.unpack()[1], 2.0);
     assert_eq!(PackedFeatures::pack(&[], 5).unpack(), Vec::<f32>::new());
 }
+
+#[test]
+fn quantizing_rounds_half_away_from_zero_and_clamps() {
+    for y in [
+        -300.0f32, -127.6, -127.4, -2.5, -0.5, -0.49, 0.0, 0.49, 0.5, 1.5, 2.5, 126.5, 127.0, 900.0,
+    ] {
+        #[allow(clippy::cast_possible_truncation)]
+        let expected = y.round().clamp(-127.0, 127.0) as i8;
+        assert_eq!(super::quantize(y), expected, "{y}");
+    }
+    assert_eq!(super::quantize(f32::NAN), 0);
+    assert_eq!(super::quantize(f32::INFINITY), 127);
+    assert_eq!(super::quantize(f32::NEG_INFINITY), -127);
+}
+
+#[test]
+fn hex_is_lowercase_two_digits_a_byte() {
+    assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    assert_eq!(super::hex(&[]), "");
+}
