@@ -106,7 +106,7 @@ fn main() {
         let record = DecisionRecord {
             decision_id: uuid::Uuid::now_v7().to_string(),
             time_unix_ms: now_ms(),
-            model_version: "fast-standard-frontier-2ee93794302a".into(),
+            model_version: "fast-standard-frontier-3eb31752e74d".into(),
             tiers: tiers.clone(),
             tier: tiers[i % 3].clone(),
             p_sufficient: vec![0.42, 0.77, 1.0],

@@ -150,6 +150,44 @@ pub fn cheapest_thresholds(
     rows: &[usize],
     min_quality: f64,
 ) -> Option<(Vec<f64>, Operating)> {
+    cheapest_thresholds_where(p, scores, prices, rows, |_, op| {
+        op.quality + 1e-12 >= min_quality
+    })
+}
+
+/// The cheapest thresholds whose routing keeps `target` of the dearest tier's quality with a
+/// margin of `z` standard errors of the per-row shortfall `quality(choice) − target ·
+/// quality(dearest)`: paired, so rows routed to the dearest add no noise, and the margin
+/// shrinks as the rows grow. z = 0 is [`cheapest_thresholds`] at `target` of the dearest's
+/// mean quality.
+pub fn cheapest_thresholds_with_margin(
+    p: &[Vec<f64>],
+    scores: &[Vec<f64>],
+    prices: &[f64],
+    rows: &[usize],
+    target: f64,
+    z: f64,
+) -> Option<(Vec<f64>, Operating)> {
+    let top = prices.len() - 1;
+    let n = rows.len().max(1) as f64;
+    cheapest_thresholds_where(p, scores, prices, rows, |choice, _| {
+        let d: Vec<f64> = rows
+            .iter()
+            .map(|&r| scores[r][choice[r]] - target * scores[r][top])
+            .collect();
+        let mean = d.iter().sum::<f64>() / n;
+        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        mean - z * (var / n).sqrt() + 1e-12 >= 0.0
+    })
+}
+
+fn cheapest_thresholds_where(
+    p: &[Vec<f64>],
+    scores: &[Vec<f64>],
+    prices: &[f64],
+    rows: &[usize],
+    keeps: impl Fn(&[usize], &Operating) -> bool,
+) -> Option<(Vec<f64>, Operating)> {
     let heads = prices.len() - 1;
     let steps: usize = match heads {
         0 | 1 => 100,
@@ -162,7 +200,7 @@ pub fn cheapest_thresholds(
         t.push(0.0);
         let choice = route_all(p, &t);
         let op = operating(&choice, scores, prices, rows);
-        if op.quality + 1e-12 >= min_quality
+        if keeps(&choice, &op)
             && best.as_ref().is_none_or(|(_, b)| {
                 op.cost < b.cost || (op.cost == b.cost && op.quality > b.quality)
             })
@@ -270,6 +308,36 @@ mod tests {
             }
         );
         assert!(cheapest_thresholds(&p, &scores, &prices, &[0, 1], 1.1).is_none());
+    }
+
+    #[test]
+    fn a_margin_asks_for_evidence_in_proportion_to_the_noise() {
+        // Two tiers, 40 rows: the cheap tier is right on 36 of the 38 rows the frontier gets
+        // right. Sending everything cheap keeps 36/38 = 94.7 % of the frontier's quality.
+        let n = 40;
+        let scores: Vec<Vec<f64>> = (0..n)
+            .map(|r| match r {
+                0 | 1 => vec![0.0, 0.0],
+                2 | 3 => vec![0.0, 1.0],
+                _ => vec![1.0, 1.0],
+            })
+            .collect();
+        // The router knows rows 2 and 3 need the frontier but ranks them among the rest.
+        let p: Vec<Vec<f64>> = (0..n)
+            .map(|r| vec![if r < 4 { 0.2 } else { 0.8 }, 1.0])
+            .collect();
+        let rows: Vec<usize> = (0..n).collect();
+        let prices = [1.0, 10.0];
+        let exact = cheapest_thresholds_with_margin(&p, &scores, &prices, &rows, 0.9, 0.0).unwrap();
+        let plain = cheapest_thresholds(&p, &scores, &prices, &rows, 0.9 * 38.0 / 40.0).unwrap();
+        assert_eq!(exact, plain, "z = 0 is the plain tuner at target x mean");
+        // Everything cheap keeps 94.7 % >= 90 %, but only by about one standard error of the
+        // per-row shortfall: two standard errors ask for the four doubtful rows to go dear.
+        assert_eq!(route_all(&p, &exact.0), vec![0; n]);
+        let strict =
+            cheapest_thresholds_with_margin(&p, &scores, &prices, &rows, 0.9, 2.0).unwrap();
+        assert_eq!(route_all(&p, &strict.0)[..4], [1, 1, 1, 1]);
+        assert!(strict.1.cost > exact.1.cost && strict.1.quality > exact.1.quality);
     }
 
     #[test]
