@@ -445,6 +445,68 @@ fn repeated_cross_validation_reports_every_seed_and_their_mean() {
     assert!(rep.reports[1].pareto.is_empty());
 }
 
+/// A workload where the base's lean on length is wrong: long prompts (pasted text to act on)
+/// are easy, short ones hard. Eighty rows are enough for the adapted model to turn it round.
+#[test]
+fn adapting_learns_that_length_leans_the_other_way_on_a_workload() {
+    use triage::train::dataset::Row;
+    use triage::train::recipe::Base;
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let data = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
+    let (base_file, _) =
+        train::train(&f, &data, &tiers, &options(), serde_json::Value::Null).unwrap();
+    let filler = "the meeting moved to thursday and everyone agreed to bring the reports ";
+    let prompt = |i: usize, long: bool| {
+        let body = if long {
+            filler.repeat(6)
+        } else {
+            String::new()
+        };
+        format!("Item {i}: please handle this. {body}")
+    };
+    let rows: Vec<Row> = (0..80)
+        .map(|i| {
+            let long = i % 2 == 0;
+            let cheap = if long { 1.0 } else { 0.0 };
+            Row {
+                id: format!("w-{i}"),
+                source: Some("workload".into()),
+                category: None,
+                prompt: prompt(i, long),
+                outcomes: [("small", cheap), ("medium", cheap), ("large", 1.0)]
+                    .into_iter()
+                    .map(|(m, s)| (m.to_string(), s))
+                    .collect(),
+            }
+        })
+        .collect();
+    let few = train::prepare(&f, rows, &tiers, false).unwrap();
+    let mut adapt = options();
+    adapt.recipe.base = Some(Base::from_model(&base_file, f.schema(), &tiers.names()).unwrap());
+    let (file, _) = train::train(&f, &few, &tiers, &adapt, serde_json::Value::Null).unwrap();
+    let score = |c: &Classifier, t: &str| {
+        c.score(
+            &f.featurize(triage::features::Conversation::single(t))
+                .unwrap()
+                .vector,
+        )[0]
+    };
+    let base = Classifier::new(base_file, f.schema()).unwrap();
+    let adapted = Classifier::new(file, f.schema()).unwrap();
+    let (long, short) = (prompt(999, true), prompt(999, false));
+    assert!(
+        score(&base, &long) < score(&base, &short),
+        "the base leans long prompts dear"
+    );
+    assert!(
+        score(&adapted, &long) > score(&adapted, &short) + 0.2,
+        "adapted: long {} short {}",
+        score(&adapted, &long),
+        score(&adapted, &short)
+    );
+}
+
 #[test]
 fn a_base_model_is_adapted_from_few_rows_and_fills_in_a_tier_they_lack() {
     use triage::train::recipe::Base;
