@@ -9,7 +9,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as Http};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::app::{Piece, Triage};
@@ -496,9 +496,66 @@ fn now_s() -> u64 {
     crate::feedback::now_ms() / 1000
 }
 
-fn triage_extra(d: &crate::engine::Decision, provider: &str, cost: f64) -> Value {
-    json!({"decision_id": d.decision_id.to_string(), "tier": d.tier_name, "provider": provider, "reason": d.reason,
-           "model_version": d.model_version, "cost_usd": cost})
+/// triage's own field on every completion: which decision answered and what it cost.
+#[derive(Serialize)]
+struct TriageExtra<'a> {
+    decision_id: String,
+    tier: &'a str,
+    provider: &'a str,
+    reason: &'a str,
+    model_version: &'a str,
+    cost_usd: f64,
+}
+
+fn triage_extra<'a>(
+    d: &'a crate::engine::Decision,
+    provider: &'a str,
+    cost: f64,
+) -> TriageExtra<'a> {
+    TriageExtra {
+        decision_id: d.decision_id.to_string(),
+        tier: &d.tier_name,
+        provider,
+        reason: &d.reason,
+        model_version: &d.model_version,
+        cost_usd: cost,
+    }
+}
+
+/// A `chat.completion` as OpenAI's API answers it, serialized straight from the completion
+/// (no intermediate JSON tree on the hot path).
+#[derive(Serialize)]
+struct ChatCompletion<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [CompletionChoice<'a>; 1],
+    usage: Usage,
+    triage: TriageExtra<'a>,
+}
+
+#[derive(Serialize)]
+struct CompletionChoice<'a> {
+    index: u32,
+    message: AssistantMessage<'a>,
+    finish_reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct AssistantMessage<'a> {
+    role: &'static str,
+    /// `null` when the answer is tool calls only, as OpenAI sends it.
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<Value>>,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
 }
 
 async fn chat(
@@ -529,23 +586,29 @@ async fn chat(
         Err(e) => return error(&e),
     };
     let r = &c.response;
-    let mut message = json!({"role": "assistant", "content": r.text});
-    if !r.tool_calls.is_empty() {
-        message["tool_calls"] = json!(tool_calls_to_wire(&r.tool_calls));
-        if r.text.is_empty() {
-            message["content"] = Value::Null;
-        }
-    }
+    let tools = !r.tool_calls.is_empty();
     let id = c.decision.decision_id.to_string();
-    let mut resp = Json(json!({
-        "id": format!("chatcmpl-{id}"),
-        "object": "chat.completion",
-        "created": now_s(),
-        "model": c.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": r.finish_reason}],
-        "usage": {"prompt_tokens": r.input_tokens, "completion_tokens": r.output_tokens, "total_tokens": r.input_tokens + r.output_tokens},
-        "triage": triage_extra(&c.decision, &c.provider, c.cost_usd),
-    }))
+    let mut resp = Json(ChatCompletion {
+        id: format!("chatcmpl-{id}"),
+        object: "chat.completion",
+        created: now_s(),
+        model: &c.model,
+        choices: [CompletionChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: (!(tools && r.text.is_empty())).then_some(r.text.as_str()),
+                tool_calls: tools.then(|| tool_calls_to_wire(&r.tool_calls)),
+            },
+            finish_reason: &r.finish_reason,
+        }],
+        usage: Usage {
+            prompt_tokens: r.input_tokens,
+            completion_tokens: r.output_tokens,
+            total_tokens: r.input_tokens + r.output_tokens,
+        },
+        triage: triage_extra(&c.decision, &c.provider, c.cost_usd),
+    })
     .into_response();
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(DECISION_HEADER, v);
@@ -589,7 +652,7 @@ async fn chat_stream(
                     chunk(delta, None, None)
                 }
                 Piece::Done(d) => {
-                    let extra = triage_extra(&decision, &d.provider, d.cost_usd);
+                    let extra = json!(triage_extra(&decision, &d.provider, d.cost_usd));
                     if !d.tool_calls.is_empty() {
                         // Calls arrive whole, so they go out as one delta.
                         let mut delta = json!({"tool_calls": tool_calls_to_wire(&d.tool_calls)});
