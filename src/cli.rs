@@ -271,7 +271,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 50.0)]
     max_weight: f64,
     /// With --log: learn from at most this many joined decisions, the newest (0: all). Memory
-    /// and time grow with every row kept (about 2 KB and 0.1 ms a row).
+    /// and time grow with every row kept (100,000 rows: about 1.2 GB and 11 s on 2 cores).
     #[arg(long, default_value_t = 100_000)]
     max_log_rows: usize,
     /// Adapt this model instead of starting from nothing: its slopes are the prior the rows
