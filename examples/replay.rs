@@ -77,8 +77,17 @@ fn main() {
     let engine = Engine::new(
         Arc::new(config.clone()),
         ModelStore::with_featurizer(&config, featurizer.clone(), &model_path).unwrap(),
-    );
-    let store = Store::open(&dir.path().join("store")).unwrap();
+    )
+    .with_exploration_seed(seed);
+    // Stored as the server stores them: the embedding quantized like every logged decision's.
+    let store = Store::open_with(
+        &dir.path().join("store"),
+        triage::feedback::StoreOptions {
+            embedding_dim: featurizer.embedding_dim(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let export = dir.path().join("export.jsonl");
     // The shipped recipe; logs always train sufficiency heads.
     let opts = train::TrainOptions::default();

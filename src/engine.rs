@@ -75,12 +75,39 @@ pub struct Decision {
 pub struct Engine {
     config: Arc<Config>,
     store: ModelStore,
+    /// Exploration draws from a seeded generator instead of the thread's, so replays and
+    /// benchmarks that route through the engine give the same decisions on every run.
+    seeded: Option<std::sync::Mutex<rand::rngs::StdRng>>,
 }
 
 impl Engine {
     /// An engine over a config and a loaded model store.
     pub fn new(config: Arc<Config>, store: ModelStore) -> Self {
-        Self { config, store }
+        Self {
+            config,
+            store,
+            seeded: None,
+        }
+    }
+
+    /// The same engine, with exploration drawn from a generator seeded with `seed` (for
+    /// replays and benchmarks; the server draws from the thread's generator).
+    #[must_use]
+    pub fn with_exploration_seed(mut self, seed: u64) -> Self {
+        use rand::SeedableRng;
+        self.seeded = Some(std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(
+            seed,
+        )));
+        self
+    }
+
+    /// Two uniform draws for exploration.
+    fn draws(&self) -> (f64, f64) {
+        use rand::Rng;
+        match self.seeded.as_ref().and_then(|m| m.lock().ok()) {
+            Some(mut rng) => (rng.r#gen(), rng.r#gen()),
+            None => (rand::random(), rand::random()),
+        }
     }
 
     /// The configuration.
@@ -126,13 +153,9 @@ impl Engine {
         let eligible: Vec<usize> = (0..choice.tiers.len())
             .filter(|&i| choice.tiers[i].eligible)
             .collect();
-        let (chosen, propensity) = policy::explore(
-            choice.tier,
-            &eligible,
-            self.config.exploration_rate,
-            rand::random::<f64>(),
-            rand::random::<f64>(),
-        );
+        let (u, v) = self.draws();
+        let (chosen, propensity) =
+            policy::explore(choice.tier, &eligible, self.config.exploration_rate, u, v);
         let mut reason = choice.reason;
         if chosen != choice.tier {
             reason.push_str(&format!(
