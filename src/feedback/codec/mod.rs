@@ -8,9 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{DecisionRecord, KnobsRecord, OutcomeRecord};
 
-/// First byte of every record of this layout (the first layout's records are JSON and start
-/// with `{`).
+/// First byte of the outcome records of this layout and of the decision records of the second
+/// (the first layout's records are JSON and start with `{`).
 pub const RECORD_V2: u8 = 2;
+/// First byte of the decision records written now: the second layout's fields with the
+/// features of [`PackedFeatures`].
+pub const RECORD_V3: u8 = 3;
 
 /// Key class of a UUIDv7 decision id: 16 bytes follow, so keys sort by decision time.
 const KEY_UUID_V7: u8 = 1;
@@ -35,6 +38,9 @@ pub enum CodecError {
     /// An empty value.
     #[error("empty record")]
     Empty,
+    /// A binary record whose parts contradict each other.
+    #[error("malformed record: {0}")]
+    Malformed(&'static str),
 }
 
 /// The store key of a decision id. Ids longer than 65,535 bytes cannot be stored (the server
@@ -105,31 +111,111 @@ pub struct Context {
     pub schema_fingerprint: String,
 }
 
-/// A feature vector as stored: the hand-made features as half floats (markers are exact, ratios
-/// and logs keep three digits), the embedding as int8 with one scale per vector (the embedding
-/// table is int8 already, so little is lost).
+/// A feature vector as written by this layout: the hand-made features as half floats (markers
+/// are exact, ratios and logs keep three digits), zeros left out behind a bitmap (most markers
+/// are 0 on any one prompt), and the embedding as signed 4-bit steps of one scale per vector,
+/// two to a byte. Four bits rather than eight: the embedding is most of a record, sled's
+/// layout roughly doubles every stored byte, and a logistic head trained on logged vectors
+/// gives the same routing from either (`examples/replay.rs`, docs/feedback-loop.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PackedFeatures {
+    dense_len: u32,
+    /// Bit `i % 8` of byte `i / 8` set: dense feature `i` is not zero and is next in `dense`.
+    nonzero: Vec<u8>,
     dense: Vec<u16>,
     scale: f32,
-    embedding: Vec<i8>,
+    embedding_len: u32,
+    /// Low nibble first.
+    embedding: Vec<u8>,
 }
+
+/// Largest 4-bit step stored (the range is symmetric, so -8 is never written).
+const NIBBLE_MAX: i32 = 7;
 
 impl PackedFeatures {
     fn pack(v: &[f32], embedding_dim: usize) -> Self {
         let split = v.len().saturating_sub(embedding_dim);
         let (dense, emb) = v.split_at(split);
-        let max = emb.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let scale = if max > 0.0 && max.is_finite() {
-            max / 127.0
-        } else {
-            1.0
-        };
+        let mut nonzero = vec![0u8; dense.len().div_ceil(8)];
+        let mut kept = Vec::with_capacity(dense.len());
+        for (i, &x) in dense.iter().enumerate() {
+            if x != 0.0 {
+                nonzero[i / 8] |= 1 << (i % 8);
+                kept.push(f16::from_f32(x).to_bits());
+            }
+        }
+        let scale = embedding_scale(emb, NIBBLE_MAX);
         let inv = 1.0 / scale;
+        #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+        let nibble = |x: f32| (quantize(x * inv, NIBBLE_MAX) as u8) & 0x0f;
+        let embedding = emb
+            .chunks(2)
+            .map(|pair| nibble(pair[0]) | pair.get(1).map_or(0, |&x| nibble(x) << 4))
+            .collect();
+        Self {
+            dense_len: u32::try_from(dense.len()).unwrap_or(u32::MAX),
+            nonzero,
+            dense: kept,
+            scale,
+            embedding_len: u32::try_from(emb.len()).unwrap_or(u32::MAX),
+            embedding,
+        }
+    }
+
+    /// The vector, or an error when the parts disagree with the lengths (a corrupt record,
+    /// refused before its lengths can size anything).
+    fn unpack(&self) -> Result<Vec<f32>, CodecError> {
+        let dense_len = usize::try_from(self.dense_len).unwrap_or(usize::MAX);
+        let emb_len = usize::try_from(self.embedding_len).unwrap_or(usize::MAX);
+        let set: usize = self.nonzero.iter().map(|b| b.count_ones() as usize).sum();
+        if self.nonzero.len() != dense_len.div_ceil(8)
+            || set != self.dense.len()
+            || self.embedding.len() != emb_len.div_ceil(2)
+        {
+            return Err(CodecError::Malformed(
+                "feature lengths disagree with the stored parts",
+            ));
+        }
+        let mut out = Vec::with_capacity(dense_len + emb_len);
+        let mut values = self.dense.iter();
+        for i in 0..dense_len {
+            let set = self.nonzero[i / 8] & (1 << (i % 8)) != 0;
+            // The counts were checked above, so a set bit always has its value.
+            let value = if set { values.next() } else { None };
+            out.push(value.map_or(0.0, |&b| f16::from_bits(b).to_f32()));
+        }
+        for i in 0..emb_len {
+            let byte = self.embedding[i / 2];
+            let n = if i % 2 == 0 { byte << 4 } else { byte & 0xf0 };
+            // The nibble in the high half of an i8, shifted back down with its sign.
+            #[allow(clippy::cast_possible_wrap)]
+            let q = (n as i8) >> 4;
+            out.push(f32::from(q) * self.scale);
+        }
+        Ok(out)
+    }
+}
+
+/// The second layout's feature vector (read only): half floats, then the embedding as int8.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PackedFeaturesV2 {
+    dense: Vec<u16>,
+    scale: f32,
+    embedding: Vec<i8>,
+}
+
+impl PackedFeaturesV2 {
+    #[cfg(test)]
+    fn pack(v: &[f32], embedding_dim: usize) -> Self {
+        let split = v.len().saturating_sub(embedding_dim);
+        let (dense, emb) = v.split_at(split);
+        let scale = embedding_scale(emb, 127);
+        let inv = 1.0 / scale;
+        #[allow(clippy::cast_possible_truncation)]
         Self {
             dense: dense.iter().map(|&x| f16::from_f32(x).to_bits()).collect(),
             scale,
-            embedding: emb.iter().map(|&x| quantize(x * inv)).collect(),
+            embedding: emb.iter().map(|&x| quantize(x * inv, 127) as i8).collect(),
         }
     }
 
@@ -142,13 +228,25 @@ impl PackedFeatures {
     }
 }
 
-/// `y` rounded half away from zero into [-127, 127] (NaN: 0). By hand because `f32::round` is
-/// a libm call on baseline x86-64, once per embedding element of every logged decision.
+/// The scale that maps the largest finite magnitude of `emb` to `steps` (1 for an empty,
+/// all-zero or non-finite vector, so nothing divides by zero).
+fn embedding_scale(emb: &[f32], steps: i32) -> f32 {
+    let max = emb.iter().fold(0f32, |m, x| m.max(x.abs()));
+    #[allow(clippy::cast_precision_loss)]
+    if max > 0.0 && max.is_finite() {
+        max / steps as f32
+    } else {
+        1.0
+    }
+}
+
+/// `y` rounded half away from zero into [-limit, limit] (NaN: 0). By hand because `f32::round`
+/// is a libm call on baseline x86-64, once per embedding element of every logged decision.
 #[allow(clippy::cast_possible_truncation)]
-fn quantize(y: f32) -> i8 {
+fn quantize(y: f32, limit: i32) -> i32 {
     let r = if y >= 0.0 { y + 0.5 } else { y - 0.5 };
-    // `as` saturates and maps NaN to 0, and the clamp keeps -128 out.
-    (r as i32).clamp(-127, 127) as i8
+    // `as` saturates and maps NaN to 0.
+    (r as i32).clamp(-limit, limit)
 }
 
 /// Lowercase hexadecimal of `bytes`.
@@ -193,9 +291,10 @@ impl Digest {
     }
 }
 
-/// A decision as stored; the id is the key, model, tiers and schema are a context number.
+/// A decision as stored; the id is the key, model, tiers and schema are a context number. `F`
+/// is the layout's feature vector (the only field that changed from the second to the third).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct DiskDecision {
+struct DiskDecision<F> {
     context: u32,
     time_unix_ms: u64,
     /// Index of the chosen tier in the context's tiers, or its name when it is not there.
@@ -205,7 +304,7 @@ struct DiskDecision {
     knobs: DiskKnobs,
     tenant: Option<String>,
     labels: BTreeMap<String, String>,
-    features: PackedFeatures,
+    features: F,
     prompt_tokens: u32,
     context_tokens: u32,
     estimated_cost_usd: f64,
@@ -238,11 +337,11 @@ struct DiskOutcome {
     orphan: bool,
 }
 
-fn versioned<T: Serialize>(value: &T) -> Vec<u8> {
+fn versioned<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
     // Serialized after the version byte in place (no second copy). Serializing these plain
-    // structs into a Vec cannot fail; an empty record would be refused on reading rather
-    // than misread.
-    postcard::to_extend(value, vec![RECORD_V2]).unwrap_or_else(|_| vec![RECORD_V2])
+    // structs into a Vec cannot fail; a record of the version byte alone would be refused on
+    // reading rather than misread.
+    postcard::to_extend(value, vec![version]).unwrap_or_else(|_| vec![version])
 }
 
 /// Encodes a decision given its context number.
@@ -278,7 +377,7 @@ pub fn encode_decision(d: &DecisionRecord, context: u32, embedding_dim: usize) -
         prompt_sha256: Digest::pack(&d.prompt_sha256),
         prompt: d.prompt.clone(),
     };
-    versioned(&disk)
+    versioned(RECORD_V3, &disk)
 }
 
 /// Decodes a stored decision value of either layout; `contexts` resolves context numbers.
@@ -291,43 +390,59 @@ pub fn decode_decision(
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice(value)?),
         Some(&RECORD_V2) => {
-            let d: DiskDecision = postcard::from_bytes(&value[1..])?;
-            let c = usize::try_from(d.context)
-                .ok()
-                .and_then(|i| contexts.get(i))
-                .ok_or(CodecError::UnknownContext(d.context))?;
-            let tier = match d.tier {
-                Ok(i) => c.tiers.get(usize::from(i)).cloned().unwrap_or_default(),
-                Err(name) => name,
-            };
-            Ok(DecisionRecord {
-                decision_id: key_id(),
-                time_unix_ms: d.time_unix_ms,
-                model_version: c.model_version.clone(),
-                tiers: c.tiers.clone(),
-                tier,
-                p_sufficient: d.p_sufficient.iter().map(|&p| widen(p)).collect(),
-                propensity: widen(d.propensity),
-                schema_fingerprint: c.schema_fingerprint.clone(),
-                knobs: KnobsRecord {
-                    min_tier: d.knobs.min_tier,
-                    max_tier: d.knobs.max_tier,
-                    max_cost_usd: d.knobs.max_cost_usd,
-                    latency_sensitive: d.knobs.latency_sensitive,
-                    quality_target: d.knobs.quality_target,
-                },
-                tenant: d.tenant,
-                labels: d.labels,
-                features: d.features.unpack(),
-                prompt_tokens: d.prompt_tokens,
-                context_tokens: d.context_tokens,
-                estimated_cost_usd: d.estimated_cost_usd,
-                prompt_sha256: d.prompt_sha256.unpack(),
-                prompt: d.prompt,
-            })
+            let d: DiskDecision<PackedFeaturesV2> = postcard::from_bytes(&value[1..])?;
+            let features = d.features.unpack();
+            from_disk(key_id, d, features, contexts)
+        }
+        Some(&RECORD_V3) => {
+            let d: DiskDecision<PackedFeatures> = postcard::from_bytes(&value[1..])?;
+            let features = d.features.unpack()?;
+            from_disk(key_id, d, features, contexts)
         }
         Some(&v) => Err(CodecError::Version(v)),
     }
+}
+
+/// A stored decision of either binary layout, its features already unpacked.
+fn from_disk<F>(
+    key_id: impl FnOnce() -> String,
+    d: DiskDecision<F>,
+    features: Vec<f32>,
+    contexts: &[Context],
+) -> Result<DecisionRecord, CodecError> {
+    let c = usize::try_from(d.context)
+        .ok()
+        .and_then(|i| contexts.get(i))
+        .ok_or(CodecError::UnknownContext(d.context))?;
+    let tier = match d.tier {
+        Ok(i) => c.tiers.get(usize::from(i)).cloned().unwrap_or_default(),
+        Err(name) => name,
+    };
+    Ok(DecisionRecord {
+        decision_id: key_id(),
+        time_unix_ms: d.time_unix_ms,
+        model_version: c.model_version.clone(),
+        tiers: c.tiers.clone(),
+        tier,
+        p_sufficient: d.p_sufficient.iter().map(|&p| widen(p)).collect(),
+        propensity: widen(d.propensity),
+        schema_fingerprint: c.schema_fingerprint.clone(),
+        knobs: KnobsRecord {
+            min_tier: d.knobs.min_tier,
+            max_tier: d.knobs.max_tier,
+            max_cost_usd: d.knobs.max_cost_usd,
+            latency_sensitive: d.knobs.latency_sensitive,
+            quality_target: d.knobs.quality_target,
+        },
+        tenant: d.tenant,
+        labels: d.labels,
+        features,
+        prompt_tokens: d.prompt_tokens,
+        context_tokens: d.context_tokens,
+        estimated_cost_usd: d.estimated_cost_usd,
+        prompt_sha256: d.prompt_sha256.unpack(),
+        prompt: d.prompt,
+    })
 }
 
 /// The f64 nearest the f32's shortest decimal form, so 0.7 stored as f32 reads back as 0.7
@@ -355,7 +470,8 @@ pub fn decision_time(value: &[u8]) -> Result<u64, CodecError> {
     match value.first() {
         None => Err(CodecError::Empty),
         Some(b'{') => Ok(serde_json::from_slice::<JsonHead>(value)?.time_unix_ms),
-        Some(&RECORD_V2) => Ok(postcard::take_from_bytes::<Head>(&value[1..])?
+        // Both binary layouts start with the context and the time.
+        Some(&(RECORD_V2 | RECORD_V3)) => Ok(postcard::take_from_bytes::<Head>(&value[1..])?
             .0
             .time_unix_ms),
         Some(&v) => Err(CodecError::Version(v)),
@@ -377,7 +493,7 @@ pub fn encode_outcome(o: &OutcomeRecord) -> Vec<u8> {
         recorded_at_unix_ms: o.recorded_at_unix_ms,
         orphan: o.orphan,
     };
-    versioned(&disk)
+    versioned(RECORD_V2, &disk)
 }
 
 /// Decodes a stored outcome of either layout.

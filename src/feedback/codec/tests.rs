@@ -41,7 +41,7 @@ fn a_decision_round_trips_with_features_within_their_quantization_step() {
     let id = uuid::Uuid::now_v7().to_string();
     let d = record(&id);
     let bytes = encode_decision(&d, 0, 64);
-    assert_eq!(bytes[0], RECORD_V2);
+    assert_eq!(bytes[0], RECORD_V3);
     let back = decode_decision(|| id.clone(), &bytes, &contexts(&d)).unwrap();
     let exact = DecisionRecord {
         features: back.features.clone(),
@@ -52,12 +52,9 @@ fn a_decision_round_trips_with_features_within_their_quantization_step() {
     assert_eq!(back, exact, "everything but the quantized numbers is exact");
     assert_eq!(back.features.len(), d.features.len());
     for (i, (a, b)) in d.features.iter().zip(&back.features).enumerate() {
-        // Half floats keep ~3 digits; int8 with a per-vector scale is within half a step.
-        let tol = if i < 7 {
-            a.abs() / 1_000.0
-        } else {
-            0.2 / 127.0
-        };
+        // Half floats keep ~3 digits; 4-bit steps of a per-vector scale are within half a
+        // step (the embedding's largest magnitude is under 0.2, so a step is under 0.2 / 7).
+        let tol = if i < 7 { a.abs() / 1_000.0 } else { 0.1 / 7.0 };
         assert!((a - b).abs() <= tol + 1e-7, "feature {i}: {a} became {b}");
     }
     // Markers (0/1) are exact.
@@ -67,8 +64,103 @@ fn a_decision_round_trips_with_features_within_their_quantization_step() {
         back.propensity, 0.95,
         "read back as written, not as 0.949999988"
     );
-    // A record of 71 features, labels and knobs stays small.
-    assert!(bytes.len() < 200, "{} bytes", bytes.len());
+    // A record of 71 features, labels and knobs stays small: the 64-dim embedding takes 32
+    // bytes, the 7 hand-made features 5 zeros in a bitmap and 5 half floats.
+    assert!(bytes.len() < 170, "{} bytes", bytes.len());
+}
+
+/// A decision as the second layout wrote it (int8 embedding, every dense value kept).
+fn encode_v2(d: &DecisionRecord, context: u32, embedding_dim: usize) -> Vec<u8> {
+    #[allow(clippy::cast_possible_truncation)]
+    let disk = DiskDecision {
+        context,
+        time_unix_ms: d.time_unix_ms,
+        tier: d
+            .tiers
+            .iter()
+            .position(|t| *t == d.tier)
+            .map(|i| i as u8)
+            .ok_or_else(|| d.tier.clone()),
+        p_sufficient: d.p_sufficient.iter().map(|&p| p as f32).collect(),
+        propensity: d.propensity as f32,
+        knobs: DiskKnobs {
+            min_tier: d.knobs.min_tier.clone(),
+            max_tier: d.knobs.max_tier.clone(),
+            max_cost_usd: d.knobs.max_cost_usd,
+            latency_sensitive: d.knobs.latency_sensitive,
+            quality_target: d.knobs.quality_target,
+        },
+        tenant: d.tenant.clone(),
+        labels: d.labels.clone(),
+        features: PackedFeaturesV2::pack(&d.features, embedding_dim),
+        prompt_tokens: d.prompt_tokens,
+        context_tokens: d.context_tokens,
+        estimated_cost_usd: d.estimated_cost_usd,
+        prompt_sha256: Digest::pack(&d.prompt_sha256),
+        prompt: d.prompt.clone(),
+    };
+    versioned(RECORD_V2, &disk)
+}
+
+#[test]
+fn a_second_layout_record_still_reads_with_its_int8_precision() {
+    let id = uuid::Uuid::now_v7().to_string();
+    let d = record(&id);
+    let bytes = encode_v2(&d, 0, 64);
+    assert_eq!(bytes[0], RECORD_V2);
+    assert_eq!(decision_time(&bytes).unwrap(), d.time_unix_ms);
+    let back = decode_decision(|| id.clone(), &bytes, &contexts(&d)).unwrap();
+    assert_eq!(back.tier, d.tier);
+    assert_eq!(back.knobs, d.knobs);
+    assert_eq!(back.features.len(), d.features.len());
+    for (a, b) in d.features[7..].iter().zip(&back.features[7..]) {
+        assert!((a - b).abs() <= 0.1 / 127.0 + 1e-7, "{a} became {b}");
+    }
+}
+
+#[test]
+fn feature_parts_that_contradict_their_lengths_are_refused() {
+    let p = PackedFeatures::pack(&[3.0, 0.0, 5.0, 0.5, -0.25, 0.125], 3);
+    assert_eq!(&p.unpack().unwrap()[..3], &[3.0, 0.0, 5.0]);
+    let broken = [
+        PackedFeatures {
+            dense_len: u32::MAX,
+            ..p.clone()
+        },
+        PackedFeatures {
+            embedding_len: u32::MAX,
+            ..p.clone()
+        },
+        PackedFeatures {
+            dense: vec![],
+            ..p.clone()
+        },
+        PackedFeatures {
+            nonzero: vec![0xff],
+            ..p.clone()
+        },
+        PackedFeatures {
+            embedding: vec![],
+            ..p.clone()
+        },
+    ];
+    for b in broken {
+        assert!(matches!(b.unpack(), Err(CodecError::Malformed(_))), "{b:?}");
+    }
+}
+
+#[test]
+fn four_bit_steps_keep_the_sign_and_the_extremes() {
+    let v = [0.7f32, -0.7, 0.35, -0.05, 0.0, 0.1, -0.6];
+    let p = PackedFeatures::pack(&v, v.len());
+    let back = p.unpack().unwrap();
+    let step = 0.7 / 7.0;
+    for (a, b) in v.iter().zip(&back) {
+        assert!((a - b).abs() <= step / 2.0 + 1e-6, "{a} became {b}");
+    }
+    assert_eq!(back[0], 0.7);
+    assert_eq!(back[1], -0.7);
+    assert_eq!(p.embedding.len(), 4, "two steps a byte");
 }
 
 #[test]
@@ -173,10 +265,18 @@ fn digests_pack_to_bytes_only_when_they_round_trip() {
 #[test]
 fn non_finite_or_empty_embeddings_do_not_poison_the_record() {
     let p = PackedFeatures::pack(&[1.0, 0.0, 0.0], 2);
-    assert_eq!(p.unpack(), vec![1.0, 0.0, 0.0]);
+    assert_eq!(p.unpack().unwrap(), vec![1.0, 0.0, 0.0]);
     let p = PackedFeatures::pack(&[f32::INFINITY, 2.0], 1);
-    assert_eq!(p.unpack()[1], 2.0);
-    assert_eq!(PackedFeatures::pack(&[], 5).unpack(), Vec::<f32>::new());
+    let back = p.unpack().unwrap();
+    assert!(back[0].is_infinite());
+    assert!((back[1] - 2.0).abs() < 1e-6, "{}", back[1]);
+    // An infinite embedding element cannot set the scale; it saturates at the top step.
+    let p = PackedFeatures::pack(&[f32::INFINITY, f32::NAN, 0.5], 3);
+    assert_eq!(p.unpack().unwrap(), vec![7.0, 0.0, 1.0]);
+    assert_eq!(
+        PackedFeatures::pack(&[], 5).unpack().unwrap(),
+        Vec::<f32>::new()
+    );
 }
 
 #[test]
@@ -185,12 +285,14 @@ fn quantizing_rounds_half_away_from_zero_and_clamps() {
         -300.0f32, -127.6, -127.4, -2.5, -0.5, -0.49, 0.0, 0.49, 0.5, 1.5, 2.5, 126.5, 127.0, 900.0,
     ] {
         #[allow(clippy::cast_possible_truncation)]
-        let expected = y.round().clamp(-127.0, 127.0) as i8;
-        assert_eq!(super::quantize(y), expected, "{y}");
+        let expected = y.round().clamp(-127.0, 127.0) as i32;
+        assert_eq!(super::quantize(y, 127), expected, "{y}");
+        let expected = y.round().clamp(-7.0, 7.0) as i32;
+        assert_eq!(super::quantize(y, 7), expected, "{y}");
     }
-    assert_eq!(super::quantize(f32::NAN), 0);
-    assert_eq!(super::quantize(f32::INFINITY), 127);
-    assert_eq!(super::quantize(f32::NEG_INFINITY), -127);
+    assert_eq!(super::quantize(f32::NAN, 7), 0);
+    assert_eq!(super::quantize(f32::INFINITY, 127), 127);
+    assert_eq!(super::quantize(f32::NEG_INFINITY, 7), -7);
 }
 
 #[test]
