@@ -252,7 +252,7 @@ pub(crate) async fn messages_handler(
     if stream {
         return stream_response(core, input, chat, deadline, model).await;
     }
-    let c = match core.complete(input, chat, deadline).await {
+    let c = match core.complete(input, chat, deadline, None).await {
         Ok(c) => c,
         Err(e) => return error(&e),
     };
@@ -288,7 +288,7 @@ async fn stream_response(
     deadline: std::time::Instant,
     model: String,
 ) -> Response {
-    let (decision, mut pieces) = match core.complete_stream(input, chat, deadline).await {
+    let (decision, mut pieces) = match core.complete_stream(input, chat, deadline, None).await {
         Ok(r) => r,
         Err(e) => return error(&e),
     };

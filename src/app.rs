@@ -183,13 +183,31 @@ impl Triage {
         Instant::now() + caller.map_or(cap, |c| c.min(cap))
     }
 
-    /// Routes one request (off the async workers for large ones) and logs the decision.
-    pub async fn route(&self, input: RouteInput) -> Result<(Decision, RouteInput), Error> {
-        let _slot = self
-            .admission
-            .gate(crate::admission::Class::Route)
-            .admit()
-            .await?;
+    /// The admission gates, shared with the gRPC door's layer that admits before reading.
+    pub fn admission_gates(&self) -> Arc<crate::admission::Admission> {
+        self.admission.clone()
+    }
+
+    /// The slot a door already took (the gRPC door admits before decoding), or one taken now.
+    async fn slot(
+        &self,
+        class: crate::admission::Class,
+        admitted: Option<crate::admission::Permit>,
+    ) -> Result<crate::admission::Permit, Error> {
+        match admitted {
+            Some(p) => Ok(p),
+            None => self.admission.gate(class).admit().await,
+        }
+    }
+
+    /// Routes one request (off the async workers for large ones) and logs the decision;
+    /// `admitted` is a slot the door took before reading the request, if it did.
+    pub async fn route(
+        &self,
+        input: RouteInput,
+        admitted: Option<crate::admission::Permit>,
+    ) -> Result<(Decision, RouteInput), Error> {
+        let _slot = self.slot(crate::admission::Class::Route, admitted).await?;
         self.route_admitted(input).await
     }
 
@@ -239,12 +257,11 @@ impl Triage {
         input: RouteInput,
         chat: ChatRequest,
         deadline: Instant,
+        admitted: Option<crate::admission::Permit>,
     ) -> Result<Completion, Error> {
         let gateway = self.gateway()?;
         let _slot = self
-            .admission
-            .gate(crate::admission::Class::Complete)
-            .admit()
+            .slot(crate::admission::Class::Complete, admitted)
             .await?;
         let (decision, input) = self.route_admitted(input).await?;
         let tier = &self.config().tiers[decision.tier];
@@ -295,12 +312,11 @@ impl Triage {
         input: RouteInput,
         chat: ChatRequest,
         deadline: Instant,
+        admitted: Option<crate::admission::Permit>,
     ) -> Result<(Decision, tokio::sync::mpsc::Receiver<Piece>), Error> {
         let gateway = self.gateway()?;
         let slot = self
-            .admission
-            .gate(crate::admission::Class::Complete)
-            .admit()
+            .slot(crate::admission::Class::Complete, admitted)
             .await?;
         let (decision, input) = self.route_admitted(input).await?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(64);
@@ -374,13 +390,13 @@ impl Triage {
     }
 
     /// Stores a validated outcome; answers once it is durable.
-    pub async fn record_outcome(&self, record: OutcomeRecord) -> Result<Stored, Error> {
+    pub async fn record_outcome(
+        &self,
+        record: OutcomeRecord,
+        admitted: Option<crate::admission::Permit>,
+    ) -> Result<Stored, Error> {
         let fb = self.feedback.as_ref().ok_or(Error::FeedbackDisabled)?;
-        let _slot = self
-            .admission
-            .gate(crate::admission::Class::Route)
-            .admit()
-            .await?;
+        let _slot = self.slot(crate::admission::Class::Route, admitted).await?;
         let source = record.source.clone();
         let stored = fb.record_outcome(record).await.map_err(|e| {
             Error::Unavailable(if e.out_of_space {

@@ -352,7 +352,8 @@ pub struct RawServer {
     /// only add memory (each holds a huge prompt's token buffers).
     pub max_blocking_threads: usize,
     /// Route and outcome calls in flight at once, over every door; beyond it (and the queue)
-    /// callers get `RESOURCE_EXHAUSTED` / 429 with `Retry-After`.
+    /// callers get `RESOURCE_EXHAUSTED` / 429 with `Retry-After`. The gRPC door admits before
+    /// reading the body, so this also bounds the request bodies held at once.
     pub max_in_flight_routes: usize,
     /// Completions (unary and streamed) in flight at once, over every door.
     pub max_in_flight_completions: usize,
@@ -364,7 +365,8 @@ pub struct RawServer {
     /// (or after its last response, when kept alive) is closed, in milliseconds.
     pub header_timeout_ms: u64,
     /// An HTTP request body not received in full this long after its head, in milliseconds,
-    /// is answered 408 and the connection closed.
+    /// is answered 408 and the connection closed; a bounded gRPC call's body not received this
+    /// long after admission is answered `DEADLINE_EXCEEDED`.
     pub body_timeout_ms: u64,
     /// Open HTTP connections at once; more wait in the kernel's backlog.
     pub max_connections: usize,
@@ -392,7 +394,7 @@ impl Default for RawServer {
             concurrency_limit_per_connection: 256,
             blocking_threshold_bytes: 32 << 10,
             max_blocking_threads: 8,
-            max_in_flight_routes: 4_096,
+            max_in_flight_routes: 256,
             max_in_flight_completions: 1_024,
             max_queued: 128,
             queue_timeout_ms: 200,

@@ -581,7 +581,7 @@ async fn chat(
     if stream {
         return chat_stream(core, input, chat, deadline).await;
     }
-    let c = match core.complete(input, chat, deadline).await {
+    let c = match core.complete(input, chat, deadline, None).await {
         Ok(c) => c,
         Err(e) => return error(&e),
     };
@@ -622,7 +622,7 @@ async fn chat_stream(
     chat: crate::providers::ChatRequest,
     deadline: std::time::Instant,
 ) -> Response {
-    let (decision, mut pieces) = match core.complete_stream(input, chat, deadline).await {
+    let (decision, mut pieces) = match core.complete_stream(input, chat, deadline, None).await {
         Ok(r) => r,
         Err(e) => return error(&e),
     };
@@ -753,7 +753,7 @@ async fn feedback(
             Ok(r) => r,
             Err(e) => return error(&e.into()),
         };
-    match core.record_outcome(record).await {
+    match core.record_outcome(record, None).await {
         Ok(a) => Json(json!({"duplicate": a.duplicate, "orphan": a.orphan})).into_response(),
         Err(e) => error(&e),
     }

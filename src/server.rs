@@ -68,6 +68,7 @@ pub async fn serve(
     #[cfg(unix)]
     let hangup = spawn_hangup(engine.clone(), tls.clone())?;
     let core = crate::app::Triage::new(engine, feedback, gateway);
+    let gates = core.admission_gates();
     let service = RouterService::new(core.clone());
     // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -97,6 +98,10 @@ pub async fn serve(
         .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
         .layer(tower::util::MapResponseLayer::new(
             decode_error_is_invalid_argument::<tonic::body::Body>,
+        ))
+        .layer(crate::admission::AdmitLayer::new(
+            gates,
+            limits.body_timeout,
         ))
         .add_service(health)
         .add_service(reflection)

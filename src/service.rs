@@ -55,6 +55,15 @@ impl RouterService {
     }
 }
 
+/// The slot [`crate::admission::AdmitLayer`] took before the body was read; `None` when the
+/// service runs without the layer, and the core admits the call itself.
+fn admitted<T>(request: &Request<T>) -> Option<crate::admission::Permit> {
+    request
+        .extensions()
+        .get::<crate::admission::Admitted>()
+        .and_then(crate::admission::Admitted::take)
+}
+
 /// The caller's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`), less a
 /// little, so the core answers `DEADLINE_EXCEEDED` before the transport cancels the call.
 pub fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
@@ -664,11 +673,15 @@ impl Router for RouterService {
         use tokio_stream::StreamExt;
         let who = self.caller(request.metadata(), Scope::Client)?;
         let deadline = self.core.call_deadline(caller_deadline(request.metadata()));
+        let slot = admitted(&request);
         let req = request.into_inner();
         let request_id = req.route.as_ref().and_then(|r| r.request_id.clone());
         let (mut input, chat) = parse_complete(req, self.core.config()).map_err(Error::from)?;
         input.attribute(who.as_ref());
-        let (decision, pieces) = self.core.complete_stream(input, chat, deadline).await?;
+        let (decision, pieces) = self
+            .core
+            .complete_stream(input, chat, deadline, slot)
+            .await?;
         let first = pb::CompleteChunk {
             kind: Some(pb::complete_chunk::Kind::Decision(decision_to_proto(
                 decision, request_id,
@@ -685,11 +698,12 @@ impl Router for RouterService {
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteDecision>, Status> {
         let who = self.caller(request.metadata(), Scope::Client)?;
+        let slot = admitted(&request);
         let req = request.into_inner();
         let request_id = req.request_id.clone();
         let mut input = validate_route(req, self.core.config()).map_err(Error::from)?;
         input.attribute(who.as_ref());
-        let (decision, _) = self.within(self.core.route(input)).await?;
+        let (decision, _) = self.within(self.core.route(input, slot)).await?;
         Ok(Response::new(decision_to_proto(decision, request_id)))
     }
 
@@ -698,9 +712,10 @@ impl Router for RouterService {
         request: Request<pb::OutcomeRequest>,
     ) -> Result<Response<pb::OutcomeAck>, Status> {
         self.caller(request.metadata(), Scope::Client)?;
+        let slot = admitted(&request);
         let record = validate_outcome(request.into_inner(), self.core.config(), now_ms())
             .map_err(Error::from)?;
-        let stored = self.within(self.core.record_outcome(record)).await?;
+        let stored = self.within(self.core.record_outcome(record, slot)).await?;
         Ok(Response::new(pb::OutcomeAck {
             duplicate: stored.duplicate,
             orphan: stored.orphan,
@@ -713,11 +728,12 @@ impl Router for RouterService {
     ) -> Result<Response<pb::CompleteResponse>, Status> {
         let who = self.caller(request.metadata(), Scope::Client)?;
         let deadline = self.core.call_deadline(caller_deadline(request.metadata()));
+        let slot = admitted(&request);
         let req = request.into_inner();
         let request_id = req.route.as_ref().and_then(|r| r.request_id.clone());
         let (mut input, chat) = parse_complete(req, self.core.config()).map_err(Error::from)?;
         input.attribute(who.as_ref());
-        let c = self.core.complete(input, chat, deadline).await?;
+        let c = self.core.complete(input, chat, deadline, slot).await?;
         Ok(Response::new(completion_to_proto(c, request_id)))
     }
 

@@ -476,6 +476,67 @@ async fn a_flood_beyond_the_bound_is_refused_at_once_while_admitted_calls_succee
     }
 }
 
+/// The gRPC door admits a call before reading its body: a call whose body stalls holds the
+/// only slot, so the next is refused at once rather than read into memory, and the stalled
+/// one is answered DEADLINE_EXCEEDED after server.body_timeout_ms, which frees the slot.
+#[tokio::test]
+async fn grpc_calls_are_admitted_before_their_bodies_are_read_and_stalled_bodies_time_out() {
+    use tokio_stream::StreamExt;
+    let mut c = config();
+    c.server.max_in_flight_routes = 1;
+    c.server.max_queued = 0;
+    c.server.body_timeout = Duration::from_millis(1500);
+    let server = Server::start(c).await;
+    let mut client = server.client().await;
+    // A gRPC frame header announcing 1,000 bytes, then nothing more.
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&1000u32.to_be_bytes());
+    let body = tokio_stream::once(Ok::<_, std::io::Error>(prefix)).chain(tokio_stream::pending());
+    triage::providers::install_tls_provider();
+    let raw = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let stalled = raw
+        .post(format!("http://{}/triage.v1.Router/Route", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let stalled = tokio::spawn(stalled);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        match client.route(route_req("hello")).await {
+            Err(e) => break e,
+            // The stalled call may not have been admitted yet.
+            Ok(_) => assert!(
+                std::time::Instant::now() < until,
+                "the stalled call never held the slot"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("server.max_in_flight_routes"),
+        "{}",
+        refused.message()
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(20), stalled)
+        .await
+        .expect("the stalled call was never answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.headers()["grpc-status"], "4", "{answer:?}");
+    let message = answer.headers()["grpc-message"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("server.body_timeout_ms"), "{message}");
+    // The slot is free again.
+    client.route(route_req("hello again")).await.unwrap();
+}
+
 /// A connection that trickles its request head, or its body, is closed once
 /// server.header_timeout_ms / server.body_timeout_ms pass.
 #[tokio::test]
