@@ -14,16 +14,17 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// headers); libmimalloc-sys does not name it.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// mimalloc purges freed pages only after a delay and only when their thread allocates again,
-/// so what a flood used stayed resident after it; purging at once (with transparent huge
-/// pages off, the `no_thp` feature) took a 2,000-stream flood from 86 MB idle / 171 MB after
-/// to 60 / 80 MB, with no loss of throughput measured (benches/RESULTS.md). An operator's
-/// own `MIMALLOC_PURGE_DELAY` still wins.
+/// mimalloc v3 purges freed pages a second after they are freed, and only when their thread
+/// allocates again, so what a flood used stayed resident after it. With transparent huge
+/// pages off (the `no_thp` feature) and a 10 ms delay, a 2,000-stream flood goes from 86 MB
+/// idle / 171 MB after to ~63 / ~88 MB; purging at once gives back a little more (80 MB)
+/// but costs ~5 % of Route throughput (benches/RESULTS.md). An operator's own
+/// `MIMALLOC_PURGE_DELAY` still wins.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mi_option_set only stores a value in mimalloc's option table; the purge
         // delay is read each time freed pages are considered for purging.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
     }
 }
 
