@@ -1,5 +1,5 @@
-//! Load shedding: a bound on calls in flight per kind of call, a short wait queue, and an
-//! immediate refusal beyond both, so overload is answered at once instead of queued for ever.
+//! Load shedding: a bound on calls in flight per kind of call, a short wait queue, an immediate
+//! refusal beyond both, and the gRPC layer that applies them before a request body is read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
