@@ -368,7 +368,8 @@ pub struct RawServer {
     /// is answered 408 and the connection closed; a bounded gRPC call's body not received this
     /// long after admission is answered `DEADLINE_EXCEEDED`.
     pub body_timeout_ms: u64,
-    /// Open HTTP connections at once; more wait in the kernel's backlog.
+    /// Open connections at once on each door (gRPC and HTTP counted apart); more wait in the
+    /// kernel's backlog.
     pub max_connections: usize,
     /// On SIGTERM, in-flight calls get this long to finish before the server stops anyway,
     /// in milliseconds.
@@ -732,9 +733,9 @@ pub struct ServerConfig {
     pub queue_timeout: std::time::Duration,
     /// Deadline for an HTTP request head.
     pub header_timeout: std::time::Duration,
-    /// Deadline for an HTTP request body.
+    /// Deadline for a request body (HTTP) or for an admitted gRPC call's body.
     pub body_timeout: std::time::Duration,
-    /// Open HTTP connections at once.
+    /// Open connections at once, per door.
     pub max_connections: usize,
     /// How long shutdown waits for in-flight calls.
     pub drain_timeout: std::time::Duration,

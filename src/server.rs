@@ -109,14 +109,16 @@ pub async fn serve(
         .add_service(router);
     type Served<'a> =
         std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send + 'a>>;
+    // At most server.max_connections gRPC connections open at once; beyond them new ones wait
+    // in the kernel's backlog instead of each taking h2 buffers.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let grpc: Served<'_> = match tls {
-        // Without TCP_NODELAY, small gRPC replies wait on delayed ACKs (~40 ms each).
         None => Box::pin(services.serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            plain_incoming(listener, slots, stop_rx.clone()),
             shutdown,
         )),
         Some(tls) => Box::pin(services.serve_with_incoming_shutdown(
-            tls_incoming(listener, tls, limits.header_timeout, stop_rx.clone()),
+            tls_incoming(listener, tls, limits.header_timeout, slots, stop_rx.clone()),
             shutdown,
         )),
     };
@@ -160,20 +162,111 @@ fn decode_error_is_invalid_argument<B>(mut r: axum::http::Response<B>) -> axum::
     r
 }
 
-/// gRPC connections over TLS: accepted here, each handshake in its own task (bounded by
-/// `server.header_timeout_ms`) with the certificate current at that moment, so a SIGHUP
-/// reload applies to every new connection.
+/// A gRPC connection holding one of `server.max_connections` slots until it closes.
+struct Held {
+    io: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tokio::io::AsyncRead for Held {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Held {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for Held {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        tonic::transport::server::Connected::connect_info(&self.io)
+    }
+}
+
+/// The next connection once a slot is free, or `None` once `stop` fires.
+async fn accept_held(
+    listener: &TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Held> {
+    let slot = tokio::select! {
+        s = slots.clone().acquire_owned() => s.ok()?,
+        () = stopped(stop) => return None,
+    };
+    let io = accept(listener, stop).await?;
+    Some(Held { io, _slot: slot })
+}
+
+/// Plain gRPC connections, each holding a slot.
+fn plain_incoming(
+    listener: TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Held, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Some(held) = accept_held(&listener, &slots, &mut stop).await {
+            if tx.send(Ok(held)).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// gRPC connections over TLS: accepted here, each holding a slot, each handshake in its own
+/// task (bounded by `server.header_timeout_ms`) with the certificate current at that moment,
+/// so a SIGHUP reload applies to every new connection.
 fn tls_incoming(
     listener: TcpListener,
     tls: Arc<crate::tls::Tls>,
     handshake: std::time::Duration,
+    slots: Arc<tokio::sync::Semaphore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    Result<tokio_rustls::server::TlsStream<Held>, std::io::Error>,
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        while let Some(stream) = accept(&listener, &mut stop).await {
+        while let Some(stream) = accept_held(&listener, &slots, &mut stop).await {
             let (acceptor, tx) = (tls.grpc_acceptor(), tx.clone());
             tokio::spawn(async move {
                 if let Some(s) = handshake_within(handshake, &acceptor, stream).await {
@@ -211,11 +304,14 @@ async fn accept(
 
 /// A TLS handshake bounded like a request head, so a client that never finishes it holds its
 /// own task for a while and nothing else.
-async fn handshake_within(
+async fn handshake_within<IO>(
     limit: std::time::Duration,
     acceptor: &tokio_rustls::TlsAcceptor,
-    stream: tokio::net::TcpStream,
-) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    stream: IO,
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {

@@ -537,6 +537,39 @@ async fn grpc_calls_are_admitted_before_their_bodies_are_read_and_stalled_bodies
     client.route(route_req("hello again")).await.unwrap();
 }
 
+/// gRPC connections are bounded like HTTP ones: with server.max_connections = 1 a second
+/// connection is not served while the first is open, and is served once it closes.
+#[tokio::test]
+async fn grpc_connections_beyond_the_bound_wait_until_one_closes() {
+    let mut c = config();
+    c.server.max_connections = 1;
+    let server = Server::start(c).await;
+    let mut first = server.client().await;
+    first.route(route_req("hello")).await.unwrap();
+    let lazy = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect_lazy();
+    let mut second = RouterClient::new(lazy);
+    // It cannot be answered while the first connection holds the only slot.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), second.route(route_req("hi")))
+            .await
+            .is_err(),
+        "a second connection was served beyond server.max_connections"
+    );
+    drop(first);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), second.route(route_req("hi"))).await {
+            Ok(Ok(_)) => break,
+            _ => assert!(
+                std::time::Instant::now() < until,
+                "the second connection was never served after the first closed"
+            ),
+        }
+    }
+}
+
 /// A connection that trickles its request head, or its body, is closed once
 /// server.header_timeout_ms / server.body_timeout_ms pass.
 #[tokio::test]
