@@ -162,8 +162,8 @@ impl Triage {
         !self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// The load-shedding gates (for metrics).
-    pub fn admission(&self) -> &crate::admission::Admission {
+    /// The load-shedding gates (for metrics, and for the gRPC layer that admits before reading).
+    pub fn admission(&self) -> &Arc<crate::admission::Admission> {
         &self.admission
     }
 
@@ -181,11 +181,6 @@ impl Triage {
     pub fn call_deadline(&self, caller: Option<Duration>) -> Instant {
         let cap = self.config().gateway.call_timeout;
         Instant::now() + caller.map_or(cap, |c| c.min(cap))
-    }
-
-    /// The admission gates, shared with the gRPC door's layer that admits before reading.
-    pub fn admission_gates(&self) -> Arc<crate::admission::Admission> {
-        self.admission.clone()
     }
 
     /// The slot a door already took (the gRPC door admits before decoding), or one taken now.

@@ -68,7 +68,7 @@ pub async fn serve(
     #[cfg(unix)]
     let hangup = spawn_hangup(engine.clone(), tls.clone())?;
     let core = crate::app::Triage::new(engine, feedback, gateway);
-    let gates = core.admission_gates();
+    let gates = core.admission().clone();
     let service = RouterService::new(core.clone());
     // One shutdown for both front doors: the gRPC one's future fires it for the HTTP one.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
