@@ -14,8 +14,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// headers); libmimalloc-sys does not name it.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// mimalloc v3 purges freed pages a second after they are freed, and only when their thread
-/// allocates again, so what a flood used stayed resident after it. With transparent huge
+/// mimalloc v3 purges freed pages lazily (1 s delay by default), and what a flood used stayed
+/// resident after it. With transparent huge
 /// pages off (the `no_thp` feature) and a 10 ms delay, a 2,000-stream flood goes from 86 MB
 /// idle / 171 MB after to ~63 / ~88 MB; purging at once gives back a little more (80 MB)
 /// but costs ~5 % of Route throughput (benches/RESULTS.md). An operator's own
