@@ -40,11 +40,29 @@ fn option_letter(line: &str) -> Option<u8> {
     }
 }
 
-/// Whether `word` occurs in `hay` with no ASCII letter on either side.
-fn has_word(hay: &[u8], word: &str) -> bool {
+/// Phrases searched in every prompt: [`NEGATIONS`], then the three phrase flags.
+const PHRASES: [&str; 8] = [
+    NEGATIONS[0],
+    NEGATIONS[1],
+    NEGATIONS[2],
+    NEGATIONS[3],
+    NEGATIONS[4],
+    "statement 1",
+    "which of the following",
+    " of the above",
+];
+
+/// The searchers of [`PHRASES`], built once: building one costs about as much as running it
+/// on a short prompt.
+static FINDERS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 8]> =
+    std::sync::LazyLock::new(|| PHRASES.map(memchr::memmem::Finder::new));
+
+/// Whether the phrase of `finder` occurs in `hay` with no ASCII letter on either side.
+fn has_word(hay: &[u8], finder: &memchr::memmem::Finder<'_>) -> bool {
+    let len = finder.needle().len();
     let not_letter = |c: Option<&u8>| c.is_none_or(|c| !c.is_ascii_alphabetic());
-    memchr::memmem::find_iter(hay, word.as_bytes()).any(|i| {
-        not_letter(i.checked_sub(1).and_then(|j| hay.get(j))) && not_letter(hay.get(i + word.len()))
+    finder.find_iter(hay).any(|i| {
+        not_letter(i.checked_sub(1).and_then(|j| hay.get(j))) && not_letter(hay.get(i + len))
     })
 }
 
@@ -96,8 +114,11 @@ pub fn choice_stats(text: &str) -> [f32; 12] {
     let lower = text.to_ascii_lowercase();
     let lower = lower.as_bytes();
     let lower_stem = &lower[..stem_end];
-    let negated = NEGATIONS.iter().any(|n| has_word(lower_stem, n));
-    let contains = |p: &str| memchr::memmem::find(lower, p.as_bytes()).is_some();
+    let finders = &*FINDERS;
+    let negated = finders[..NEGATIONS.len()]
+        .iter()
+        .any(|f| has_word(lower_stem, f));
+    let contains = |i: usize| finders[i].find(lower).is_some();
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     [
         n.ln_1p(),
@@ -109,9 +130,9 @@ pub fn choice_stats(text: &str) -> [f32; 12] {
         (memchr::memchr_iter(b'\n', stem.as_bytes()).count() as f32).ln_1p(),
         flag(stem.contains('?')),
         flag(negated),
-        flag(contains("statement 1")),
-        flag(contains("which of the following")),
-        flag(contains(" of the above")),
+        flag(contains(5)),
+        flag(contains(6)),
+        flag(contains(7)),
     ]
 }
 
