@@ -162,13 +162,14 @@ fn decode_error_is_invalid_argument<B>(mut r: axum::http::Response<B>) -> axum::
     r
 }
 
-/// A gRPC connection holding one of `server.max_connections` slots until it closes.
-struct Held {
-    io: tokio::net::TcpStream,
+/// A gRPC connection (plain or TLS) holding one of `server.max_connections` slots until it
+/// closes.
+struct Held<IO = tokio::net::TcpStream> {
+    io: IO,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl tokio::io::AsyncRead for Held {
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Held<IO> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -178,7 +179,7 @@ impl tokio::io::AsyncRead for Held {
     }
 }
 
-impl tokio::io::AsyncWrite for Held {
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Held<IO> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -198,7 +199,7 @@ impl tokio::io::AsyncWrite for Held {
     /// Reported as not vectored on purpose: h2 then copies DATA frames up to 1 KB into its
     /// write buffer instead of chaining each one over 256 bytes, and a chained frame makes it
     /// flush before it buffers the next. A `Route` answer (~390 bytes) therefore cost a
-    /// `writev` of its own; copied, the answers of many streams go out in one.
+    /// `writev` (or TLS record) of its own; copied, the answers of many streams go out in one.
     fn is_write_vectored(&self) -> bool {
         false
     }
@@ -218,8 +219,8 @@ impl tokio::io::AsyncWrite for Held {
     }
 }
 
-impl tonic::transport::server::Connected for Held {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Held<IO> {
+    type ConnectInfo = IO::ConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         tonic::transport::server::Connected::connect_info(&self.io)
     }
@@ -266,15 +267,16 @@ fn tls_incoming(
     slots: Arc<tokio::sync::Semaphore>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<Held>, std::io::Error>,
+    Result<Held<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>, std::io::Error>,
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        while let Some(stream) = accept_held(&listener, &slots, &mut stop).await {
+        while let Some(Held { io, _slot }) = accept_held(&listener, &slots, &mut stop).await {
             let (acceptor, tx) = (tls.grpc_acceptor(), tx.clone());
             tokio::spawn(async move {
-                if let Some(s) = handshake_within(handshake, &acceptor, stream).await {
-                    let _ = tx.send(Ok(s)).await;
+                // The slot is held through the handshake too.
+                if let Some(io) = handshake_within(handshake, &acceptor, io).await {
+                    let _ = tx.send(Ok(Held { io, _slot })).await;
                 }
             });
         }
