@@ -2,6 +2,7 @@
 //! queue, outcomes made durable by group commit before they are acknowledged.
 
 mod codec;
+mod page;
 mod store;
 
 use std::path::Path;
@@ -162,7 +163,8 @@ fn count_stored(counters: &Counters, s: Stored) {
 /// queue behind their decision, so they are never stored before it.
 #[derive(Debug)]
 enum LogEntry {
-    Decision(DecisionRecord),
+    /// Key and record, encoded by [`Store::encode`] on the routing thread.
+    Decision((Vec<u8>, Vec<u8>)),
     Call(OutcomeRecord),
 }
 
@@ -253,19 +255,21 @@ impl Feedback {
                             }
                         }
                         let mut written = 0;
-                        match store.put_decisions(&decisions) {
+                        let n = decisions.len() as u64;
+                        match store.put_encoded(std::mem::take(&mut decisions)) {
                             Ok(()) => {
-                                written = decisions.len() as u64;
-                                counters.decisions_written.fetch_add(written, Ordering::Relaxed);
+                                written = n;
+                                counters
+                                    .decisions_written
+                                    .fetch_add(written, Ordering::Relaxed);
                             }
                             Err(e) => {
                                 // Counted in records, like every other counter here; decisions
                                 // are dropped rather than retried so routing never waits on disk.
-                                count_failure(&counters, &e, decisions.len() as u64);
-                                tracing::error!(error = %e, lost = decisions.len(), "writing decisions failed");
+                                count_failure(&counters, &e, n);
+                                tracing::error!(error = %e, lost = n, "writing decisions failed");
                             }
                         }
-                        decisions.clear();
                         // After the decisions they came behind, so none looks like an orphan.
                         for o in calls.drain(..) {
                             match store.put_outcome(o) {
@@ -330,7 +334,13 @@ impl Feedback {
     /// Queues a decision without waiting; a full queue drops it and counts the drop, so logging
     /// never slows routing down.
     pub fn log_decision(&self, record: DecisionRecord) {
-        self.log(LogEntry::Decision(record));
+        match self.store.encode(&record) {
+            Ok(encoded) => self.log(LogEntry::Decision(encoded)),
+            Err(e) => {
+                count_failure(&self.counters, &e, 1);
+                tracing::error!(error = %e, "encoding a decision failed; dropped");
+            }
+        }
     }
 
     /// Queues the gateway's facts about a call (latency, tokens, cost, error class) behind its

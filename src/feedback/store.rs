@@ -1,18 +1,20 @@
-//! The sled store behind the feedback loop: time-sorted decisions and outcomes trees,
+//! The sled store behind the feedback loop: time-sorted pages of decisions, outcomes,
 //! idempotent outcome inserts, retention, the size cap's removals, and JSON Lines export.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sled::IVec;
 
 use super::codec::{
-    CodecError, Context, decision_key, decision_time, decode_decision, decode_outcome,
-    encode_decision, encode_outcome, key_decision_id, outcome_key, text_keys_start, time_key,
+    CodecError, Context, KEY_TEXT, KEY_UUID_V7, decision_key, decision_time, decode_decision,
+    decode_outcome, encode_decision, encode_outcome, key_decision_id, outcome_key, text_keys_start,
+    time_key,
 };
+use super::page::{Page, PageBuilder, page_len};
 use crate::error::LoadError;
 
 /// The request knobs as logged.
@@ -178,7 +180,11 @@ struct Contexts {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Pages of decisions (`super::page`), each under its first record's key.
     decisions: sled::Tree,
+    /// Per key class (the key's first byte), the last key of the newest run page: a decision
+    /// at or below it is stored as a page of its own.
+    runs: Arc<Mutex<BTreeMap<u8, Vec<u8>>>>,
     outcomes: sled::Tree,
     contexts_tree: sled::Tree,
     meta: sled::Tree,
@@ -216,8 +222,10 @@ pub fn merge(mut stored: OutcomeRecord, new: &OutcomeRecord) -> Option<OutcomeRe
     })
 }
 
-/// Tree names of this layout; the first layout's trees were `decisions` and `outcomes`.
-const DECISIONS: &str = "decisions/2";
+/// Tree names of this layout; the first layout's trees were `decisions` and `outcomes`, the
+/// second kept one decision per key in `decisions/2`.
+const DECISIONS: &str = "decisions/3";
+const LEGACY_DECISIONS: &str = "decisions/2";
 const OUTCOMES: &str = "outcomes/2";
 const CONTEXTS: &str = "contexts/2";
 const META: &str = "meta";
@@ -225,6 +233,19 @@ const META: &str = "meta";
 const PROMPTS_EXPIRED_UNTIL: &[u8] = b"prompts_expired_until";
 /// Records per write batch in scans that rewrite or remove (bounds the memory a batch holds).
 const SCAN_BATCH: usize = 1_000;
+
+/// Whether a record goes on page `p`: it has room, and the record is of the page's key class
+/// (a key's first byte; pages never mix classes, so the text-keyed range can be scanned apart).
+fn fits(p: &PageBuilder, key: &[u8], record: &[u8]) -> bool {
+    p.fits(key.len(), record.len()) && p.last_key().first() == key.first()
+}
+
+/// One page's change: the records it loses (whose outcomes go too) and what replaces it.
+struct PageEdit {
+    page_key: IVec,
+    dropped: Vec<Vec<u8>>,
+    replacement: Option<(Vec<u8>, Vec<u8>)>,
+}
 
 fn lock_poisoned() -> StoreError {
     StoreError::Io(std::io::Error::other("context table lock poisoned"))
@@ -279,6 +300,7 @@ impl Store {
         }
         let store = Self {
             decisions: tree(DECISIONS)?,
+            runs: Arc::default(),
             outcomes: tree(OUTCOMES)?,
             meta: tree(META)?,
             contexts_tree,
@@ -290,7 +312,153 @@ impl Store {
         store
             .migrate_first_layout()
             .map_err(|e| LoadError::invalid(dir, format!("migrating the JSON layout: {e}")))?;
+        store
+            .migrate_to_pages()
+            .map_err(|e| LoadError::invalid(dir, format!("packing decisions into pages: {e}")))?;
+        store
+            .find_runs()
+            .map_err(|e| LoadError::invalid(dir, format!("reading the newest pages: {e}")))?;
         Ok(store)
+    }
+
+    /// Packs the second layout's one-decision-per-key tree into pages, in key order (so the
+    /// pages are runs that do not overlap), a batch of pages at a time: each batch is flushed
+    /// before its old records go, and an interrupted run packs the same pages again.
+    fn migrate_to_pages(&self) -> Result<(), StoreError> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == LEGACY_DECISIONS.as_bytes())
+        {
+            return Ok(());
+        }
+        let legacy = self.db.open_tree(LEGACY_DECISIONS)?;
+        loop {
+            let mut pages = sled::Batch::default();
+            let mut gone = sled::Batch::default();
+            let mut page: Option<PageBuilder> = None;
+            let mut n = 0;
+            for kv in legacy.iter().take(SCAN_BATCH) {
+                let (k, v) = kv?;
+                if let Some(p) = page.take_if(|p| !fits(p, &k, &v)) {
+                    let (pk, pv) = p.finish();
+                    pages.insert(pk, pv);
+                }
+                page.get_or_insert_with(|| PageBuilder::new(false))
+                    .push(&k, &v);
+                gone.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            if let Some(p) = page {
+                let (pk, pv) = p.finish();
+                pages.insert(pk, pv);
+            }
+            self.decisions.apply_batch(pages)?;
+            self.db.flush()?;
+            legacy.apply_batch(gone)?;
+        }
+        drop(legacy);
+        self.db.drop_tree(LEGACY_DECISIONS)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Reads, per key class, the last key of the newest run page.
+    fn find_runs(&self) -> Result<(), StoreError> {
+        let mut runs = BTreeMap::new();
+        for class in [KEY_UUID_V7, KEY_TEXT] {
+            for kv in self.decisions.range(vec![class]..vec![class + 1]).rev() {
+                let (_, v) = kv?;
+                let page = Page::parse(&v)?;
+                if !page.single() {
+                    if let Some((k, _)) = page.records().last() {
+                        runs.insert(class, k.to_vec());
+                    }
+                    break;
+                }
+            }
+        }
+        *self.runs.lock().map_err(|_| lock_poisoned())? = runs;
+        Ok(())
+    }
+
+    /// The page holding the decision under `key`, as (page key, page value). Walking back from
+    /// the key, only single pages can sit between it and the run that would hold it (runs never
+    /// overlap), so the walk stops at the first run page.
+    fn find_page(&self, key: &[u8]) -> Result<Option<(IVec, IVec)>, StoreError> {
+        for kv in self.decisions.range(..=key).rev() {
+            let (k, v) = kv?;
+            let page = Page::parse(&v)?;
+            if page.get(key).is_some() {
+                return Ok(Some((k, v)));
+            }
+            if !page.single() {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the store holds the decision under `key`.
+    fn contains_decision(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.find_page(key)?.is_some())
+    }
+
+    /// Where a scan for decisions at or after `key` must start: the newest run page that
+    /// begins before it may hold some of them.
+    fn scan_start(&self, key: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        for kv in self.decisions.range(..key.clone()).rev() {
+            let (k, v) = kv?;
+            if !Page::parse(&v)?.single() {
+                return Ok(k.to_vec());
+            }
+        }
+        Ok(key)
+    }
+
+    /// Stores one decision that falls inside the runs already written: into the page that
+    /// already holds its key (a decision logged twice), else as a page of its own.
+    fn put_single(&self, key: &[u8], record: &[u8]) -> Result<(), StoreError> {
+        if let Some((pk, pv)) = self.find_page(key)? {
+            let page = Page::parse(&pv)?;
+            let mut b = PageBuilder::new(page.single());
+            for (k, r) in page.records() {
+                b.push(k, if *k == key { record } else { r });
+            }
+            self.decisions.insert(pk, b.finish().1)?;
+            return Ok(());
+        }
+        let mut b = PageBuilder::new(true);
+        b.push(key, record);
+        let (k, v) = b.finish();
+        self.decisions.insert(k, v)?;
+        Ok(())
+    }
+
+    /// Removes `dropped` records' outcomes, then replaces page `page_key` by `replacement`
+    /// (or removes it): outcomes first, so a crash in between leaves decisions without
+    /// outcomes, never outcomes that look like orphans.
+    fn apply_edits(&self, edits: Vec<PageEdit>) -> Result<(), StoreError> {
+        let mut outcomes = sled::Batch::default();
+        let mut pages = sled::Batch::default();
+        for e in edits {
+            for k in &e.dropped {
+                for kv in self.outcomes.scan_prefix(k) {
+                    outcomes.remove(kv?.0);
+                }
+            }
+            pages.remove(e.page_key);
+            if let Some((k, v)) = e.replacement {
+                pages.insert(k, v);
+            }
+        }
+        self.outcomes.apply_batch(outcomes)?;
+        self.decisions.apply_batch(pages)?;
+        Ok(())
     }
 
     /// Moves the first layout's JSON records into this layout's trees, then drops the old trees.
@@ -324,12 +492,12 @@ impl Store {
                 if n == 0 {
                     break;
                 }
-                let target = if is_decision {
-                    &self.decisions
+                if is_decision {
+                    // Into the second layout's tree, which is then packed into pages.
+                    self.db.open_tree(LEGACY_DECISIONS)?.apply_batch(fresh)?;
                 } else {
-                    &self.outcomes
-                };
-                target.apply_batch(fresh)?;
+                    self.outcomes.apply_batch(fresh)?;
+                }
                 self.db.flush()?;
                 tree.apply_batch(gone)?;
             }
@@ -342,6 +510,17 @@ impl Store {
 
     /// The context number of a decision's model, tiers and schema, interning it on first use.
     fn context_of(&self, d: &DecisionRecord) -> Result<u32, StoreError> {
+        {
+            // Nearly every record names one of the newest contexts: compare in place rather
+            // than build and hash a key of cloned strings.
+            let r = self.contexts.read().map_err(|_| lock_poisoned())?;
+            let newest = r.list.iter().enumerate().rev().take(4);
+            for (i, c) in newest {
+                if c.is_of(d) {
+                    return Ok(u32::try_from(i).unwrap_or(u32::MAX));
+                }
+            }
+        }
         let c = Context {
             model_version: d.model_version.clone(),
             tiers: d.tiers.clone(),
@@ -388,17 +567,67 @@ impl Store {
         Ok(self.db.size_on_disk()?)
     }
 
-    /// Writes decisions in one batch (not flushed; sled flushes in the background).
+    /// Writes decisions as pages in one batch (not flushed; sled flushes in the background).
+    /// Those above the newest run extend the runs; any at or below it (queued late, or a clock
+    /// that stepped back) are stored one per page, so runs never overlap.
     pub fn put_decisions(&self, records: &[DecisionRecord]) -> Result<(), StoreError> {
+        let encoded = records
+            .iter()
+            .map(|r| self.encode(r))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.put_encoded(encoded)
+    }
+
+    /// A decision's key and record as [`Self::put_encoded`] takes them. The server encodes on
+    /// the thread that routed, so the record's many small buffers are freed where they were
+    /// made and only these two cross to the writer.
+    pub fn encode(&self, d: &DecisionRecord) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let ctx = self.context_of(d)?;
+        Ok((
+            decision_key(&d.decision_id),
+            encode_decision(d, ctx, self.options.embedding_dim),
+        ))
+    }
+
+    /// [`Self::put_decisions`] for records already encoded by [`Self::encode`].
+    pub fn put_encoded(&self, mut encoded: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        // Stable, so of one id logged twice in a batch the later record is kept.
+        encoded.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut last: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(encoded.len());
+        for e in encoded {
+            match last.last_mut() {
+                Some(prev) if prev.0 == e.0 => *prev = e,
+                _ => last.push(e),
+            }
+        }
         let mut batch = sled::Batch::default();
-        for r in records {
-            let ctx = self.context_of(r)?;
-            batch.insert(
-                decision_key(&r.decision_id),
-                encode_decision(r, ctx, self.options.embedding_dim),
-            );
+        let mut singles = Vec::new();
+        {
+            let mut runs = self.runs.lock().map_err(|_| lock_poisoned())?;
+            let mut page: Option<PageBuilder> = None;
+            for (k, r) in last {
+                let class = k.first().copied().unwrap_or_default();
+                if runs.get(&class).is_some_and(|end| k <= *end) {
+                    singles.push((k, r));
+                    continue;
+                }
+                if let Some(p) = page.take_if(|p| !fits(p, &k, &r)) {
+                    let (pk, pv) = p.finish();
+                    batch.insert(pk, pv);
+                }
+                page.get_or_insert_with(|| PageBuilder::new(false))
+                    .push(&k, &r);
+                runs.insert(class, k);
+            }
+            if let Some(p) = page {
+                let (pk, pv) = p.finish();
+                batch.insert(pk, pv);
+            }
         }
         self.decisions.apply_batch(batch)?;
+        for (k, r) in singles {
+            self.put_single(&k, &r)?;
+        }
         Ok(())
     }
 
@@ -406,7 +635,7 @@ impl Store {
     /// verdict wins, and an outcome without a verdict (latency or cost only) never blocks a
     /// later verdict. Not flushed: call [`Self::flush`] before acknowledging.
     pub fn put_outcome(&self, mut r: OutcomeRecord) -> Result<Stored, StoreError> {
-        let orphan = !self.decisions.contains_key(decision_key(&r.decision_id))?;
+        let orphan = !self.contains_decision(&decision_key(&r.decision_id))?;
         r.orphan = orphan;
         let key = outcome_key(&r.decision_id, &r.source);
         // Compare-and-swap until no concurrent writer of the same key got in between.
@@ -443,15 +672,39 @@ impl Store {
     /// Number of decisions and outcomes stored (counts every record: for tests and tools, not
     /// the serving path).
     pub fn counts(&self) -> (usize, usize) {
-        (self.decisions.len(), self.outcomes.len())
+        let decisions = self
+            .decisions
+            .iter()
+            .values()
+            .filter_map(|v| page_len(&v.ok()?).ok())
+            .sum();
+        (decisions, self.outcomes.len())
     }
 
-    /// Every decision, oldest first (server-made ids sort by time; other ids follow them).
+    /// Every decision, oldest first by page (server-made ids sort by time; other ids follow
+    /// them; a decision that was queued late comes near, not exactly at, its place).
     pub fn decisions(&self) -> impl Iterator<Item = Result<DecisionRecord, StoreError>> + '_ {
-        self.decisions.iter().map(|kv| {
-            let (k, v) = kv?;
-            self.decode(&k, &v)
-        })
+        self.decisions
+            .iter()
+            .flat_map(move |kv| self.decode_page(kv))
+    }
+
+    /// A page's decisions, or the error that stopped reading it.
+    fn decode_page(
+        &self,
+        kv: sled::Result<(IVec, IVec)>,
+    ) -> Vec<Result<DecisionRecord, StoreError>> {
+        let page = |v: &IVec| -> Result<Vec<Result<DecisionRecord, StoreError>>, StoreError> {
+            Ok(Page::parse(v)?
+                .records()
+                .iter()
+                .map(|(k, r)| self.decode(k, r))
+                .collect())
+        };
+        match kv.map_err(StoreError::from).and_then(|(_, v)| page(&v)) {
+            Ok(records) => records,
+            Err(e) => vec![Err(e)],
+        }
     }
 
     /// Every outcome, grouped by decision.
@@ -462,8 +715,8 @@ impl Store {
         })
     }
 
-    /// Decisions that may be older than `cutoff_ms`: the time-sorted keys before it, then every
-    /// key that does not sort by time. Callers still check each record's own time.
+    /// Pages that may hold decisions older than `cutoff_ms`: those keyed before it, then every
+    /// page of keys that do not sort by time. Callers still check each record's own time.
     fn older_than(&self, cutoff_ms: u64) -> impl Iterator<Item = sled::Result<(IVec, IVec)>> {
         self.decisions
             .range(..time_key(cutoff_ms))
@@ -484,18 +737,29 @@ impl Store {
         let mut pending = 0;
         let scan = self
             .decisions
-            .range(time_key(done.min(cutoff))..time_key(cutoff))
+            .range(self.scan_start(time_key(done.min(cutoff)))?..time_key(cutoff))
             .chain(self.decisions.range(text_keys_start()..));
         for item in scan {
-            let (k, v) = item?;
-            let mut d = self.decode(&k, &v)?;
-            if d.prompt.is_some() && d.time_unix_ms < cutoff {
-                d.prompt = None;
-                let ctx = self.context_of(&d)?;
-                batch.insert(k, encode_decision(&d, ctx, self.options.embedding_dim));
-                n += 1;
-                pending += 1;
-                if pending == SCAN_BATCH {
+            let (pk, pv) = item?;
+            let page = Page::parse(&pv)?;
+            let mut b = PageBuilder::new(page.single());
+            let mut changed = 0;
+            for (k, r) in page.records() {
+                let mut d = self.decode(k, r)?;
+                if d.prompt.is_some() && d.time_unix_ms < cutoff {
+                    d.prompt = None;
+                    let ctx = self.context_of(&d)?;
+                    b.push(k, &encode_decision(&d, ctx, self.options.embedding_dim));
+                    changed += 1;
+                } else {
+                    b.push(k, r);
+                }
+            }
+            if changed > 0 {
+                batch.insert(pk, b.finish().1);
+                n += changed;
+                pending += changed;
+                if pending >= SCAN_BATCH {
                     self.decisions.apply_batch(std::mem::take(&mut batch))?;
                     pending = 0;
                 }
@@ -512,14 +776,36 @@ impl Store {
     /// a large expiry never holds one huge batch in memory.
     pub fn expire_decisions(&self, now_ms: u64, retention_ms: u64) -> Result<usize, StoreError> {
         let cutoff = now_ms.saturating_sub(retention_ms);
-        let mut old = Vec::new();
+        let mut gone = 0;
+        let mut edits = Vec::new();
+        let mut pending = 0;
         for item in self.older_than(cutoff) {
-            let (k, v) = item?;
-            if decision_time(&v)? < cutoff {
-                old.push(k);
+            let (pk, pv) = item?;
+            let page = Page::parse(&pv)?;
+            let mut dropped = Vec::new();
+            let replacement = page.filtered(|k, r| {
+                let young = decision_time(r)? >= cutoff;
+                if !young {
+                    dropped.push(k.to_vec());
+                }
+                Ok(young)
+            })?;
+            if dropped.is_empty() {
+                continue;
+            }
+            gone += dropped.len();
+            pending += dropped.len();
+            edits.push(PageEdit {
+                page_key: pk,
+                dropped,
+                replacement,
+            });
+            if pending >= SCAN_BATCH {
+                self.apply_edits(std::mem::take(&mut edits))?;
+                pending = 0;
             }
         }
-        let gone = self.remove_decisions(&old)?;
+        self.apply_edits(edits)?;
         let mut orphans = sled::Batch::default();
         for item in self.outcomes.iter() {
             let (k, v) = item?;
@@ -534,31 +820,37 @@ impl Store {
 
     /// Removes the `n` oldest decisions with their outcomes (the size cap); returns how many went.
     pub fn remove_oldest(&self, n: usize) -> Result<usize, StoreError> {
-        let keys: Vec<IVec> = self
-            .decisions
-            .iter()
-            .keys()
-            .take(n)
-            .collect::<Result<_, _>>()?;
-        self.remove_decisions(&keys)
-    }
-
-    fn remove_decisions(&self, keys: &[IVec]) -> Result<usize, StoreError> {
-        for chunk in keys.chunks(SCAN_BATCH) {
-            let mut decisions = sled::Batch::default();
-            let mut outcomes = sled::Batch::default();
-            for k in chunk {
-                for kv in self.outcomes.scan_prefix(k) {
-                    outcomes.remove(kv?.0);
-                }
-                decisions.remove(k.clone());
+        let mut gone = 0;
+        let mut edits = Vec::new();
+        let mut pending = 0;
+        for item in self.decisions.iter() {
+            if gone == n {
+                break;
             }
-            // Outcomes first: a crash in between leaves a decision without outcomes, never
-            // outcomes that look like orphans.
-            self.outcomes.apply_batch(outcomes)?;
-            self.decisions.apply_batch(decisions)?;
+            let (pk, pv) = item?;
+            let page = Page::parse(&pv)?;
+            let mut dropped = Vec::new();
+            let replacement = page.filtered(|k, _| {
+                let keep = gone + dropped.len() == n;
+                if !keep {
+                    dropped.push(k.to_vec());
+                }
+                Ok(keep)
+            })?;
+            gone += dropped.len();
+            pending += dropped.len();
+            edits.push(PageEdit {
+                page_key: pk,
+                dropped,
+                replacement,
+            });
+            if pending >= SCAN_BATCH {
+                self.apply_edits(std::mem::take(&mut edits))?;
+                pending = 0;
+            }
         }
-        Ok(keys.len())
+        self.apply_edits(edits)?;
+        Ok(gone)
     }
 
     fn outcomes_of(&self, decision_key: &[u8]) -> Result<Vec<OutcomeRecord>, StoreError> {
@@ -578,27 +870,29 @@ impl Store {
         let mut lines = 0;
         let scan = self
             .decisions
-            .range(time_key(since_ms.unwrap_or(0))..text_keys_start())
+            .range(self.scan_start(time_key(since_ms.unwrap_or(0)))?..text_keys_start())
             .chain(self.decisions.range(text_keys_start()..));
         for item in scan {
-            let (k, v) = item?;
-            let d = self.decode(&k, &v)?;
-            if since_ms.is_some_and(|s| d.time_unix_ms < s) {
-                continue;
+            let (_, v) = item?;
+            for (k, r) in Page::parse(&v)?.records() {
+                let d = self.decode(k, r)?;
+                if since_ms.is_some_and(|s| d.time_unix_ms < s) {
+                    continue;
+                }
+                let outcomes = self.outcomes_of(k)?;
+                serde_json::to_writer(
+                    &mut *out,
+                    &serde_json::json!({"decision_id": d.decision_id, "decision": d, "outcomes": outcomes}),
+                )?;
+                out.write_all(b"\n")?;
+                lines += 1;
             }
-            let outcomes = self.outcomes_of(&k)?;
-            serde_json::to_writer(
-                &mut *out,
-                &serde_json::json!({"decision_id": d.decision_id, "decision": d, "outcomes": outcomes}),
-            )?;
-            out.write_all(b"\n")?;
-            lines += 1;
         }
         let mut orphans: BTreeMap<String, Vec<OutcomeRecord>> = BTreeMap::new();
         for item in self.outcomes.iter() {
             let (k, v) = item?;
             let o = decode_outcome(&k, &v)?;
-            if !self.decisions.contains_key(decision_key(&o.decision_id))?
+            if !self.contains_decision(&decision_key(&o.decision_id))?
                 && since_ms.is_none_or(|s| o.recorded_at_unix_ms >= s)
             {
                 orphans.entry(o.decision_id.clone()).or_default().push(o);
@@ -870,6 +1164,118 @@ mod tests {
     }
 
     #[test]
+    fn decisions_queued_late_are_found_exported_once_and_expired_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let ids: Vec<String> = (1..=300).map(|i| v7(i * 1_000)).collect();
+        let at = |i: usize| decision(&ids[i], (i as u64 + 1) * 1_000);
+        // Every third decision reaches the writer after the batch that followed it.
+        let (late, on_time): (Vec<usize>, Vec<usize>) = (0..300).partition(|i| i % 3 == 0);
+        s.put_decisions(&on_time.iter().map(|&i| at(i)).collect::<Vec<_>>())
+            .unwrap();
+        s.put_decisions(&late.iter().map(|&i| at(i)).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(
+            s.decisions.len(),
+            2 + 100,
+            "200 in two run pages, the 100 late ones alone"
+        );
+        // The same decision logged again replaces its record, in a run page and alone.
+        for i in [1, 3] {
+            s.put_decisions(&[DecisionRecord {
+                prompt_tokens: 99,
+                ..at(i)
+            }])
+            .unwrap();
+        }
+        assert_eq!(s.counts().0, 300);
+        let twice: Vec<DecisionRecord> = s
+            .decisions()
+            .map(Result::unwrap)
+            .filter(|d| d.prompt_tokens == 99)
+            .collect();
+        assert_eq!(twice.len(), 2);
+        for id in &ids {
+            assert!(
+                !s.put_outcome(outcome(id, "user", 1.0)).unwrap().orphan,
+                "{id}"
+            );
+        }
+        assert!(
+            s.put_outcome(outcome(&v7(150_000), "user", 1.0))
+                .unwrap()
+                .orphan
+        );
+        let mut out = Vec::new();
+        assert_eq!(s.export(None, &mut out).unwrap(), 301);
+        let text = String::from_utf8(out).unwrap();
+        for id in &ids {
+            // The line's id, the decision's and its outcome's: one line per decision.
+            assert_eq!(text.matches(id.as_str()).count(), 3, "{id}");
+        }
+        // Retention takes decisions by their own time, across run pages and lone ones.
+        assert_eq!(s.expire_decisions(151_000, 100_500).unwrap(), 50);
+        assert_eq!(s.counts(), (250, 250));
+        let mut times: Vec<u64> = s.decisions().map(|d| d.unwrap().time_unix_ms).collect();
+        times.sort_unstable();
+        assert_eq!(times.first(), Some(&51_000));
+        // The cap removes exactly what it asks for, splitting a page if it must.
+        assert_eq!(s.remove_oldest(7).unwrap(), 7);
+        assert_eq!(s.counts(), (243, 243));
+        for id in &ids[50..] {
+            let found = s.contains_decision(&decision_key(id)).unwrap();
+            let has_outcome = s.outcomes().any(|o| o.unwrap().decision_id == *id);
+            assert_eq!(
+                found, has_outcome,
+                "a decision and its outcomes go together: {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_store_of_one_decision_per_key_is_packed_into_pages_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("store");
+        let records: Vec<DecisionRecord> = (1..=200)
+            .map(|i| decision(&v7(i * 1_000), i * 1_000))
+            .collect();
+        {
+            let s = Store::open(&p).unwrap();
+            let legacy = s.db.open_tree(LEGACY_DECISIONS).unwrap();
+            for d in &records {
+                let ctx = s.context_of(d).unwrap();
+                legacy
+                    .insert(decision_key(&d.decision_id), encode_decision(d, ctx, 0))
+                    .unwrap();
+            }
+            s.put_outcome(outcome(&records[5].decision_id, "user", 0.5))
+                .unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert!(
+            !s.db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == LEGACY_DECISIONS.as_bytes()),
+            "the old tree is gone"
+        );
+        assert_eq!(s.decisions.len(), 2, "packed into full pages");
+        assert_eq!(
+            s.decisions().map(Result::unwrap).collect::<Vec<_>>(),
+            records
+        );
+        assert!(
+            !s.put_outcome(outcome(&records[150].decision_id, "user", 1.0))
+                .unwrap()
+                .orphan
+        );
+        // New decisions after the packed ones extend the runs.
+        s.put_decisions(&[decision(&v7(300_000), 300_000)]).unwrap();
+        assert_eq!(s.decisions.len(), 3);
+    }
+
+    #[test]
     fn time_ranges_use_the_keys_and_the_oldest_go_first() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
@@ -904,9 +1310,12 @@ mod tests {
     fn prompt_expiry_does_not_reread_what_it_already_passed() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
-        s.put_decisions(&[decision(&v7(1_000), 1_000)]).unwrap();
-        assert_eq!(s.expire_prompts(10_000, 100).unwrap(), 1);
-        // A record written later with an old time is below the watermark: not looked at again.
+        for t in [1_000, 3_000] {
+            s.put_decisions(&[decision(&v7(t), t)]).unwrap();
+        }
+        assert_eq!(s.expire_prompts(10_000, 100).unwrap(), 2);
+        // A record written later with an old time is below the watermark and before the page
+        // that straddles it: not looked at again.
         s.put_decisions(&[decision(&v7(2_000), 2_000)]).unwrap();
         assert_eq!(s.expire_prompts(10_000, 100).unwrap(), 0);
         // Newer records past retention are.

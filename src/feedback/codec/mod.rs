@@ -16,9 +16,9 @@ pub const RECORD_V2: u8 = 2;
 pub const RECORD_V3: u8 = 3;
 
 /// Key class of a UUIDv7 decision id: 16 bytes follow, so keys sort by decision time.
-const KEY_UUID_V7: u8 = 1;
+pub const KEY_UUID_V7: u8 = 1;
 /// Key class of any other id: a two-byte length and the id's text follow.
-const KEY_TEXT: u8 = 2;
+pub const KEY_TEXT: u8 = 2;
 
 /// Why a stored record could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,15 @@ pub struct Context {
     pub tiers: Vec<String>,
     /// Fingerprint of the feature schema.
     pub schema_fingerprint: String,
+}
+
+impl Context {
+    /// Whether `d` was decided in this context.
+    pub fn is_of(&self, d: &DecisionRecord) -> bool {
+        self.model_version == d.model_version
+            && self.tiers == d.tiers
+            && self.schema_fingerprint == d.schema_fingerprint
+    }
 }
 
 /// A feature vector as written by this layout: the hand-made features as half floats (markers
