@@ -912,6 +912,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::page::PAGE_RECORDS;
     use super::*;
 
     pub(crate) fn decision(id: &str, t: u64) -> DecisionRecord {
@@ -1177,8 +1178,8 @@ mod tests {
             .unwrap();
         assert_eq!(
             s.decisions.len(),
-            2 + 100,
-            "200 in two run pages, the 100 late ones alone"
+            200_usize.div_ceil(PAGE_RECORDS) + 100,
+            "200 in full run pages, the 100 late ones alone"
         );
         // The same decision logged again replaces its record, in a run page and alone.
         for i in [1, 3] {
@@ -1260,7 +1261,11 @@ mod tests {
                 .any(|n| n.as_ref() == LEGACY_DECISIONS.as_bytes()),
             "the old tree is gone"
         );
-        assert_eq!(s.decisions.len(), 2, "packed into full pages");
+        assert_eq!(
+            s.decisions.len(),
+            200_usize.div_ceil(PAGE_RECORDS),
+            "packed into full pages"
+        );
         assert_eq!(
             s.decisions().map(Result::unwrap).collect::<Vec<_>>(),
             records
@@ -1272,7 +1277,7 @@ mod tests {
         );
         // New decisions after the packed ones extend the runs.
         s.put_decisions(&[decision(&v7(300_000), 300_000)]).unwrap();
-        assert_eq!(s.decisions.len(), 3);
+        assert_eq!(s.decisions.len(), 200_usize.div_ceil(PAGE_RECORDS) + 1);
     }
 
     #[test]
