@@ -46,8 +46,14 @@ pub enum CodecError {
 /// The store key of a decision id. Ids longer than 65,535 bytes cannot be stored (the server
 /// makes UUIDs; outcome ids are validated as UUIDs).
 pub fn decision_key(id: &str) -> Vec<u8> {
+    // Canonical text only (lower-case, hyphenated), compared on the stack: this runs for every
+    // logged decision.
+    let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
     match uuid::Uuid::parse_str(id) {
-        Ok(u) if u.get_version_num() == 7 && u.to_string() == id => {
+        Ok(u)
+            if u.get_version_num() == 7
+                && u.hyphenated().encode_lower(&mut canonical).as_bytes() == id.as_bytes() =>
+        {
             let mut k = Vec::with_capacity(17);
             k.push(KEY_UUID_V7);
             k.extend_from_slice(u.as_bytes());
