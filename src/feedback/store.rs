@@ -776,36 +776,9 @@ impl Store {
     /// a large expiry never holds one huge batch in memory.
     pub fn expire_decisions(&self, now_ms: u64, retention_ms: u64) -> Result<usize, StoreError> {
         let cutoff = now_ms.saturating_sub(retention_ms);
-        let mut gone = 0;
-        let mut edits = Vec::new();
-        let mut pending = 0;
-        for item in self.older_than(cutoff) {
-            let (pk, pv) = item?;
-            let page = Page::parse(&pv)?;
-            let mut dropped = Vec::new();
-            let replacement = page.filtered(|k, r| {
-                let young = decision_time(r)? >= cutoff;
-                if !young {
-                    dropped.push(k.to_vec());
-                }
-                Ok(young)
-            })?;
-            if dropped.is_empty() {
-                continue;
-            }
-            gone += dropped.len();
-            pending += dropped.len();
-            edits.push(PageEdit {
-                page_key: pk,
-                dropped,
-                replacement,
-            });
-            if pending >= SCAN_BATCH {
-                self.apply_edits(std::mem::take(&mut edits))?;
-                pending = 0;
-            }
-        }
-        self.apply_edits(edits)?;
+        let gone = self.drop_records(self.older_than(cutoff), usize::MAX, |r| {
+            Ok(decision_time(r)? < cutoff)
+        })?;
         let mut orphans = sled::Batch::default();
         for item in self.outcomes.iter() {
             let (k, v) = item?;
@@ -820,23 +793,38 @@ impl Store {
 
     /// Removes the `n` oldest decisions with their outcomes (the size cap); returns how many went.
     pub fn remove_oldest(&self, n: usize) -> Result<usize, StoreError> {
+        self.drop_records(self.decisions.iter(), n, |_| Ok(true))
+    }
+
+    /// Drops the records `pick` chooses from the pages `pages` yields, at most `limit` of them,
+    /// with their outcomes, a batch of page edits at a time (so a large removal never holds
+    /// one huge batch in memory); returns how many went.
+    fn drop_records(
+        &self,
+        pages: impl Iterator<Item = sled::Result<(IVec, IVec)>>,
+        limit: usize,
+        mut pick: impl FnMut(&[u8]) -> Result<bool, CodecError>,
+    ) -> Result<usize, StoreError> {
         let mut gone = 0;
         let mut edits = Vec::new();
         let mut pending = 0;
-        for item in self.decisions.iter() {
-            if gone == n {
+        for item in pages {
+            if gone == limit {
                 break;
             }
             let (pk, pv) = item?;
             let page = Page::parse(&pv)?;
             let mut dropped = Vec::new();
-            let replacement = page.filtered(|k, _| {
-                let keep = gone + dropped.len() == n;
-                if !keep {
+            let replacement = page.filtered(|k, r| {
+                let drop = gone + dropped.len() < limit && pick(r)?;
+                if drop {
                     dropped.push(k.to_vec());
                 }
-                Ok(keep)
+                Ok(!drop)
             })?;
+            if dropped.is_empty() {
+                continue;
+            }
             gone += dropped.len();
             pending += dropped.len();
             edits.push(PageEdit {
