@@ -1,0 +1,92 @@
+"""Single signals on each dev source held out: how well does one signal alone rank the source's
+prompts (two-tier APGR, the source's cheapest tier against the dearest), computed only from the
+*other* sources' rows? Run by training/signals.sh, which dumps the serving featurizer's vectors
+first. Prints a Markdown table for models/MODEL_CARD.md.
+
+Signals:
+- length: prompt tokens (the baseline the router must beat).
+- novelty: 1 - mean cosine of the prompt's embedding to its 10 nearest rows of the other
+  sources ("unlike anything trained on" leans to the dearer tier).
+- neighbours: the mean need-the-dearer-tier label of the 100 nearest rows of the other
+  sources (each source's labels centred on its own mean, so base rates do not leak).
+- category oracle: each category's own mean gain (dearest minus cheapest) on the very rows
+  scored. Not a router: an upper bound of what knowing a prompt's subject could give, which
+  shows how much of a source's in-file figure is its subjects' quirks.
+"""
+import json
+import sys
+
+import numpy as np
+
+DATA = sys.argv[1]
+FEAT = sys.argv[2]
+FILES = [("mmlu_pro/mmlu_pro_dev", "mmlu_pro_dev"), ("routellm/routellm_dev", "routellm_dev"),
+         ("alpaca_eval/alpaca_eval_dev", "alpaca_eval_dev")]
+# (cheapest, dearest) per source, as training/tiers.txt maps them.
+PAIR = {"mmlu_pro": ("llama-3.1-8b-instruct", "gemini-1.5-pro-002"),
+        "mmlu": ("mixtral-8x7b-instruct", "gpt-4-1106-preview"),
+        "gsm8k": ("mixtral-8x7b-instruct", "gpt-4-1106-preview"),
+        "alpaca_eval": ("gemma-7b-it", "gpt-4-1106-preview")}
+
+
+def apgr(weak, strong, need):
+    """Area under PGR against the strong-call share; ties form one linear step (eval.rs)."""
+    n = len(weak)
+    gap = strong.mean() - weak.mean()
+    order = np.argsort(-need, kind="stable")
+    need, gain = need[order], (strong - weak)[order]
+    xs, ys, acc, i = [0.0], [0.0], 0.0, 0
+    while i < n:
+        j = i
+        while j < n and need[j] == need[i]:
+            acc += gain[j]
+            j += 1
+        xs.append(j / n)
+        ys.append(acc / n / gap)
+        i = j
+    xs, ys = np.array(xs), np.array(ys)
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
+
+
+rows, mats = [], []
+for path, name in FILES:
+    meta = json.load(open(f"{FEAT}/{name}.json"))
+    mats.append(np.fromfile(f"{FEAT}/{name}.f32", dtype="<f4").reshape(meta["rows"], -1))
+    rows += [json.loads(line) for line in open(f"{DATA}/{path}.jsonl")]
+names = meta["names"]
+x = np.vstack(mats)
+src = np.array([r["source"] for r in rows])
+emb = x[:, [n.startswith("emb_") for n in names]]
+emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
+weak = np.array([r["outcomes"][PAIR[r["source"]][0]] for r in rows])
+strong = np.array([r["outcomes"][PAIR[r["source"]][1]] for r in rows])
+# AlpacaEval's scores are the judge's preference against gpt-4 (which scores 0.5).
+need = np.where(src == "alpaca_eval", weak < 0.5, weak < strong).astype(float)
+for s in set(src):
+    need[src == s] -= need[src == s].mean()
+
+
+def nearest(query, ref, k):
+    """Per query row, the indices into ref of its k nearest rows by cosine, and their mean cosine."""
+    idx, sim = np.zeros((len(query), k), dtype=int), np.zeros(len(query))
+    for a in range(0, len(query), 1024):
+        s = emb[query[a:a + 1024]] @ emb[ref].T
+        top = np.argpartition(s, -k, axis=1)[:, -k:]
+        idx[a:a + 1024] = ref[top]
+        sim[a:a + 1024] = np.take_along_axis(s, top, axis=1).mean(1)
+    return idx, sim
+
+
+print("| held-out source | rows | length | novelty | neighbours (k=100) | category oracle |")
+print("| --- | --- | --- | --- | --- | --- |")
+for g in sorted(set(src)):
+    te, tr = np.where(src == g)[0], np.where(src != g)[0]
+    w, s = weak[te], strong[te]
+    _, sim10 = nearest(te, tr, 10)
+    idx100, _ = nearest(te, tr, 100)
+    knn = need[idx100].mean(1)
+    cat = np.array([rows[i].get("category") or "-" for i in te])
+    gain = {c: (s[cat == c] - w[cat == c]).mean() for c in set(cat)}
+    oracle = f"{apgr(w, s, np.array([gain[c] for c in cat])):.3f}" if len(gain) > 1 else "—"
+    print(f"| {g} | {len(te):,} | {apgr(w, s, x[te, names.index('log_prompt_tokens')]):.3f} "
+          f"| {apgr(w, s, -sim10):.3f} | {apgr(w, s, knn):.3f} | {oracle} |")

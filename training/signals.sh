@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Single signals on each dev source held out (training/signals.py): prompt length, novelty
+# against the other sources, their nearest neighbours' labels, and a subject oracle. Prints the
+# table in models/MODEL_CARD.md ("What the prompts carry"). Needs Python 3.10+; installs numpy
+# into training/.venv-signals. Reads ../shared/data unless given DATA_DIR.
+#
+#   bash training/signals.sh [DATA_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:-../shared/data}
+feat=$(mktemp -d)
+trap 'rm -rf "$feat"' EXIT
+[ -x training/.venv-signals/bin/python ] || {
+  python3 -m venv training/.venv-signals
+  training/.venv-signals/bin/pip install -q numpy==2.2.6
+}
+cargo build --release --quiet --example dump_features
+for f in mmlu_pro/mmlu_pro_dev routellm/routellm_dev alpaca_eval/alpaca_eval_dev; do
+  ./target/release/examples/dump_features "$data/$f.jsonl" "$feat/$(basename "$f")"
+done
+training/.venv-signals/bin/python training/signals.py "$data" "$feat"
