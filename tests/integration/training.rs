@@ -579,3 +579,69 @@ fn a_base_model_is_adapted_from_few_rows_and_fills_in_a_tier_they_lack() {
     let err = Base::from_model(&base_file, f.schema(), &other.names()).unwrap_err();
     assert!(err.contains("tiers") && err.contains("standard"), "{err}");
 }
+
+/// Exam questions whose outcomes say nothing about length: the length prior alone decides how
+/// length counts, and it counts the question stem as well as the tokens. A long question with
+/// short options leans dearer than a short question with longer options (more tokens in all);
+/// with the prior on tokens alone it does not.
+#[test]
+fn the_length_prior_counts_the_question_stem_not_the_options() {
+    use triage::train::dataset::Row;
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let clause = "the committee reviewed the annual budget report ";
+    let option = "a carefully worded answer about the budget ";
+    let mc = |stem: usize, opt: usize, i: usize| {
+        let options: String = ["A", "B", "C", "D"]
+            .iter()
+            .map(|l| format!("\n{l}. {}{i}", option.repeat(opt)))
+            .collect();
+        format!(
+            "Question {i}: {}which is right?{options}\nAnswer:",
+            clause.repeat(stem)
+        )
+    };
+    let rows: Vec<Row> = (0..120)
+        .map(|i| {
+            // Half the rows need the frontier, in a pattern unrelated to either length.
+            let cheap = if (i * 7) % 4 < 2 { 1.0 } else { 0.0 };
+            Row {
+                id: format!("q-{i}"),
+                source: Some("exam".into()),
+                category: None,
+                prompt: mc(1 + i % 5, 1 + (i / 5) % 5, i),
+                outcomes: [("small", cheap), ("medium", cheap), ("large", 1.0)]
+                    .into_iter()
+                    .map(|(m, s)| (m.to_string(), s))
+                    .collect(),
+            }
+        })
+        .collect();
+    let data = train::prepare(&f, rows, &tiers, false).unwrap();
+    let lean = |opts: &triage::train::TrainOptions| {
+        let (file, _) = train::train(&f, &data, &tiers, opts, serde_json::Value::Null).unwrap();
+        let c = Classifier::new(file, f.schema()).unwrap();
+        let score = |t: &str| {
+            c.score(
+                &f.featurize(triage::features::Conversation::single(t))
+                    .unwrap()
+                    .vector,
+            )[0]
+        };
+        // Long stem, short options against short stem, long options: > 0 when the long
+        // question leans dearer (a lower `fast` score).
+        let (long_stem, long_options) = (mc(6, 1, 999), mc(1, 3, 999));
+        score(&long_options) - score(&long_stem)
+    };
+    let mut tokens_only = options();
+    tokens_only
+        .recipe
+        .set("length-features=log_prompt_tokens")
+        .unwrap();
+    let (shipped, tokens) = (lean(&options()), lean(&tokens_only));
+    assert!(shipped > 0.15, "shipped prior: lean {shipped}");
+    assert!(
+        shipped > tokens + 0.15,
+        "shipped {shipped}, tokens only {tokens}"
+    );
+}
