@@ -12,8 +12,15 @@ Signals:
 - category oracle: each category's own mean gain (dearest minus cheapest) on the very rows
   scored. Not a router: an upper bound of what knowing a prompt's subject could give, which
   shows how much of a source's in-file figure is its subjects' quirks.
+
+A second table scores text statistics of the question stem (the prompt less any lettered
+options) that speak of difficulty in general rather than of one benchmark: readability,
+constraint and condition words, negations. Each signal's direction (harder when larger or
+when smaller) is taken from the other sources' rows, like everything else here.
 """
 import json
+import math
+import re
 import sys
 
 import numpy as np
@@ -90,3 +97,55 @@ for g in sorted(set(src)):
     oracle = f"{apgr(w, s, np.array([gain[c] for c in cat])):.3f}" if len(gain) > 1 else "—"
     print(f"| {g} | {len(te):,} | {apgr(w, s, x[te, names.index('log_prompt_tokens')]):.3f} "
           f"| {apgr(w, s, -sim10):.3f} | {apgr(w, s, knn):.3f} | {oracle} |")
+
+
+OPTION_START = re.compile(r"\n\s*\(?A[.)]\s")
+WORD = re.compile(r"[A-Za-z]+")
+PATTERNS = {
+    "constraint words": r"must|exactly|at least|at most|no more than|without|only|each|every|ensure",
+    "negations": r"not|never|no|except|least|false|incorrect",
+    "conditions": r"if|then|given|suppose|assume|assuming|because|since|unless|whereas",
+    "why / how / explain": r"why|how|explain|describe|compare|analy[sz]e|evaluate|design|prove|derive",
+}
+PATTERNS = {k: re.compile(rf"\b({v})\b", re.I) for k, v in PATTERNS.items()}
+
+
+def syllables(w):
+    n = len(re.findall(r"[aeiouy]+", w.lower()))
+    return max(n - (w.lower().endswith("e") and n > 1), 1)
+
+
+def text_stats(prompt):
+    stem = re.sub(r"\nAnswer:\s*$", "", prompt)
+    m = OPTION_START.search(stem)
+    stem = stem[:m.start()] if m else stem
+    words = WORD.findall(stem)
+    n = max(len(words), 1)
+    sents = max(len(re.findall(r"[.!?](\s|$)", stem)), 1)
+    syl = [syllables(w) for w in words] or [1]
+    out = {
+        "stem words (log)": math.log1p(len(words)),
+        "words per sentence": n / sents,
+        "syllables per word": float(np.mean(syl)),
+        "reading grade (Flesch-Kincaid)": 0.39 * n / sents + 11.8 * float(np.mean(syl)) - 15.59,
+        "distinct words / words": len({w.lower() for w in words}) / n,
+    }
+    out.update({k: math.log1p(len(p.findall(stem))) for k, p in PATTERNS.items()})
+    return out
+
+
+stats = [text_stats(r["prompt"]) for r in rows]
+labels = list(stats[0])
+cols = np.array([[st[k] for k in labels] for st in stats])
+groups = sorted(set(src))
+print()
+print("| text signal (stem) | " + " | ".join(groups) + " | mean |")
+print("| --- |" + " --- |" * (len(groups) + 1))
+for k, name in enumerate(["prompt tokens (the length baseline)"] + labels):
+    col = x[:, names.index("log_prompt_tokens")] if k == 0 else cols[:, k - 1]
+    got = []
+    for g in groups:
+        te, tr = src == g, src != g
+        sign = 1.0 if np.corrcoef(col[tr], need[tr])[0, 1] >= 0 else -1.0
+        got.append(apgr(weak[te], strong[te], sign * col[te]))
+    print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in got) + f" | {np.mean(got):.3f} |")
