@@ -16,7 +16,8 @@ Signals:
 A second table scores text statistics of the question stem (the prompt less any lettered
 options) that speak of difficulty in general rather than of one benchmark: readability,
 constraint and condition words, negations. Each signal's direction (harder when larger or
-when smaller) is taken from the other sources' rows, like everything else here.
+when smaller) is taken from the other sources' rows, like everything else here. A third
+scores the disagreement of models fitted on each other source.
 """
 import json
 import math
@@ -149,3 +150,21 @@ for k, name in enumerate(["prompt tokens (the length baseline)"] + labels):
         sign = 1.0 if np.corrcoef(col[tr], need[tr])[0, 1] >= 0 else -1.0
         got.append(apgr(weak[te], strong[te], sign * col[te]))
     print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in got) + f" | {np.mean(got):.3f} |")
+
+# Disagreement: one ridge model of the need-the-dearer-tier label per other source (standardized
+# features, alpha 100); the spread of their standardized scores on the held-out rows. The issue's
+# "shrink when the heads disagree", as a signal on its own.
+z = (x - x.mean(0)) / (x.std(0) + 1e-6)
+z = np.hstack([z, np.ones((len(z), 1))])
+print()
+print("| held-out source | disagreement of per-source models |")
+print("| --- | --- |")
+for g in groups:
+    te = src == g
+    scores = []
+    for s in sorted(set(src) - {g}):
+        m = src == s
+        w = np.linalg.solve(z[m].T @ z[m] + 100.0 * np.eye(z.shape[1]), z[m].T @ need[m])
+        p = z[te] @ w
+        scores.append((p - p.mean()) / (p.std() + 1e-9))
+    print(f"| {g} | {apgr(weak[te], strong[te], np.std(scores, axis=0)):.3f} |")
