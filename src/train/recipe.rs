@@ -13,14 +13,14 @@ use crate::prototypes::Prototypes;
 /// The feature `train --base` refits the length term of ([`Adapt::Stack`]) on.
 pub const LENGTH_FEATURE: &str = "log_prompt_tokens";
 
-/// The features the shipped length prior acts on ([`Recipe::length_features`]), each with the whole prior: the prompt's tokens and
-/// the characters of its question stem (the prompt less any lettered answer options). Why the
-/// stem too: how much there is to work out grows with the question, not with the options
-/// offered, and a long list of short options makes an exam question long without making it
-/// hard. On a prompt without options the two measure the same text. With each dev source held
-/// out this raised the mean two-tier APGR from 0.549 to 0.554 and MMLU-Pro from 0.548 (level
-/// with length) to 0.554; a prior of twice the size on tokens alone left the mean at 0.549
-/// (the model card).
+/// The features the shipped length prior acts on ([`Recipe::length_features`]), each with the
+/// whole prior: the prompt's tokens and the characters of its question stem (the prompt less
+/// any lettered answer options). Why the stem too: how much there is to work out grows with
+/// the question, not with the options offered, and a long list of short options makes an exam
+/// question long without making it hard. On a prompt without options the two measure the same
+/// text. With each dev source held out this raised the mean two-tier APGR from 0.549 to 0.554
+/// and MMLU-Pro from 0.548 (level with length) to 0.554; a prior of twice the size on tokens
+/// alone left the mean at 0.549 (the model card).
 pub const LENGTH_PRIOR_FEATURES: [&str; 2] = [LENGTH_FEATURE, "log_stem_chars"];
 
 /// The shipped recipe's task-marker priors ([`Recipe::marker_priors`]), in logit units for a
@@ -64,8 +64,9 @@ pub struct Recipe {
     pub balance_groups: bool,
     /// Logit units per standard deviation of each of [`LENGTH_PRIOR_FEATURES`] by which longer
     /// prompts lean to the dearer tier in every head, whatever the data say; the heads are
-    /// fitted around it and may only steepen it. Length is the one signal that held up on every benchmark left
-    /// out of training, so it is kept as a prior the heads cannot unlearn. 0 disables it.
+    /// fitted around it and may only steepen it. Length is the one signal that held up on every
+    /// benchmark left out of training, so it is kept as a prior the heads cannot unlearn. 0
+    /// disables it.
     pub length_prior: f64,
     /// The features the length prior acts on; see [`LENGTH_PRIOR_FEATURES`].
     pub length_features: Vec<String>,
