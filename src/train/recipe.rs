@@ -868,6 +868,16 @@ fn fit_prototypes(
 /// The keys [`Recipe::set`] accepts, with what each takes (for `--experimental` help).
 pub const EXPERIMENTAL_KEYS: &str = "heads=gain|quality|sufficiency, alpha=F, embedding-weight=F, group-offsets=BOOL, share-tiers=BOOL, balance-groups=BOOL, length-prior=F, length-features=NAME[+NAME…], marker-priors=MARKER:F[+…]|none, prototypes=N, temperature=F, interact=NAME[+NAME…], calibrate=BOOL, base-strength=F, adapt=prior|stack, seed=N";
 
+/// Feature names joined by `+` (`--experimental interact=a+b`), blanks dropped.
+fn name_list(value: &str) -> Vec<String> {
+    value
+        .split('+')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 impl Recipe {
     /// Overrides one setting from a `KEY=VALUE` string (`triage train --experimental …`).
     pub fn set(&mut self, assignment: &str) -> Result<(), String> {
@@ -897,14 +907,7 @@ impl Recipe {
             "balance-groups" => self.balance_groups = boolean(value)?,
             "share-tiers" => self.share_tiers = boolean(value)?,
             "length-prior" => self.length_prior = float(value)?,
-            "length-features" => {
-                self.length_features = value
-                    .split('+')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
+            "length-features" => self.length_features = name_list(value),
             "marker-priors" => {
                 self.marker_priors = value
                     .split('+')
@@ -920,14 +923,7 @@ impl Recipe {
             }
             "prototypes" => self.prototypes = value.parse().map_err(|_| bad("a count"))?,
             "temperature" => self.temperature = float(value)? as f32,
-            "interact" => {
-                self.interact = value
-                    .split('+')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            }
+            "interact" => self.interact = name_list(value),
             "calibrate" => self.calibrate = boolean(value)?,
             "base-strength" => self.base_strength = float(value)?,
             "adapt" => {

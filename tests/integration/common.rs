@@ -27,6 +27,20 @@ pub fn featurizer() -> Arc<Featurizer> {
 
 pub const TIERS: &str = "fast=small,standard=medium,frontier=large";
 
+/// One labelled row of a workload where the two cheaper tiers score `cheap` and the frontier 1.
+pub fn workload_row(id: String, source: &str, prompt: String, cheap: f64) -> Row {
+    Row {
+        id,
+        source: Some(source.into()),
+        category: None,
+        prompt,
+        outcomes: [("small", cheap), ("medium", cheap), ("large", 1.0)]
+            .into_iter()
+            .map(|(m, s)| (m.to_string(), s))
+            .collect(),
+    }
+}
+
 /// Easy small talk every tier answers; translations the middle tier answers; proofs only the
 /// frontier answers. The signal is in the words, so a working featurizer + classifier finds it.
 pub fn fixture_rows() -> Vec<Row> {

@@ -6,7 +6,9 @@ use triage::model_store::ModelStore;
 use triage::train;
 use triage::train::dataset::TierMap;
 
-use crate::common::{TIERS, config, featurizer, fixture_rows, model_path, options, write_model};
+use crate::common::{
+    TIERS, config, featurizer, fixture_rows, model_path, options, workload_row, write_model,
+};
 
 #[test]
 fn the_same_data_gives_the_same_model_file() {
@@ -469,16 +471,7 @@ fn adapting_learns_that_length_leans_the_other_way_on_a_workload() {
         .map(|i| {
             let long = i % 2 == 0;
             let cheap = if long { 1.0 } else { 0.0 };
-            Row {
-                id: format!("w-{i}"),
-                source: Some("workload".into()),
-                category: None,
-                prompt: prompt(i, long),
-                outcomes: [("small", cheap), ("medium", cheap), ("large", 1.0)]
-                    .into_iter()
-                    .map(|(m, s)| (m.to_string(), s))
-                    .collect(),
-            }
+            workload_row(format!("w-{i}"), "workload", prompt(i, long), cheap)
         })
         .collect();
     let few = train::prepare(&f, rows, &tiers, false).unwrap();
@@ -585,7 +578,7 @@ fn a_base_model_is_adapted_from_few_rows_and_fills_in_a_tier_they_lack() {
 /// short options leans dearer than a short question with longer options (more tokens in all);
 /// with the prior on tokens alone it does not.
 #[test]
-fn the_length_prior_counts_the_question_stem_not_the_options() {
+fn the_length_prior_counts_the_question_stem_as_well_as_the_tokens() {
     use triage::train::dataset::Row;
     let f = featurizer();
     let tiers: TierMap = TIERS.parse().unwrap();
@@ -605,16 +598,12 @@ fn the_length_prior_counts_the_question_stem_not_the_options() {
         .map(|i| {
             // Half the rows need the frontier, in a pattern unrelated to either length.
             let cheap = if (i * 7) % 4 < 2 { 1.0 } else { 0.0 };
-            Row {
-                id: format!("q-{i}"),
-                source: Some("exam".into()),
-                category: None,
-                prompt: mc(1 + i % 5, 1 + (i / 5) % 5, i),
-                outcomes: [("small", cheap), ("medium", cheap), ("large", 1.0)]
-                    .into_iter()
-                    .map(|(m, s)| (m.to_string(), s))
-                    .collect(),
-            }
+            workload_row(
+                format!("q-{i}"),
+                "exam",
+                mc(1 + i % 5, 1 + (i / 5) % 5, i),
+                cheap,
+            )
         })
         .collect();
     let data = train::prepare(&f, rows, &tiers, false).unwrap();
