@@ -236,12 +236,14 @@ struct DataArgs {
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Change one setting of the training recipe, KEY=VALUE (repeatable), for experiments.
-    /// The default recipe is the one shipped and measured in models/MODEL_CARD.md; changes
-    /// are recorded in the model file. Keys: heads=gain|quality|sufficiency, alpha=F,
-    /// embedding-weight=F, group-offsets=BOOL, share-tiers=BOOL, balance-groups=BOOL,
-    /// length-prior=F, marker-priors=MARKER:F[+…]|none, prototypes=N, temperature=F,
-    /// interact=NAME[+NAME…], calibrate=BOOL, seed=N (see docs/training.md).
     #[arg(
+        long_help = concat!(
+            "Change one setting of the training recipe, KEY=VALUE (repeatable), for experiments. ",
+            "The default recipe is the one shipped and measured in models/MODEL_CARD.md; changes ",
+            "are recorded in the model file. Keys: ",
+            triage::experimental_keys!(),
+            " (see docs/training.md)."
+        ),
         long = "experimental",
         value_name = "KEY=VALUE",
         help_heading = "Experimental"

@@ -147,6 +147,33 @@ pub fn ordinal_labels(scores: &[Option<f64>]) -> Vec<Option<bool>> {
         .collect()
 }
 
+/// Graded ordinal targets for one row: for every tier but the dearest, the share of the
+/// dearest tier's score that it (or a cheaper tier) keeps, capped at 1. On 0/1 outcomes this is
+/// [`ordinal_labels`] as 0 or 1; on graded ones (a judge's score) it keeps what the threshold
+/// throws away: a cheap answer judged 0.45 against the frontier's 0.5 is nearly good enough,
+/// one judged 0.02 is not, and the quality a router keeps is the sum of those scores.
+pub fn ordinal_targets(scores: &[Option<f64>]) -> Vec<Option<f64>> {
+    let n = scores.len();
+    let Some(top) = scores.last().copied().flatten() else {
+        return vec![None; n.saturating_sub(1)];
+    };
+    let mut best_so_far: Option<f64> = None;
+    (0..n - 1)
+        .map(|k| {
+            if let Some(s) = scores[k] {
+                best_so_far = Some(best_so_far.map_or(s, |b: f64| b.max(s)));
+            }
+            scores[k].and(best_so_far).map(|b| {
+                if b + 1e-9 >= top {
+                    1.0
+                } else {
+                    (b / top).clamp(0.0, 1.0)
+                }
+            })
+        })
+        .collect()
+}
+
 /// Per row, the label of every head of a model of `kind` (`None` where an outcome it needs is
 /// missing): sufficiency heads read [`ordinal_labels`]; quality heads whether each tier's model
 /// answered well (score at least 0.5); gain heads, for every tier but the dearest, whether the
@@ -235,6 +262,33 @@ mod tests {
                 .collect(),
         };
         assert_eq!(m.scores(&row), vec![Some(1.0), Some(0.0)]);
+    }
+
+    #[test]
+    fn graded_targets_keep_the_share_of_the_dearest_score_and_agree_with_0_1_labels() {
+        for scores in [
+            [Some(1.0), Some(0.0), Some(1.0)],
+            [Some(0.0), Some(1.0), Some(1.0)],
+            [Some(0.0), Some(0.0), Some(0.0)],
+            [Some(0.0), Some(0.0), Some(1.0)],
+        ] {
+            let hard: Vec<Option<f64>> = ordinal_labels(&scores)
+                .iter()
+                .map(|l| l.map(|b| if b { 1.0 } else { 0.0 }))
+                .collect();
+            assert_eq!(ordinal_targets(&scores), hard, "{scores:?}");
+        }
+        // A judge's scores: the cheap tier keeps a fifth of the frontier's, the middle one
+        // (or the cheap one, whichever is better) 0.4 / 0.5.
+        assert_eq!(
+            ordinal_targets(&[Some(0.1), Some(0.4), Some(0.5)]),
+            vec![Some(0.2), Some(0.8)]
+        );
+        assert_eq!(
+            ordinal_targets(&[Some(0.3), None, Some(0.2)]),
+            vec![Some(1.0), None]
+        );
+        assert_eq!(ordinal_targets(&[Some(0.3), None]), vec![None]);
     }
 
     #[test]

@@ -634,3 +634,73 @@ fn the_length_prior_counts_the_question_stem_as_well_as_the_tokens() {
         "shipped {shipped}, tokens only {tokens}"
     );
 }
+
+/// A judged workload where the cheap tiers never reach the frontier's score: on translations
+/// they come close (0.8 against 0.9), on proofs they do not (0.1). Whether a tier *reaches* the
+/// dearest says nothing here (every label is "no"); the graded targets the shipped recipe fits
+/// on say which prompts the cheap tier nearly handles, so translations lean cheaper than
+/// proofs. Marker priors are off, so only what is fitted can tell the two apart.
+#[test]
+fn graded_outcomes_teach_what_reaching_the_dearest_cannot() {
+    use triage::train::dataset::Row;
+    let f = featurizer();
+    let tiers: TierMap = TIERS.parse().unwrap();
+    let topics = [
+        "the river",
+        "a garden",
+        "the market",
+        "my brother",
+        "a long winter",
+    ];
+    let rows: Vec<Row> = (0..120)
+        .map(|i| {
+            let topic = topics[i % topics.len()];
+            let (prompt, cheap) = if i % 2 == 0 {
+                (
+                    format!("Translate into French: I walked along {topic} ({i})."),
+                    0.8,
+                )
+            } else {
+                (
+                    format!("Prove that the sum of two odd numbers about {topic} is even ({i})."),
+                    0.1,
+                )
+            };
+            Row {
+                id: format!("j-{i}"),
+                source: Some("judged".into()),
+                category: None,
+                prompt,
+                outcomes: [("small", cheap), ("medium", cheap), ("large", 0.9)]
+                    .into_iter()
+                    .map(|(m, s)| (m.to_string(), s))
+                    .collect(),
+            }
+        })
+        .collect();
+    let data = train::prepare(&f, rows, &tiers, false).unwrap();
+    let lean = |graded: bool| {
+        let mut opts = options();
+        opts.recipe.set("marker-priors=none").unwrap();
+        opts.recipe.set(&format!("graded-labels={graded}")).unwrap();
+        let (file, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
+        let c = Classifier::new(file, f.schema()).unwrap();
+        let score = |t: &str| {
+            c.score(
+                &f.featurize(triage::features::Conversation::single(t))
+                    .unwrap()
+                    .vector,
+            )[0]
+        };
+        // > 0 when an unseen translation gets a higher `fast` score than an unseen proof.
+        score("Translate into French: I walked along the old bridge (500).")
+            - score("Prove that the sum of two odd numbers about the old bridge is even (500).")
+    };
+    assert!(
+        train::recipe::Recipe::default().graded_labels,
+        "the shipped recipe fits graded targets"
+    );
+    let (graded, reached) = (lean(true), lean(false));
+    assert!(graded > 0.1, "graded targets: lean {graded}");
+    assert!(reached.abs() < 1e-6, "every label says no: lean {reached}");
+}
