@@ -551,7 +551,7 @@ fn graded_rows(label: bool, target: Option<f64>) -> Vec<(bool, f64)> {
     }
 }
 
-/// Folds of the adaptation rows in [`stack_cv_loss`].
+/// Folds of the adaptation rows in [`stack_cv_losses`].
 const STACK_FOLDS: usize = 5;
 
 /// What of the stack of [`fit_stacked`] is fitted on the rows; the rest keeps the base's value
@@ -698,11 +698,6 @@ struct Problem<'a> {
 impl Problem<'_> {
     /// Fits the heads in `family` as one logistic model: shared slopes, one intercept per
     /// (group, head) the rows have, served as each head's mean over its groups.
-    /// Row r's graded target for head k, when the recipe fits them and the row has one.
-    fn graded_target(&self, r: usize, k: usize) -> Option<f64> {
-        graded_target(self.recipe, self.data, r, k)
-    }
-
     fn fit_family(
         &self,
         family: &[usize],
@@ -720,7 +715,7 @@ impl Problem<'_> {
             .iter()
             .flat_map(|&k| {
                 self.rows.iter().enumerate().flat_map(move |(i, &r)| {
-                    let target = self.graded_target(r, k);
+                    let target = graded_target(self.recipe, self.data, r, k);
                     self.labels[r]
                         .get(k)
                         .copied()
