@@ -132,18 +132,9 @@ impl TierMap {
 /// i.e. whether it or a cheaper tier scores at least as well as the dearest tier. `None` where
 /// the row cannot say (a score is missing).
 pub fn ordinal_labels(scores: &[Option<f64>]) -> Vec<Option<bool>> {
-    let n = scores.len();
-    let Some(top) = scores.last().copied().flatten() else {
-        return vec![None; n.saturating_sub(1)];
-    };
-    let mut best_so_far: Option<f64> = None;
-    (0..n - 1)
-        .map(|k| {
-            if let Some(s) = scores[k] {
-                best_so_far = Some(best_so_far.map_or(s, |b: f64| b.max(s)));
-            }
-            scores[k].and(best_so_far).map(|b| b + 1e-9 >= top)
-        })
+    ordinal_targets(scores)
+        .into_iter()
+        .map(|t| t.map(|t| t >= 1.0))
         .collect()
 }
 
