@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use triage::classifier::Classifier;
 use triage::config::Config;
 use triage::engine::Engine;
 use triage::features::Featurizer;
@@ -29,16 +30,31 @@ pub const TIERS: &str = "fast=small,standard=medium,frontier=large";
 
 /// One labelled row of a workload where the two cheaper tiers score `cheap` and the frontier 1.
 pub fn workload_row(id: String, source: &str, prompt: String, cheap: f64) -> Row {
+    scored_row(id, source, prompt, cheap, 1.0)
+}
+
+/// One labelled row where the two cheaper tiers score `cheap` and the frontier `top`.
+pub fn scored_row(id: String, source: &str, prompt: String, cheap: f64, top: f64) -> Row {
     Row {
         id,
         source: Some(source.into()),
         category: None,
         prompt,
-        outcomes: [("small", cheap), ("medium", cheap), ("large", 1.0)]
+        outcomes: [("small", cheap), ("medium", cheap), ("large", top)]
             .into_iter()
             .map(|(m, s)| (m.to_string(), s))
             .collect(),
     }
+}
+
+/// The classifier's per-tier scores for a one-message prompt, featurized by [`featurizer`].
+pub fn scores_of(c: &Classifier, text: &str) -> Vec<f64> {
+    c.score(
+        &featurizer()
+            .featurize(triage::features::Conversation::single(text))
+            .unwrap()
+            .vector,
+    )
 }
 
 /// Easy small talk every tier answers; translations the middle tier answers; proofs only the

@@ -7,7 +7,8 @@ use triage::train;
 use triage::train::dataset::TierMap;
 
 use crate::common::{
-    TIERS, config, featurizer, fixture_rows, model_path, options, workload_row, write_model,
+    TIERS, config, featurizer, fixture_rows, model_path, options, scored_row, scores_of,
+    workload_row, write_model,
 };
 
 #[test]
@@ -169,13 +170,7 @@ fn every_kind_of_head_learns_the_fixture_with_and_without_shared_tiers() {
                 all.router
             );
             let c = Classifier::new(file.clone(), f.schema()).unwrap();
-            let score = |text: &str| {
-                c.score(
-                    &f.featurize(triage::features::Conversation::single(text))
-                        .unwrap()
-                        .vector,
-                )
-            };
+            let score = |text: &str| scores_of(&c, text);
             let chat = score("Hi! How are you? Let's chat about the weather.");
             let proof = score(
                 "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
@@ -279,13 +274,7 @@ fn prompts_every_tier_fails_are_not_learnt_as_prompts_for_the_dearest() {
     )
     .unwrap();
     let c = Classifier::new(file, f.schema()).unwrap();
-    let score = |text: &str| {
-        c.score(
-            &f.featurize(triage::features::Conversation::single(text))
-                .unwrap()
-                .vector,
-        )
-    };
+    let score = |text: &str| scores_of(&c, text);
     let (a, b) = (score(&hopeless(500)), score(&hard(500)));
     assert!(
         a[0] > b[0] + 0.3 && a[1] > b[1] + 0.3,
@@ -478,13 +467,7 @@ fn adapting_learns_that_length_leans_the_other_way_on_a_workload() {
     let mut adapt = options();
     adapt.recipe.base = Some(Base::from_model(&base_file, f.schema(), &tiers.names()).unwrap());
     let (file, _) = train::train(&f, &few, &tiers, &adapt, serde_json::Value::Null).unwrap();
-    let score = |c: &Classifier, t: &str| {
-        c.score(
-            &f.featurize(triage::features::Conversation::single(t))
-                .unwrap()
-                .vector,
-        )[0]
-    };
+    let score = |c: &Classifier, t: &str| scores_of(c, t)[0];
     let base = Classifier::new(base_file, f.schema()).unwrap();
     let adapted = Classifier::new(file, f.schema()).unwrap();
     let (long, short) = (prompt(999, true), prompt(999, false));
@@ -530,13 +513,7 @@ fn a_base_model_is_adapted_from_few_rows_and_fills_in_a_tier_they_lack() {
     // The fast head has no row to tune on: never chosen (threshold 1), but it still ranks.
     assert_eq!(file.thresholds[0], 1.0);
     let c = Classifier::new(file.clone(), f.schema()).unwrap();
-    let score = |t: &str| {
-        c.score(
-            &f.featurize(triage::features::Conversation::single(t))
-                .unwrap()
-                .vector,
-        )
-    };
+    let score = |t: &str| scores_of(&c, t);
     let chat = score("Hi! How are you? Let's chat about the weather.");
     let proof = score(
         "Prove rigorously, step by step, that the integral of a convergent series related to music is bounded; derive every lemma.",
@@ -610,13 +587,7 @@ fn the_length_prior_counts_the_question_stem_as_well_as_the_tokens() {
     let lean = |opts: &triage::train::TrainOptions| {
         let (file, _) = train::train(&f, &data, &tiers, opts, serde_json::Value::Null).unwrap();
         let c = Classifier::new(file, f.schema()).unwrap();
-        let score = |t: &str| {
-            c.score(
-                &f.featurize(triage::features::Conversation::single(t))
-                    .unwrap()
-                    .vector,
-            )[0]
-        };
+        let score = |t: &str| scores_of(&c, t)[0];
         // Long stem, short options against short stem, long options: > 0 when the long
         // question leans dearer (a lower `fast` score).
         let (long_stem, long_options) = (mc(6, 1, 999), mc(1, 3, 999));
@@ -666,16 +637,7 @@ fn graded_outcomes_teach_what_reaching_the_dearest_cannot() {
                     0.1,
                 )
             };
-            Row {
-                id: format!("j-{i}"),
-                source: Some("judged".into()),
-                category: None,
-                prompt,
-                outcomes: [("small", cheap), ("medium", cheap), ("large", 0.9)]
-                    .into_iter()
-                    .map(|(m, s)| (m.to_string(), s))
-                    .collect(),
-            }
+            scored_row(format!("j-{i}"), "judged", prompt, cheap, 0.9)
         })
         .collect();
     let data = train::prepare(&f, rows, &tiers, false).unwrap();
@@ -685,13 +647,7 @@ fn graded_outcomes_teach_what_reaching_the_dearest_cannot() {
         opts.recipe.set(&format!("graded-labels={graded}")).unwrap();
         let (file, _) = train::train(&f, &data, &tiers, &opts, serde_json::Value::Null).unwrap();
         let c = Classifier::new(file, f.schema()).unwrap();
-        let score = |t: &str| {
-            c.score(
-                &f.featurize(triage::features::Conversation::single(t))
-                    .unwrap()
-                    .vector,
-            )[0]
-        };
+        let score = |t: &str| scores_of(&c, t)[0];
         // > 0 when an unseen translation gets a higher `fast` score than an unseen proof.
         score("Translate into French: I walked along the old bridge (500).")
             - score("Prove that the sum of two odd numbers about the old bridge is even (500).")
