@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Single signals on each dev source held out (training/signals.py): prompt length, novelty
-# against the other sources, their nearest neighbours' labels, a subject oracle, and text
-# statistics of the question stem. Prints the tables in models/MODEL_CARD.md ("What the prompts
-# carry"). Needs Python 3.10+; installs numpy into training/.venv-signals. Reads ../shared/data
-# unless given DATA_DIR.
+# against the other sources, their nearest neighbours' labels, a subject oracle, text
+# statistics of the question stem, and the disagreement of per-source models. Prints the
+# tables in models/MODEL_CARD.md ("What the prompts carry"). Needs Python 3.10+; installs numpy
+# into training/.venv-signals. Reads ../shared/data unless given DATA_DIR.
 #
 #   bash training/signals.sh [DATA_DIR]
 set -euo pipefail

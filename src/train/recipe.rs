@@ -298,6 +298,7 @@ pub fn fit(
     recipe.validate().map_err(TrainError::Data)?;
     let kind = recipe.heads;
     let labels = fitted_labels(kind, data, tiers.len());
+    let targets = graded_targets(recipe, data);
     let head_tiers = kind.head_tiers(tiers);
     let signs = need_sign(kind, tiers.len());
     let prototypes = fit_prototypes(names, data, rows, recipe)?;
@@ -376,6 +377,7 @@ pub fn fit(
         rows,
         data,
         labels: &labels,
+        targets: targets.as_deref(),
         group_of: &group_of,
         groups: groups.len(),
         penalty: &penalty,
@@ -450,6 +452,7 @@ fn fit_stacked(
         ));
     }
     let labels = fitted_labels(kind, data, tiers.len());
+    let targets = graded_targets(recipe, data);
     let head_tiers = kind.head_tiers(tiers);
     let len = names.iter().position(|n| n == LENGTH_FEATURE);
     let (mean, std) = (&scaling.mean, &scaling.std);
@@ -462,7 +465,7 @@ fn fit_stacked(
             .filter_map(|&r| labels[r].get(k).copied().flatten().map(|y| (r, y)))
             .enumerate()
             .flat_map(|(n, (r, y))| {
-                graded_rows(y, graded_target(recipe, data, r, k))
+                graded_rows(y, graded_target(targets.as_deref(), r, k))
                     .into_iter()
                     .map(move |(y, share)| (r, y, share, n))
             })
@@ -533,12 +536,17 @@ fn fit_stacked(
     })
 }
 
-/// Row r's graded target for sufficiency head k ([`ordinal_targets`]) when `recipe` fits them;
-/// `None` otherwise, or where the row has no scores (logged decisions, which know a verdict).
-fn graded_target(recipe: &Recipe, data: &Prepared, r: usize, k: usize) -> Option<f64> {
+/// Every row's graded targets per sufficiency head ([`ordinal_targets`]) when `recipe` fits
+/// them; `None` otherwise. A row without scores (a logged decision, which knows a verdict) has
+/// none.
+fn graded_targets(recipe: &Recipe, data: &Prepared) -> Option<Vec<Vec<Option<f64>>>> {
     (recipe.graded_labels && recipe.heads == HeadsKind::Sufficiency)
-        .then(|| ordinal_targets(&data.scores[r]).get(k).copied().flatten())
-        .flatten()
+        .then(|| data.scores.iter().map(|s| ordinal_targets(s)).collect())
+}
+
+/// Row r's graded target for head k, if any (see [`graded_targets`]).
+fn graded_target(targets: Option<&[Vec<Option<f64>>]>, r: usize, k: usize) -> Option<f64> {
+    targets.and_then(|t| t[r].get(k).copied().flatten())
 }
 
 /// A row as fitted: its label with all its weight, or, with a graded target strictly between
@@ -686,6 +694,8 @@ struct Problem<'a> {
     data: &'a Prepared,
     /// Per data row, per head.
     labels: &'a [Vec<Option<bool>>],
+    /// Per data row, per head, the graded target when the recipe fits them ([`graded_targets`]).
+    targets: Option<&'a [Vec<Option<f64>>]>,
     /// Per entry of `rows`, its intercept group.
     group_of: &'a [usize],
     groups: usize,
@@ -715,12 +725,11 @@ impl Problem<'_> {
             .iter()
             .flat_map(|&k| {
                 self.rows.iter().enumerate().flat_map(move |(i, &r)| {
-                    let target = graded_target(self.recipe, self.data, r, k);
                     self.labels[r]
                         .get(k)
                         .copied()
                         .flatten()
-                        .map(|y| graded_rows(y, target))
+                        .map(|y| graded_rows(y, graded_target(self.targets, r, k)))
                         .into_iter()
                         .flatten()
                         .map(move |(y, share)| (i, k, y, share))
