@@ -306,6 +306,11 @@ struct EvalArgs {
     /// and the unadapted model on the group's other rows.
     #[arg(long, requires = "leave_one_out")]
     adapt: Option<usize>,
+    /// With --leave-one-out: bootstrap resamples of each held-out group's rows for 95 %
+    /// intervals of the two-tier figures and of their margins over the baselines (0: none).
+    #[arg(long, default_value_t = 1000, requires = "leave_one_out",
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    bootstrap: u32,
 }
 
 /// `--leave-one-out`: what a held-out group is.
@@ -1158,7 +1163,14 @@ fn eval_cmd(a: EvalArgs) -> anyhow::Result<()> {
             print_adapted(&t);
             return write_report(a.data.report.as_deref(), &t);
         }
-        let t = train::transfer::leave_one_out(&featurizer, &data, tiers, &opts, by)?;
+        let t = train::transfer::leave_one_out(
+            &featurizer,
+            &data,
+            tiers,
+            &opts,
+            by,
+            a.bootstrap as usize,
+        )?;
         print_transfer(&t);
         return write_report(a.data.report.as_deref(), &t);
     }
@@ -1260,6 +1272,7 @@ fn print_transfer(t: &train::transfer::Transfer) {
         "  the router beats both baselines on {} of {} groups (two-tier APGR)",
         m.groups_beating_both, m.groups
     );
+    print_spreads(t);
     let costs: Vec<(&str, &train::report::CostAtQuality)> = t
         .held_out
         .iter()
@@ -1286,6 +1299,46 @@ fn print_transfer(t: &train::transfer::Transfer) {
                 100.0 * c.saved(c.random_baseline)
             );
         }
+    }
+}
+
+fn print_spreads(t: &train::transfer::Transfer) {
+    let m = &t.means;
+    let mut rows: Vec<(String, &train::transfer::Spread)> = t
+        .held_out
+        .iter()
+        .filter_map(|h| Some((h.group.clone(), h.spread.as_ref()?)))
+        .collect();
+    rows.extend(
+        m.spread
+            .as_ref()
+            .map(|s| (format!("mean of {} groups", m.groups), s)),
+    );
+    rows.extend(
+        m.pooled_spread
+            .as_ref()
+            .map(|s| ("all held-out rows pooled".into(), s)),
+    );
+    let Some(resamples) = rows.first().map(|r| r.1.resamples) else {
+        return;
+    };
+    println!(
+        "\n  paired bootstrap, {resamples} resamples of the held-out rows: 95% intervals \
+         (a margin whose interval holds 0 may not survive another sample of such prompts)"
+    );
+    println!(
+        "  {:<28} {:>17} {:>17} {:>17}",
+        "group", "router", "router - length", "router - random"
+    );
+    let iv = |[lo, hi]: [f64; 2]| format!("[{lo:+.3}, {hi:+.3}]");
+    for (g, s) in rows {
+        println!(
+            "  {:<28} {:>17} {:>17} {:>17}",
+            g,
+            format!("[{:.3}, {:.3}]", s.router[0], s.router[1]),
+            iv(s.minus_length),
+            iv(s.minus_random)
+        );
     }
 }
 

@@ -14,8 +14,9 @@ Signals:
   shows how much of a source's in-file figure is its subjects' quirks.
 
 A second table scores text statistics of the question stem (the prompt less any lettered
-options) that speak of difficulty in general rather than of one benchmark: readability,
-constraint and condition words, negations. Each signal's direction (harder when larger or
+options) that speak of difficulty in general rather than of one benchmark: the length of its
+first paragraph (the instruction without pasted material), readability, constraint and
+condition words, negations. Each signal's direction (harder when larger or
 when smaller) is taken from the other sources' rows, like everything else here. A third
 scores the disagreement of models fitted on each other source.
 """
@@ -124,8 +125,12 @@ def text_stats(prompt):
     n = max(len(words), 1)
     sents = max(len(re.findall(r"[.!?](\s|$)", stem)), 1)
     syl = [syllables(w) for w in words] or [1]
+    # The instruction without supplied material: a chat prompt often pastes a document, code
+    # or reviews after a blank line, and that length need not be difficulty.
+    first = re.split(r"\n\s*\n", stem.strip(), maxsplit=1)[0]
     out = {
         "stem words (log)": math.log1p(len(words)),
+        "first paragraph words (log)": math.log1p(len(WORD.findall(first))),
         "words per sentence": n / sents,
         "syllables per word": float(np.mean(syl)),
         "reading grade (Flesch-Kincaid)": 0.39 * n / sents + 11.8 * float(np.mean(syl)) - 15.59,

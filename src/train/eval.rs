@@ -1,5 +1,5 @@
-//! Routing metrics: PGR/APGR/CPT for two tiers, cost at a quality target for N tiers, and the
-//! threshold search shared by evaluation and training.
+//! Routing metrics: PGR/APGR/CPT for two tiers (and their bootstrap spread), cost at a
+//! quality target for N tiers, and the threshold search shared by evaluation and training.
 
 use serde::Serialize;
 
@@ -44,6 +44,93 @@ pub fn apgr(curve: &[CurvePoint]) -> f64 {
         .windows(2)
         .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
         .sum()
+}
+
+/// APGR of several routings of the same rows on `resamples` bootstrap resamples of the rows
+/// (`[routing][resample]`). Every routing is scored on the same resamples, so differences
+/// between them are paired: two routers scored on one benchmark share its hard and easy rows,
+/// and the spread of their difference is far narrower than that of either figure alone. The
+/// same seed gives the same resamples.
+pub fn bootstrap_apgr(
+    weak: &[f64],
+    strong: &[f64],
+    needs: &[&[f64]],
+    resamples: usize,
+    seed: u64,
+) -> Vec<Vec<f64>> {
+    use rand::{Rng, SeedableRng};
+    let n = weak.len();
+    let gains: Vec<f64> = (0..n).map(|r| strong[r] - weak[r]).collect();
+    let groups: Vec<Vec<Vec<usize>>> = needs.iter().map(|need| tie_groups(need)).collect();
+    let mut out = vec![Vec::with_capacity(resamples); needs.len()];
+    if n == 0 {
+        return out;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut times = vec![0u32; n];
+    for _ in 0..resamples {
+        times.fill(0);
+        for _ in 0..n {
+            times[rng.gen_range(0..n)] += 1;
+        }
+        for (k, g) in groups.iter().enumerate() {
+            out[k].push(weighted_apgr(g, &gains, &times));
+        }
+    }
+    out
+}
+
+/// Row indices in decreasing order of `need`, rows of equal need together (as in
+/// [`pgr_curve`]).
+fn tie_groups(need: &[f64]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..need.len()).collect();
+    order.sort_by(|&a, &b| need[b].total_cmp(&need[a]));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for r in order {
+        match groups.last_mut() {
+            Some(g) if need[g[0]] == need[r] => g.push(r),
+            _ => groups.push(vec![r]),
+        }
+    }
+    groups
+}
+
+/// [`apgr`] of [`pgr_curve`] with row r counted `times[r]` times.
+fn weighted_apgr(groups: &[Vec<usize>], gains: &[f64], times: &[u32]) -> f64 {
+    let total: f64 = times.iter().map(|&t| f64::from(t)).sum();
+    let gain: f64 = gains
+        .iter()
+        .zip(times)
+        .map(|(g, &t)| g * f64::from(t))
+        .sum();
+    if total == 0.0 || (gain / total).abs() < 1e-12 {
+        return 0.0;
+    }
+    let (mut x, mut y, mut area) = (0.0, 0.0, 0.0);
+    for g in groups {
+        let dx: f64 = g.iter().map(|&r| f64::from(times[r])).sum::<f64>() / total;
+        let dy: f64 = g
+            .iter()
+            .map(|&r| gains[r] * f64::from(times[r]))
+            .sum::<f64>()
+            / gain;
+        area += dx * (2.0 * y + dy) / 2.0;
+        x += dx;
+        y += dy;
+    }
+    debug_assert!((x - 1.0).abs() < 1e-9);
+    area
+}
+
+/// The central 95 % of `values` (percentile interval; `[NaN, NaN]` when empty).
+pub fn interval95(values: &[f64]) -> [f64; 2] {
+    if values.is_empty() {
+        return [f64::NAN; 2];
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    [at(0.025), at(0.975)]
 }
 
 /// Smallest strong-call share at which PGR reaches `target` (linear within tie groups).
@@ -290,6 +377,82 @@ mod tests {
         // The reversed router is worse than random.
         let bad = pgr_curve(&weak, &strong, &[1.0, 0.0, 0.1, 0.9]);
         assert!(apgr(&bad) < 0.5);
+    }
+
+    #[test]
+    fn bootstrap_resamples_are_paired_and_centred_on_the_figure() {
+        // 200 rows; strong helps on every fifth. The oracle knows which, a noisy router half
+        // knows, the length-like routing does not know at all.
+        let n = 200;
+        let weak: Vec<f64> = (0..n).map(|r| if r % 5 == 0 { 0.0 } else { 1.0 }).collect();
+        let strong = vec![1.0; n];
+        let oracle: Vec<f64> = (0..n).map(|r| if r % 5 == 0 { 1.0 } else { 0.0 }).collect();
+        let noisy: Vec<f64> = (0..n)
+            .map(|r| {
+                if r % 5 == 0 || r % 7 == 0 {
+                    1.0
+                } else {
+                    (r % 3) as f64 / 3.0
+                }
+            })
+            .collect();
+        let constant = vec![0.0; n];
+        let runs = bootstrap_apgr(&weak, &strong, &[&oracle, &noisy, &constant], 500, 3);
+        assert_eq!(runs.len(), 3);
+        assert!(runs.iter().all(|r| r.len() == 500));
+        // A constant score is random routing on every resample.
+        assert!(runs[2].iter().all(|a| (a - 0.5).abs() < 1e-12));
+        // Each interval holds the figure on all the rows.
+        for (k, need) in [&oracle, &noisy].into_iter().enumerate() {
+            let full = apgr(&pgr_curve(&weak, &strong, need));
+            let [lo, hi] = interval95(&runs[k]);
+            assert!(lo <= full && full <= hi, "{k}: {full} not in [{lo}, {hi}]");
+            assert!(hi - lo > 1e-3, "resamples differ");
+        }
+        // Paired: the oracle beats the noisy router on every resample, by a spread narrower
+        // than the noisy router's own.
+        let diff: Vec<f64> = runs[0].iter().zip(&runs[1]).map(|(a, b)| a - b).collect();
+        assert!(diff.iter().all(|d| *d > 0.0));
+        let width = |v: &[f64]| {
+            let [lo, hi] = interval95(v);
+            hi - lo
+        };
+        assert!(
+            width(&diff) < width(&runs[1]),
+            "{} vs {}",
+            width(&diff),
+            width(&runs[1])
+        );
+        // The same seed gives the same resamples; another seed others.
+        assert_eq!(
+            bootstrap_apgr(&weak, &strong, &[&noisy], 50, 3)[0],
+            runs[1][..50]
+        );
+        assert_ne!(
+            bootstrap_apgr(&weak, &strong, &[&noisy], 50, 4)[0],
+            runs[1][..50]
+        );
+        assert!(bootstrap_apgr(&[], &[], &[&[]], 10, 3)[0].is_empty());
+    }
+
+    #[test]
+    fn counting_every_row_once_is_the_plain_figure() {
+        let weak = [1.0, 0.0, 0.0, 1.0, 0.5];
+        let strong = [1.0, 1.0, 1.0, 0.0, 1.0];
+        let need = [0.2, 0.9, 0.9, 0.1, 0.5];
+        let plain = apgr(&pgr_curve(&weak, &strong, &need));
+        let gains: Vec<f64> = weak.iter().zip(&strong).map(|(w, s)| s - w).collect();
+        let once = weighted_apgr(&tie_groups(&need), &gains, &[1; 5]);
+        assert!((plain - once).abs() < 1e-12, "{plain} vs {once}");
+        // Counting a row twice is the plain figure on rows with that row repeated.
+        let twice = weighted_apgr(&tie_groups(&need), &gains, &[2, 1, 1, 1, 1]);
+        let w2 = [1.0, 1.0, 0.0, 0.0, 1.0, 0.5];
+        let s2 = [1.0, 1.0, 1.0, 1.0, 0.0, 1.0];
+        let n2 = [0.2, 0.2, 0.9, 0.9, 0.1, 0.5];
+        assert!((apgr(&pgr_curve(&w2, &s2, &n2)) - twice).abs() < 1e-12);
+        assert_eq!(interval95(&[]).map(f64::is_nan), [true, true]);
+        let v: Vec<f64> = (0..=100).map(f64::from).collect();
+        assert_eq!(interval95(&v), [3.0, 98.0]);
     }
 
     #[test]

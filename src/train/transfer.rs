@@ -8,6 +8,7 @@
 use serde::Serialize;
 
 use super::dataset::TierMap;
+use super::eval;
 use super::prepare::Prepared;
 use super::report::{self, Report};
 use super::{TrainOptions, train};
@@ -47,6 +48,36 @@ pub struct HeldOut {
     /// outcome the cost at the quality target (`router` there is the model's own thresholds,
     /// tuned on the other groups; `router_best` the best thresholds for this group).
     pub report: Report,
+    /// How far the two-tier figures could move on another sample of such prompts.
+    pub spread: Option<Spread>,
+}
+
+/// Paired bootstrap of the two-tier APGR: 95 % intervals over resamples of the measured rows
+/// (each group's rows resampled on its own; the mean over groups takes one resample of every
+/// group). Why: a held-out benchmark is one sample of its kind of prompts, and a router that
+/// "beats a baseline" by less than the interval's width may not on the next sample.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Spread {
+    /// Resamples drawn.
+    pub resamples: usize,
+    /// The router's APGR.
+    pub router: [f64; 2],
+    /// The router's APGR less the length baseline's, on the same resample.
+    pub minus_length: [f64; 2],
+    /// The router's APGR less random routing's (0.5 on every resample with a gap).
+    pub minus_random: [f64; 2],
+}
+
+impl Spread {
+    fn of(runs: &[Vec<f64>]) -> Self {
+        let minus = |b: &[f64]| -> Vec<f64> { runs[0].iter().zip(b).map(|(a, b)| a - b).collect() };
+        Self {
+            resamples: runs[0].len(),
+            router: eval::interval95(&runs[0]),
+            minus_length: eval::interval95(&minus(&runs[1])),
+            minus_random: eval::interval95(&minus(&runs[2])),
+        }
+    }
 }
 
 /// Means over the held-out groups.
@@ -69,6 +100,10 @@ pub struct Means {
     /// models saw, which also measures whether scores compare across kinds (the router's APGR
     /// against the length baseline's and random's).
     pub pooled: Option<[f64; 3]>,
+    /// Bootstrap intervals of the mean over groups.
+    pub spread: Option<Spread>,
+    /// Bootstrap intervals of the pooled rows' figures.
+    pub pooled_spread: Option<Spread>,
 }
 
 /// Everything `triage eval --leave-one-out` measures.
@@ -82,13 +117,15 @@ pub struct Transfer {
     pub means: Means,
 }
 
-/// Trains on every group but one, for each group, and measures the one left out.
+/// Trains on every group but one, for each group, and measures the one left out, with
+/// `resamples` bootstrap resamples of its rows for the figures' spread (0: none).
 pub fn leave_one_out(
     featurizer: &Featurizer,
     data: &Prepared,
     tiers: &TierMap,
     opts: &TrainOptions,
     by: GroupBy,
+    resamples: usize,
 ) -> Result<Transfer, TrainError> {
     let keys: Vec<String> = data.rows.iter().map(|r| by.key(r)).collect();
     let mut groups = keys.clone();
@@ -105,7 +142,9 @@ pub fn leave_one_out(
     let mut held_out = Vec::with_capacity(groups.len());
     // (weak score, strong score, router need, prompt tokens) of every held-out row.
     let mut pooled: Vec<(f64, f64, f64, u32)> = Vec::new();
-    for g in &groups {
+    // Per group with a pair: its bootstrap APGR runs [router, length, random][resample].
+    let mut group_runs: Vec<Vec<Vec<f64>>> = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
         let train_rows: Vec<usize> = (0..keys.len()).filter(|&r| keys[r] != *g).collect();
         let test_rows: Vec<usize> = (0..keys.len()).filter(|&r| keys[r] == *g).collect();
         let train_data = data.subset(&train_rows);
@@ -122,21 +161,29 @@ pub fn leave_one_out(
         let c = Classifier::new(file, featurizer.schema()).map_err(TrainError::Data)?;
         let p = report::score_all(&c, &test);
         let rep = report::report(&test, &names, &p, None, Some(&thresholds), opts);
-        if let Some(k) = rep
+        let k = rep
             .two_tier
             .first()
-            .and_then(|t| names.iter().position(|n| *n == t.cheap_tier))
-        {
+            .and_then(|t| names.iter().position(|n| *n == t.cheap_tier));
+        let mut spread = None;
+        if let Some(k) = k {
+            let from = pooled.len();
             for (r, pr) in p.iter().enumerate() {
                 if let (Some(w), Some(st)) = (test.scores[r][k], test.scores[r][top]) {
                     pooled.push((w, st, 1.0 - pr[k], test.tokens[r]));
                 }
+            }
+            if resamples > 0 {
+                let runs = bootstrap(&pooled[from..], resamples, opts.seed.wrapping_add(i as u64));
+                spread = Some(Spread::of(&runs));
+                group_runs.push(runs);
             }
         }
         held_out.push(HeldOut {
             group: g.clone(),
             train_rows: train_rows.len(),
             report: rep,
+            spread,
         });
     }
     let mut means = means(&held_out, &names);
@@ -145,8 +192,25 @@ pub fn leave_one_out(
         let strong: Vec<f64> = pooled.iter().map(|r| r.1).collect();
         let need: Vec<f64> = pooled.iter().map(|r| r.2).collect();
         let length: Vec<f64> = pooled.iter().map(|r| f64::from(r.3)).collect();
-        let apgr = |n: &[f64]| super::eval::apgr(&super::eval::pgr_curve(&weak, &strong, n));
+        let apgr = |n: &[f64]| eval::apgr(&eval::pgr_curve(&weak, &strong, n));
         means.pooled = Some([apgr(&need), apgr(&length), apgr(&vec![0.0; weak.len()])]);
+        if resamples > 0 {
+            let seed = opts.seed.wrapping_add(groups.len() as u64);
+            means.pooled_spread = Some(Spread::of(&bootstrap(&pooled, resamples, seed)));
+        }
+    }
+    if let Some(first) = group_runs.first() {
+        // One resample of the mean takes resample b of every group.
+        let mean: Vec<Vec<f64>> = (0..first.len())
+            .map(|j| {
+                (0..resamples)
+                    .map(|b| {
+                        group_runs.iter().map(|g| g[j][b]).sum::<f64>() / group_runs.len() as f64
+                    })
+                    .collect()
+            })
+            .collect();
+        means.spread = Some(Spread::of(&mean));
     }
     Ok(Transfer {
         by,
@@ -181,7 +245,27 @@ fn means(held_out: &[HeldOut], tiers: &[String]) -> Means {
             .count(),
         ece: pairs.iter().map(|(_, e)| e).sum::<f64>() / n,
         pooled: None,
+        spread: None,
+        pooled_spread: None,
     }
+}
+
+/// Bootstrap APGR runs `[router, length, random][resample]` of (weak, strong, router need,
+/// prompt tokens) rows; length ranks like the report's length baseline (longer first, equal
+/// lengths tied).
+fn bootstrap(rows: &[(f64, f64, f64, u32)], resamples: usize, seed: u64) -> Vec<Vec<f64>> {
+    let weak: Vec<f64> = rows.iter().map(|r| r.0).collect();
+    let strong: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    let need: Vec<f64> = rows.iter().map(|r| r.2).collect();
+    let length: Vec<f64> = rows.iter().map(|r| f64::from(r.3)).collect();
+    let constant = vec![0.0; rows.len()];
+    eval::bootstrap_apgr(
+        &weak,
+        &strong,
+        &[&need, &length, &constant],
+        resamples,
+        seed,
+    )
 }
 
 /// Two-tier and N-tier figures of one routing of the scored rows.

@@ -378,3 +378,56 @@ fn report_writes_markdown_and_a_plot_against_every_baseline() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--floors: 1.5"));
 }
+
+#[test]
+fn leave_one_out_prints_bootstrap_intervals_and_bounds_the_resamples() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_fixture(dir.path());
+    let json = dir.path().join("loo.json");
+    let out = triage()
+        .args(["eval", "--leave-one-out", "source", "--bootstrap", "50"])
+        .args(["--dataset"])
+        .arg(&data)
+        .args(["--tiers", crate::common::TIERS, "--report"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("paired bootstrap, 50 resamples"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let held = report["held_out"].as_array().unwrap();
+    assert_eq!(held.len(), 3);
+    for h in held {
+        let s = &h["spread"];
+        assert_eq!(s["resamples"], 50, "{h}");
+        let [lo, hi] = [&s["router"][0], &s["router"][1]].map(|v| v.as_f64().unwrap());
+        let apgr = h["report"]["two_tier"][0]["router"]["apgr"]
+            .as_f64()
+            .unwrap();
+        assert!(lo <= apgr && apgr <= hi, "{s}");
+    }
+    assert_eq!(report["means"]["spread"]["resamples"], 50);
+
+    let flood = triage()
+        .args(["eval", "--leave-one-out", "source", "--bootstrap", "100001"])
+        .args(["--dataset"])
+        .arg(&data)
+        .args(["--tiers", crate::common::TIERS])
+        .output()
+        .unwrap();
+    assert!(!flood.status.success());
+    let err = String::from_utf8_lossy(&flood.stderr);
+    assert!(
+        err.contains("--bootstrap") && err.contains("100000"),
+        "{err}"
+    );
+}

@@ -357,7 +357,7 @@ fn leave_one_out_trains_without_each_group_and_measures_it() {
     let f = featurizer();
     let tiers: TierMap = TIERS.parse().unwrap();
     let data = train::prepare(&f, rows_in_two_sources(), &tiers, false).unwrap();
-    let t = leave_one_out(&f, &data, &tiers, &options(), GroupBy::Source).unwrap();
+    let t = leave_one_out(&f, &data, &tiers, &options(), GroupBy::Source, 200).unwrap();
     let groups: Vec<&str> = t.held_out.iter().map(|h| h.group.as_str()).collect();
     assert_eq!(groups, ["a", "b"]);
     for h in &t.held_out {
@@ -373,6 +373,16 @@ fn leave_one_out_trains_without_each_group_and_measures_it() {
             two
         );
         assert!(h.report.cost.is_some());
+        // The bootstrap intervals hold the figures measured on all the group's rows.
+        let s = h.spread.as_ref().unwrap();
+        assert_eq!(s.resamples, 200);
+        let within = |[lo, hi]: [f64; 2], x: f64| lo <= x && x <= hi && lo < hi;
+        assert!(within(s.router, two.router.apgr), "{s:?}");
+        assert!(
+            within(s.minus_length, two.router.apgr - two.length_baseline.apgr),
+            "{s:?}"
+        );
+        assert!(within(s.minus_random, two.router.apgr - 0.5), "{s:?}");
     }
     assert_eq!(t.means.groups, 2);
     assert_eq!(t.means.groups_beating_both, 2);
@@ -385,12 +395,19 @@ fn leave_one_out_trains_without_each_group_and_measures_it() {
     assert!((t.means.router_apgr - mean).abs() < 1e-12);
     let [router, length, random] = t.means.pooled.unwrap();
     assert!(router > length && router > random, "{:?}", t.means.pooled);
+    let [lo, hi] = t.means.spread.as_ref().unwrap().router;
+    assert!(lo <= t.means.router_apgr && t.means.router_apgr <= hi);
+    let [lo, hi] = t.means.pooled_spread.as_ref().unwrap().minus_length;
+    assert!(lo <= router - length && router - length <= hi);
 
     // By category: six groups (source/kind), each trained on the other 50 rows.
-    let t = leave_one_out(&f, &data, &tiers, &options(), GroupBy::Category).unwrap();
+    let t = leave_one_out(&f, &data, &tiers, &options(), GroupBy::Category, 0).unwrap();
     assert_eq!(t.held_out.len(), 6);
     assert_eq!(t.held_out[0].group, "a/chat");
     assert!(t.held_out.iter().all(|h| h.train_rows == 50));
+    // No resamples asked for, no intervals.
+    assert!(t.held_out.iter().all(|h| h.spread.is_none()));
+    assert!(t.means.spread.is_none() && t.means.pooled_spread.is_none());
 
     // One group cannot be left out of itself.
     let one = train::prepare(&f, fixture_rows(), &tiers, false).unwrap();
@@ -398,7 +415,7 @@ fn leave_one_out_trains_without_each_group_and_measures_it() {
         .filter(|&r| one.rows[r].source.as_deref() == Some("chat"))
         .collect();
     let single = one.subset(&chat);
-    let err = leave_one_out(&f, &single, &tiers, &options(), GroupBy::Source).unwrap_err();
+    let err = leave_one_out(&f, &single, &tiers, &options(), GroupBy::Source, 0).unwrap_err();
     assert!(err.to_string().contains("at least two groups"), "{err}");
 }
 
