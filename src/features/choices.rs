@@ -26,19 +26,115 @@ pub const CHOICE_FEATURES: [&str; 12] = [
 /// Option letters recognised; MMLU-Pro goes up to J.
 const MAX_OPTION: u8 = b'J';
 
+/// How an option label is written: `A.`, `A)`, `A:` or `(A)`, and in which case. Every label
+/// of one list is written alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Style {
+    parenthesised: bool,
+    close: u8,
+    lower: bool,
+}
+
+/// The option label opening `line` (after any indentation) and followed by a space or tab:
+/// which option it is (0 for A), how it is written, and the byte where its text starts.
+fn label(line: &str) -> Option<(usize, Style, usize)> {
+    let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+    let (parenthesised, letter, close, next) = match &line.as_bytes()[indent..] {
+        [b'(', l, b')', n, ..] => (true, *l, b')', *n),
+        [l, c @ (b'.' | b')' | b':'), n, ..] => (false, *l, *c, *n),
+        _ => return None,
+    };
+    if next != b' ' && next != b'\t' {
+        return None;
+    }
+    let (lower, index) = match letter {
+        b'A'..=MAX_OPTION => (false, letter - b'A'),
+        l if (b'a'..=MAX_OPTION.to_ascii_lowercase()).contains(&l) => (true, l - b'a'),
+        _ => return None,
+    };
+    let style = Style {
+        parenthesised,
+        close,
+        lower,
+    };
+    Some((
+        usize::from(index),
+        style,
+        indent + if parenthesised { 3 } else { 2 },
+    ))
+}
+
+/// Options one to a line: lines labelled `A`, `B`, … in sequence, in one [`Style`], at least
+/// two of them (a lone `A:` is as likely the answer of a "Q: … A: …" exchange). Where the text
+/// holds several such lists, the last one: options close a question, and what comes before
+/// them (a key labelled `A:` to `E:`, sub-questions `(a)` and `(b)`, worked examples with
+/// their own options) is part of its stem. Returns where the stem ends and the options'
+/// texts. Each candidate list ends at the next line labelled `A` in its style, so every line
+/// is read at most once per style: linear however many lists a hostile prompt holds.
+fn line_options(text: &str) -> Option<(usize, Vec<&str>)> {
+    let mut found = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let Some((0, style, _)) = label(line) else {
+            continue;
+        };
+        let mut bodies = Vec::new();
+        for later in text[start..].lines() {
+            match label(later) {
+                Some((i, s, at)) if s == style && i == bodies.len() => {
+                    bodies.push(later[at..].trim());
+                }
+                // A second list in this style starts: this one is over.
+                Some((0, s, _)) if s == style => break,
+                _ => {}
+            }
+        }
+        if bodies.len() >= 2 {
+            found = Some((start, bodies));
+        }
+    }
+    found
+}
+
+/// Options on one line, `(A) … (B) …` (as in "Answer Choices: (A) 8 (B) 2"), the last such
+/// list in the text: the stem ends at its `(A)`, each option runs to the next label in
+/// sequence, the last to the end of its line. Each candidate ends at the next `(A)` or at
+/// the end of its line, which keeps the search linear.
+fn inline_options(text: &str) -> Option<(usize, Vec<&str>)> {
+    for first in [b'A', b'a'] {
+        let label = |i: u8| format!("({}) ", char::from(first + i));
+        let starts: Vec<usize> = text.match_indices(&label(0)).map(|(at, _)| at).collect();
+        let mut found = None;
+        for (k, &stem_end) in starts.iter().enumerate() {
+            let mut from = stem_end + 4;
+            let line_end = text[from..].find('\n').map_or(text.len(), |e| from + e);
+            let end = starts
+                .get(k + 1)
+                .map_or(line_end, |&next| next.min(line_end));
+            let mut bodies = Vec::new();
+            for i in 1..=(MAX_OPTION - b'A') {
+                let Some(at) = text[from..end].find(&label(i)) else {
+                    break;
+                };
+                bodies.push(text[from..from + at].trim());
+                from += at + 4;
+            }
+            bodies.push(text[from..end].trim());
+            if bodies.len() >= 2 {
+                found = Some((stem_end, bodies));
+            }
+        }
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
 /// Words that turn a stem around ("all of these EXCEPT…"); matched whole, any case.
 const NEGATIONS: [&str; 5] = ["except", "not", "false", "incorrect", "least"];
-
-/// Whether `line` opens with an option label `X.` or `X)` followed by a space, and which letter.
-fn option_letter(line: &str) -> Option<u8> {
-    let b = line.as_bytes();
-    match b {
-        [l, p, b' ', ..] if (b'A'..=MAX_OPTION).contains(l) && (*p == b'.' || *p == b')') => {
-            Some(*l)
-        }
-        _ => None,
-    }
-}
 
 /// Phrases searched in every prompt: [`NEGATIONS`], then the three phrase flags.
 const PHRASES: [&str; 8] = [
@@ -68,37 +164,23 @@ fn has_word(hay: &[u8], finder: &memchr::memmem::Finder<'_>) -> bool {
 
 /// The [`CHOICE_FEATURES`] of `text`.
 ///
-/// The options are the line labelled `A.` (or `A)`) and the later lines that carry the next
-/// label in sequence, up to `J.`; the stem is everything before the `A.` line, or the whole
-/// text when there is none.
-/// Lengths are in bytes and go through `ln(1 + x)`.
+/// The options are a list of lettered lines ([`line_options`]: `A.`, `A)`, `A:` or `(A)`,
+/// upper or lower case, up to `J`) or, failing that, labels `(A) … (B) …` on one line
+/// ([`inline_options`]); the stem is everything before the first option, or the whole text
+/// when there are none. Why several writings: one question must get the same features however
+/// its options are written, or its route depends on the benchmark's template rather than on
+/// the question. Lengths are in bytes and go through `ln(1 + x)`.
 pub fn choice_stats(text: &str) -> [f32; 12] {
-    let mut stem_end = text.len();
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        if option_letter(line) == Some(b'A') {
-            stem_end = offset;
-            break;
-        }
-        offset += line.len();
-    }
+    let (stem_end, bodies) = line_options(text)
+        .or_else(|| inline_options(text))
+        .unwrap_or((text.len(), Vec::new()));
     let stem = &text[..stem_end];
-    let mut all_lens = [0.0f32; (MAX_OPTION - b'A' + 1) as usize];
-    let mut count = 0;
-    let mut with_digit = 0u32;
-    for line in text[stem_end..].lines() {
-        if let Some(l) = option_letter(line) {
-            // Only the next letter in sequence continues the list.
-            if usize::from(l - b'A') != count {
-                continue;
-            }
-            let body = line[3..].trim();
-            all_lens[count] = body.len() as f32;
-            count += 1;
-            with_digit += u32::from(body.bytes().any(|c| c.is_ascii_digit()));
-        }
-    }
-    let lens = &all_lens[..count];
+    let count = bodies.len();
+    let lens: Vec<f32> = bodies.iter().map(|b| b.len() as f32).collect();
+    let with_digit = bodies
+        .iter()
+        .filter(|b| b.bytes().any(|c| c.is_ascii_digit()))
+        .count();
     let n = count as f32;
     let (mean, spread, digit_share) = if count == 0 {
         (0.0, 0.0, 0.0)
@@ -195,6 +277,88 @@ mod tests {
         // A second "A." block or a letter that skips ahead is prose, not an option list.
         let p = "Q\nA. one\nB. two\nD. four\nA. again";
         let v = choice_stats(p);
+        assert!((get(&v, "log_options") - 2f32.ln_1p()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn one_question_has_the_same_shape_however_its_options_are_written() {
+        let stem = "Which of the following is NOT prime?";
+        let options = ["2", "9", "13", "17"];
+        let lines = |label: &dyn Fn(char) -> String| -> String {
+            let mut p = stem.to_string();
+            for (i, o) in options.iter().enumerate() {
+                p.push_str(&format!("\n{} {o}", label(char::from(b'A' + i as u8))));
+            }
+            p + "\nAnswer:"
+        };
+        let reference = choice_stats(&lines(&|l| format!("{l}.")));
+        assert!((get(&reference, "log_options") - 4f32.ln_1p()).abs() < 1e-6);
+        let writings = [
+            lines(&|l| format!("{l})")),
+            lines(&|l| format!("{l}:")),
+            lines(&|l| format!("({l})")),
+            lines(&|l| format!("{}.", l.to_ascii_lowercase())),
+            lines(&|l| format!("({})", l.to_ascii_lowercase())),
+            lines(&|l| format!("   {l}.")),
+            format!("{stem}\n(A) 2 (B) 9 (C) 13 (D) 17\nAnswer:"),
+            format!("{stem}\n(a) 2 (b) 9 (c) 13 (d) 17"),
+        ];
+        for w in &writings {
+            let v = choice_stats(w);
+            for name in CHOICE_FEATURES {
+                assert!(
+                    (get(&v, name) - get(&reference, name)).abs() < 1e-6,
+                    "{name} differs for {w:?}: {} vs {}",
+                    get(&v, name),
+                    get(&reference, name)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_label_or_a_dialogue_is_not_a_list() {
+        // "A:" answering "Q:" is one label, not options.
+        let v = choice_stats("Q: what is 2 + 2?\nA: 4\nQ: and 3 + 3?\nA:");
+        assert_eq!(get(&v, "log_options"), 0.0);
+        let v = choice_stats("Rate it.\nA. it is fine");
+        assert_eq!(get(&v, "log_options"), 0.0);
+        // Mixed writings do not make one list.
+        let v = choice_stats("Q\nA. x\n(B) y\n(A) one\n(B) two\n(C) three");
+        assert!((get(&v, "log_options") - 3f32.ln_1p()).abs() < 1e-6);
+        // A key labelled A: to C: before the options belongs to the stem.
+        let p = "Use the key.\nA: Ann reads.\nB: Bo plays.\nC: Cy sings.\n~A\nA. Ann does not read.\nB. Bo plays.\nAnswer:";
+        let v = choice_stats(p);
+        assert!((get(&v, "log_options") - 2f32.ln_1p()).abs() < 1e-6);
+        assert!((get(&v, "log_stem_chars") - (p.find("A. ").unwrap() as f32).ln_1p()).abs() < 1e-6);
+        // Worked examples with their own options: the last question's options count.
+        let p = "Q1?\n(A) a (B) b\nAnswer: A\nQ2?\n(A) one (B) two (C) three\nAnswer:";
+        let v = choice_stats(p);
+        assert!((get(&v, "log_options") - 3f32.ln_1p()).abs() < 1e-6);
+        // "(A)" alone inline is not a list either; all ten inline labels are.
+        assert_eq!(get(&choice_stats("see (A) above"), "log_options"), 0.0);
+        let ten: String = (0..10u8)
+            .map(|i| format!("({}) o{i} ", char::from(b'A' + i)))
+            .collect();
+        let v = choice_stats(&format!("Pick:\n{ten}"));
+        assert!((get(&v, "log_options") - 10f32.ln_1p()).abs() < 1e-6);
+        assert!((get(&v, "log_option_chars") - 2f32.ln_1p()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn many_list_starts_stay_linear() {
+        // Hostile input: thousands of lines labelled A, none followed by B; lists in every
+        // style interleaved; one line of inline labels. Each finishes at once (a quadratic
+        // search would take minutes on these).
+        let p = "A. x\n".repeat(20_000);
+        let v = choice_stats(&p);
+        assert_eq!(get(&v, "log_options"), 0.0);
+        assert!((get(&v, "log_stem_chars") - (p.len() as f32).ln_1p()).abs() < 1e-6);
+        let p = "A. x\n(a) y\nA: z\nb: w\n".repeat(5_000) + "A. last\nB. list";
+        let v = choice_stats(&p);
+        assert!((get(&v, "log_options") - 2f32.ln_1p()).abs() < 1e-6);
+        let p = "(A) x ".repeat(20_000) + "(B) y";
+        let v = choice_stats(&p);
         assert!((get(&v, "log_options") - 2f32.ln_1p()).abs() < 1e-6);
     }
 

@@ -18,7 +18,8 @@ pub enum Marker {
     /// Condensing text: summarize/summarise, tl;dr, key points, condense...
     Summarization,
     /// Choosing among labels: classify, categorize, sentiment, true or false, which of the
-    /// following, or lettered answer options (`A.` `B.` on their own lines).
+    /// following, or lettered answer options (set by the featurizer from
+    /// [`choice_stats`](super::choice_stats), the one parser of option lists).
     Classification,
     /// translate, "into French/English/…", "in Spanish/German/…".
     Translation,
@@ -248,11 +249,6 @@ const KEYWORDS: &[(Marker, Bound, &[&str])] = &[
         ],
     ),
     (
-        Marker::Classification,
-        Bound::Anywhere,
-        &["\na. ", "\nb. ", "\n(a)", "\n(b)"],
-    ),
-    (
         Marker::Translation,
         Bound::Word,
         &[
@@ -443,7 +439,6 @@ mod tests {
             ("Summarize the following article", "summarization"),
             ("Please give a tl;dr", "summarization"),
             ("Classify the sentiment of this review", "classification"),
-            ("Pick one:\nA. red\nB. blue", "classification"),
             ("Translate this sentence into French", "translation"),
             ("Write a poem about autumn", "creative_writing"),
             ("Hello there!", "chit_chat"),

@@ -20,7 +20,7 @@ use crate::error::LoadError;
 
 /// Version of the feature layout. Bump it whenever a feature's meaning changes; it feeds the
 /// fingerprint, so old model files are then refused instead of silently misread.
-pub const SCHEMA_VERSION: &str = "triage-features/4";
+pub const SCHEMA_VERSION: &str = "triage-features/5";
 
 /// Tokens of the routed prompt that are pooled into its embedding; later tokens still count
 /// towards the token count. Bounds the cost of embedding huge prompts.
@@ -215,6 +215,12 @@ impl Featurizer {
             markers.insert(Marker::MultiTurn);
         }
 
+        let choices = choice_stats(conv.prompt);
+        if choices[0] > 0.0 {
+            // Lettered options, however written: choosing among labels.
+            markers.insert(Marker::Classification);
+        }
+
         let mut vector = vec![0.0f32; self.schema.names.len()];
         let stats = text_stats(conv.prompt);
         let dense = [
@@ -231,7 +237,7 @@ impl Featurizer {
         ];
         vector[..dense.len()].copy_from_slice(&dense);
         let c0 = DENSE_FEATURES.len();
-        vector[c0..c0 + CHOICE_FEATURES.len()].copy_from_slice(&choice_stats(conv.prompt));
+        vector[c0..c0 + CHOICE_FEATURES.len()].copy_from_slice(&choices);
         let m0 = c0 + CHOICE_FEATURES.len();
         for (i, m) in Marker::ALL.iter().enumerate() {
             vector[m0 + i] = if markers.contains(*m) { 1.0 } else { 0.0 };
@@ -402,6 +408,23 @@ mod tests {
         assert_eq!(names[34], "emb_000");
         assert_eq!(names[35], "emb_001");
         assert_eq!(f.schema().fingerprint.len(), 16);
+    }
+
+    #[test]
+    fn lettered_options_mark_classification_however_written() {
+        let f = tiny();
+        for p in [
+            "Pick one:\nA. red\nB. blue",
+            "Pick one:\n(a) red\n(b) blue",
+            "Pick one: (A) red (B) blue",
+        ] {
+            let feats = f.featurize(Conversation::single(p)).unwrap();
+            assert!(feats.markers.contains(Marker::Classification), "{p:?}");
+        }
+        let feats = f
+            .featurize(Conversation::single("Q: hi\nA: hello"))
+            .unwrap();
+        assert!(!feats.markers.contains(Marker::Classification));
     }
 
     #[test]
