@@ -1,0 +1,140 @@
+"""Post-hoc studies on the held-out predictions of the shipped recipe: each dev source scored by
+a model trained with plain `triage train` on the other sources (what `triage eval
+--leave-one-out source` does), then two ideas that need the per-row held-out scores. Run by
+training/heldout.sh, which trains the four models and writes their scores and the serving
+featurizer's vectors first. Prints Markdown tables for models/MODEL_CARD.md.
+
+1. The held-out figures recomputed from the per-row scores (they must equal the leave-one-out
+   evaluation's, which shows the models here are the ones it measures).
+2. Shrinking towards the dearer tier when a prompt is unlike the training rows: the held-out
+   score's logit plus beta per standard deviation of novelty (1 - mean cosine to the 10 nearest
+   training rows) above the q-quantile of the training rows' own novelty.
+3. A non-linear learner: gradient-boosted trees over the 34 scalar features (no embedding),
+   fitted on the other sources (each source the same total weight) to the cheap tier's
+   shortfall, alone and added to triage's score at the same spread.
+"""
+import json
+import sys
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+DATA, WORK = sys.argv[1], sys.argv[2]
+FILES = [("mmlu_pro/mmlu_pro_dev", "mmlu_pro_dev"), ("routellm/routellm_dev", "routellm_dev"),
+         ("alpaca_eval/alpaca_eval_dev", "alpaca_eval_dev")]
+# (cheapest, dearest, index of the cheapest tier's served score) per source, as
+# training/tiers.txt maps them.
+PAIR = {"alpaca_eval": ("gemma-7b-it", "gpt-4-1106-preview", 0),
+        "gsm8k": ("mixtral-8x7b-instruct", "gpt-4-1106-preview", 1),
+        "mmlu": ("mixtral-8x7b-instruct", "gpt-4-1106-preview", 1),
+        "mmlu_pro": ("llama-3.1-8b-instruct", "gemini-1.5-pro-002", 0)}
+GROUPS = sorted(PAIR)
+
+
+def apgr(weak, strong, need):
+    """Area under PGR against the strong-call share; ties form one linear step (eval.rs)."""
+    n = len(weak)
+    gap = strong.mean() - weak.mean()
+    order = np.argsort(-need, kind="stable")
+    need, gain = need[order], (strong - weak)[order]
+    xs, ys, acc, i = [0.0], [0.0], 0.0, 0
+    while i < n:
+        j = i
+        while j < n and need[j] == need[i]:
+            acc += gain[j]
+            j += 1
+        xs.append(j / n)
+        ys.append(acc / n / gap)
+        i = j
+    xs, ys = np.array(xs), np.array(ys)
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
+
+
+def logit(p):
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+rows, mats = [], []
+for path, name in FILES:
+    meta = json.load(open(f"{WORK}/{name}.json"))
+    mats.append(np.fromfile(f"{WORK}/{name}.f32", dtype="<f4").reshape(meta["rows"], -1))
+    rows += [json.loads(line) for line in open(f"{DATA}/{path}.jsonl")]
+names = meta["names"]
+x = np.vstack(mats)
+src = np.array([r["source"] for r in rows])
+emb = x[:, [n.startswith("emb_") for n in names]]
+emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
+weak = np.array([r["outcomes"][PAIR[r["source"]][0]] for r in rows])
+strong = np.array([r["outcomes"][PAIR[r["source"]][1]] for r in rows])
+# Held-out need of the dearer tier: 1 - the cheapest tier's served score.
+served = {}
+for g in GROUPS:
+    for line in open(f"{WORK}/scores_{g}.jsonl"):
+        d = json.loads(line)
+        served[d["id"]] = d["served"][PAIR[g][2]]
+need = np.array([1 - served[r["id"]] for r in rows])
+length = x[:, names.index("log_prompt_tokens")]
+
+
+def table(title, variants):
+    """variants: (label, {group: per-row need of the held-out rows}) in row order."""
+    print(f"| {title} | " + " | ".join(GROUPS) + " | mean | pooled |")
+    print("| --- " * (len(GROUPS) + 3) + "|")
+    for label, by in variants:
+        figs = [apgr(weak[src == g], strong[src == g], by[g]) for g in GROUPS]
+        # Pooled: every held-out row ranked by its own model's need (transfer.rs).
+        pooled = apgr(weak, strong, np.concatenate([by[g] for g in GROUPS])[np.argsort(
+            np.concatenate([np.where(src == g)[0] for g in GROUPS]), kind="stable")])
+        print(f"| {label} | " + " | ".join(f"{f:.3f}" for f in figs)
+              + f" | {np.mean(figs):.3f} | {pooled:.3f} |")
+    print()
+
+
+base = {g: -logit(1 - need[src == g]) for g in GROUPS}
+table("held-out scores", [("triage (shipped recipe)", base),
+                          ("length", {g: length[src == g] for g in GROUPS})])
+
+
+def knn_sim(query, ref, k=10, skip_self=False):
+    out = np.zeros(len(query))
+    for a in range(0, len(query), 1024):
+        s = emb[query[a:a + 1024]] @ emb[ref].T
+        if skip_self:
+            s[np.arange(s.shape[0]), np.searchsorted(ref, query[a:a + 1024])] = -1
+        out[a:a + 1024] = np.partition(s, -k, axis=1)[:, -k:].mean(1)
+    return out
+
+
+rng = np.random.default_rng(7)
+nov, ref_nov = {}, {}
+for g in GROUPS:
+    te, tr = np.where(src == g)[0], np.where(src != g)[0]
+    nov[g] = 1 - knn_sim(te, tr)
+    sample = np.sort(rng.choice(tr, min(2000, len(tr)), replace=False))
+    ref_nov[g] = 1 - knn_sim(sample, tr, skip_self=True)
+variants = [("no shrinkage", base)]
+for q in (0.9, 0.99):
+    for beta in (0.05, 0.2, 1.0):
+        variants.append((f"q = {q}, beta = {beta}", {
+            g: base[g] + beta * np.maximum(0, nov[g] - np.quantile(ref_nov[g], q)) / ref_nov[g].std()
+            for g in GROUPS}))
+table("shrink by novelty", variants)
+
+scalar = [i for i, n in enumerate(names) if not n.startswith("emb_")]
+# The cheap tier's shortfall: graded on AlpacaEval (gpt-4 scores 0.5 against itself).
+short = np.where(src == "alpaca_eval", (0.5 - weak) / 0.5, strong - weak)
+gbm, blend = {}, {}
+for g in GROUPS:
+    te, tr = src == g, src != g
+    w = np.array([1.0 / np.sum(src[tr] == s) for s in src[tr]])
+    m = HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+                                      min_samples_leaf=100, l2_regularization=1.0,
+                                      early_stopping=False, random_state=7)
+    m.fit(x[tr][:, scalar], short[tr] - np.array([short[src == s].mean() for s in src[tr]]),
+          sample_weight=w * tr.sum())
+    gbm[g] = m.predict(x[te][:, scalar])
+    # Equal say per held-out row, triage's level kept so the pooled rows stay comparable.
+    blend[g] = base[g] + gbm[g] * base[g].std() / (gbm[g].std() + 1e-12)
+table("learner", [("triage (linear heads)", base), ("boosted trees, scalar features", gbm),
+                  ("both, equal spread", blend)])
