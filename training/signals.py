@@ -26,6 +26,7 @@ import re
 import sys
 
 import numpy as np
+from tokenizers import Tokenizer
 
 DATA = sys.argv[1]
 FEAT = sys.argv[2]
@@ -117,6 +118,11 @@ def syllables(w):
     return max(n - (w.lower().endswith("e") and n > 1), 1)
 
 
+# The serving tokenizer: a word it splits into many pieces is rare in its training text, the
+# long-tail knowledge small models are known to lack.
+TOKENIZER = Tokenizer.from_file("models/embeddings/tokenizer.json")
+
+
 def text_stats(prompt):
     stem = re.sub(r"\nAnswer:\s*$", "", prompt)
     m = OPTION_START.search(stem)
@@ -135,6 +141,9 @@ def text_stats(prompt):
         "syllables per word": float(np.mean(syl)),
         "reading grade (Flesch-Kincaid)": 0.39 * n / sents + 11.8 * float(np.mean(syl)) - 15.59,
         "distinct words / words": len({w.lower() for w in words}) / n,
+        "subword pieces per word (rare words)": float(np.mean(
+            [len(e.ids) for e in TOKENIZER.encode_batch(words, add_special_tokens=False)]
+            or [1])),
     }
     out.update({k: math.log1p(len(p.findall(stem))) for k, p in PATTERNS.items()})
     return out

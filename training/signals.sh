@@ -3,7 +3,7 @@
 # against the other sources, their nearest neighbours' labels, a subject oracle, text
 # statistics of the question stem, and the disagreement of per-source models. Prints the
 # tables in models/MODEL_CARD.md ("What the prompts carry"). Needs Python 3.10+; installs numpy
-# into training/.venv-signals. Reads ../shared/data unless given DATA_DIR.
+# and tokenizers into training/.venv-signals. Reads ../shared/data unless given DATA_DIR.
 #
 #   bash training/signals.sh [DATA_DIR]
 set -euo pipefail
@@ -11,10 +11,9 @@ cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
 feat=$(mktemp -d)
 trap 'rm -rf "$feat"' EXIT
-[ -x training/.venv-signals/bin/python ] || {
-  python3 -m venv training/.venv-signals
-  training/.venv-signals/bin/pip install -q numpy==2.2.6
-}
+[ -x training/.venv-signals/bin/python ] || python3 -m venv training/.venv-signals
+training/.venv-signals/bin/python -c 'import numpy, tokenizers' 2>/dev/null ||
+  training/.venv-signals/bin/pip install -q numpy==2.2.6 tokenizers==0.23.3
 cargo build --release --quiet --example dump_features
 for f in mmlu_pro/mmlu_pro_dev routellm/routellm_dev alpaca_eval/alpaca_eval_dev; do
   ./target/release/examples/dump_features "$data/$f.jsonl" "$feat/$(basename "$f")"
