@@ -19,35 +19,12 @@ import sys
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
 
+from study import PAIR, apgr, load
+
 DATA, WORK = sys.argv[1], sys.argv[2]
-FILES = [("mmlu_pro/mmlu_pro_dev", "mmlu_pro_dev"), ("routellm/routellm_dev", "routellm_dev"),
-         ("alpaca_eval/alpaca_eval_dev", "alpaca_eval_dev")]
-# (cheapest, dearest, index of the cheapest tier's served score) per source, as
-# training/tiers.txt maps them.
-PAIR = {"alpaca_eval": ("gemma-7b-it", "gpt-4-1106-preview", 0),
-        "gsm8k": ("mixtral-8x7b-instruct", "gpt-4-1106-preview", 1),
-        "mmlu": ("mixtral-8x7b-instruct", "gpt-4-1106-preview", 1),
-        "mmlu_pro": ("llama-3.1-8b-instruct", "gemini-1.5-pro-002", 0)}
+# Index of the cheapest tier's served score per source, as training/tiers.txt maps them.
+CHEAP = {"alpaca_eval": 0, "gsm8k": 1, "mmlu": 1, "mmlu_pro": 0}
 GROUPS = sorted(PAIR)
-
-
-def apgr(weak, strong, need):
-    """Area under PGR against the strong-call share; ties form one linear step (eval.rs)."""
-    n = len(weak)
-    gap = strong.mean() - weak.mean()
-    order = np.argsort(-need, kind="stable")
-    need, gain = need[order], (strong - weak)[order]
-    xs, ys, acc, i = [0.0], [0.0], 0.0, 0
-    while i < n:
-        j = i
-        while j < n and need[j] == need[i]:
-            acc += gain[j]
-            j += 1
-        xs.append(j / n)
-        ys.append(acc / n / gap)
-        i = j
-    xs, ys = np.array(xs), np.array(ys)
-    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
 
 
 def logit(p):
@@ -55,24 +32,13 @@ def logit(p):
     return np.log(p / (1 - p))
 
 
-rows, mats = [], []
-for path, name in FILES:
-    meta = json.load(open(f"{WORK}/{name}.json"))
-    mats.append(np.fromfile(f"{WORK}/{name}.f32", dtype="<f4").reshape(meta["rows"], -1))
-    rows += [json.loads(line) for line in open(f"{DATA}/{path}.jsonl")]
-names = meta["names"]
-x = np.vstack(mats)
-src = np.array([r["source"] for r in rows])
-emb = x[:, [n.startswith("emb_") for n in names]]
-emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
-weak = np.array([r["outcomes"][PAIR[r["source"]][0]] for r in rows])
-strong = np.array([r["outcomes"][PAIR[r["source"]][1]] for r in rows])
+rows, names, x, src, emb, weak, strong = load(DATA, WORK)
 # Held-out need of the dearer tier: 1 - the cheapest tier's served score.
 served = {}
 for g in GROUPS:
     for line in open(f"{WORK}/scores_{g}.jsonl"):
         d = json.loads(line)
-        served[d["id"]] = d["served"][PAIR[g][2]]
+        served[d["id"]] = d["served"][CHEAP[g]]
 need = np.array([1 - served[r["id"]] for r in rows])
 length = x[:, names.index("log_prompt_tokens")]
 

@@ -20,7 +20,6 @@ condition words, negations. Each signal's direction (harder when larger or
 when smaller) is taken from the other sources' rows, like everything else here. A third
 scores the disagreement of models fitted on each other source.
 """
-import json
 import math
 import re
 import sys
@@ -28,48 +27,11 @@ import sys
 import numpy as np
 from tokenizers import Tokenizer
 
+from study import apgr, load
+
 DATA = sys.argv[1]
 FEAT = sys.argv[2]
-FILES = [("mmlu_pro/mmlu_pro_dev", "mmlu_pro_dev"), ("routellm/routellm_dev", "routellm_dev"),
-         ("alpaca_eval/alpaca_eval_dev", "alpaca_eval_dev")]
-# (cheapest, dearest) per source, as training/tiers.txt maps them.
-PAIR = {"mmlu_pro": ("llama-3.1-8b-instruct", "gemini-1.5-pro-002"),
-        "mmlu": ("mixtral-8x7b-instruct", "gpt-4-1106-preview"),
-        "gsm8k": ("mixtral-8x7b-instruct", "gpt-4-1106-preview"),
-        "alpaca_eval": ("gemma-7b-it", "gpt-4-1106-preview")}
-
-
-def apgr(weak, strong, need):
-    """Area under PGR against the strong-call share; ties form one linear step (eval.rs)."""
-    n = len(weak)
-    gap = strong.mean() - weak.mean()
-    order = np.argsort(-need, kind="stable")
-    need, gain = need[order], (strong - weak)[order]
-    xs, ys, acc, i = [0.0], [0.0], 0.0, 0
-    while i < n:
-        j = i
-        while j < n and need[j] == need[i]:
-            acc += gain[j]
-            j += 1
-        xs.append(j / n)
-        ys.append(acc / n / gap)
-        i = j
-    xs, ys = np.array(xs), np.array(ys)
-    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2))
-
-
-rows, mats = [], []
-for path, name in FILES:
-    meta = json.load(open(f"{FEAT}/{name}.json"))
-    mats.append(np.fromfile(f"{FEAT}/{name}.f32", dtype="<f4").reshape(meta["rows"], -1))
-    rows += [json.loads(line) for line in open(f"{DATA}/{path}.jsonl")]
-names = meta["names"]
-x = np.vstack(mats)
-src = np.array([r["source"] for r in rows])
-emb = x[:, [n.startswith("emb_") for n in names]]
-emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
-weak = np.array([r["outcomes"][PAIR[r["source"]][0]] for r in rows])
-strong = np.array([r["outcomes"][PAIR[r["source"]][1]] for r in rows])
+rows, names, x, src, emb, weak, strong = load(DATA, FEAT)
 # AlpacaEval's scores are the judge's preference against gpt-4 (which scores 0.5).
 need = np.where(src == "alpaca_eval", weak < 0.5, weak < strong).astype(float)
 for s in set(src):
