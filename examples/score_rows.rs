@@ -1,5 +1,5 @@
 //! Writes a model file's per-tier scores for every row of a JSON Lines file as JSON Lines
-//! (`{"id", "raw", "served"}`), for offline studies of held-out predictions. A developer aid,
+//! (`{"id", "served"}`, the served probability per tier, cheapest first), for offline studies of held-out predictions. A developer aid,
 //! not a test.
 //!
 //! cargo run --release --example score_rows -- MODEL.json IN.jsonl > OUT.jsonl
@@ -24,7 +24,6 @@ fn main() {
             .unwrap();
         let line = serde_json::json!({
             "id": r.id,
-            "raw": c.raw_scores(&v.vector),
             "served": c.score(&v.vector),
         });
         writeln!(out, "{line}").unwrap();

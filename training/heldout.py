@@ -22,9 +22,11 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from study import PAIR, apgr, load
 
 DATA, WORK = sys.argv[1], sys.argv[2]
-# Index of the cheapest tier's served score per source, as training/tiers.txt maps them.
-CHEAP = {"alpaca_eval": 0, "gsm8k": 1, "mmlu": 1, "mmlu_pro": 0}
 GROUPS = sorted(PAIR)
+# Each tier's models, cheapest first, from training/tiers.txt: a source's cheap model names the
+# tier whose served score ranks it.
+TIERS = [t.split("=", 1)[1].split("|") for t in open("training/tiers.txt").read().strip().split(",")]
+CHEAP = {g: next(k for k, models in enumerate(TIERS) if PAIR[g][0] in models) for g in GROUPS}
 
 
 def logit(p):
@@ -33,31 +35,33 @@ def logit(p):
 
 
 rows, names, x, src, emb, weak, strong = load(DATA, WORK)
-# Held-out need of the dearer tier: 1 - the cheapest tier's served score.
 served = {}
 for g in GROUPS:
     for line in open(f"{WORK}/scores_{g}.jsonl"):
         d = json.loads(line)
         served[d["id"]] = d["served"][CHEAP[g]]
-need = np.array([1 - served[r["id"]] for r in rows])
+served = np.array([served[r["id"]] for r in rows])
 length = x[:, names.index("log_prompt_tokens")]
 
 
 def table(title, variants):
-    """variants: (label, {group: per-row need of the held-out rows}) in row order."""
+    """variants: (label, {group: need of the dearer tier for the group's rows, in row order})."""
     print(f"| {title} | " + " | ".join(GROUPS) + " | mean | pooled |")
     print("| --- " * (len(GROUPS) + 3) + "|")
     for label, by in variants:
         figs = [apgr(weak[src == g], strong[src == g], by[g]) for g in GROUPS]
         # Pooled: every held-out row ranked by its own model's need (transfer.rs).
-        pooled = apgr(weak, strong, np.concatenate([by[g] for g in GROUPS])[np.argsort(
-            np.concatenate([np.where(src == g)[0] for g in GROUPS]), kind="stable")])
+        pooled = np.empty(len(rows))
+        for g in GROUPS:
+            pooled[src == g] = by[g]
+        pooled = apgr(weak, strong, pooled)
         print(f"| {label} | " + " | ".join(f"{f:.3f}" for f in figs)
               + f" | {np.mean(figs):.3f} | {pooled:.3f} |")
     print()
 
 
-base = {g: -logit(1 - need[src == g]) for g in GROUPS}
+# The held-out need of the dearer tier: minus the logit of the cheap tier's served score.
+base = {g: -logit(served[src == g]) for g in GROUPS}
 table("held-out scores", [("triage (shipped recipe)", base),
                           ("length", {g: length[src == g] for g in GROUPS})])
 

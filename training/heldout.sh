@@ -3,8 +3,8 @@
 # every dev source but one with plain `triage train`, scores the one left out
 # (examples/score_rows.rs), and measures shrinking by novelty and a non-linear learner against
 # those scores. Prints the tables in models/MODEL_CARD.md ("Tried and not kept"). Needs Python
-# 3.10+; installs numpy and scikit-learn into training/.venv-signals. Reads ../shared/data
-# unless given DATA_DIR.
+# 3.10+; installs its packages into training/.venv-signals (training/study_env.sh). Reads
+# ../shared/data unless given DATA_DIR.
 #
 #   bash training/heldout.sh [DATA_DIR]
 set -euo pipefail
@@ -12,9 +12,7 @@ cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-[ -x training/.venv-signals/bin/python ] || python3 -m venv training/.venv-signals
-training/.venv-signals/bin/python -c 'import numpy, sklearn' 2>/dev/null ||
-  training/.venv-signals/bin/pip install -q numpy==2.2.6 scikit-learn==1.9.1
+. training/study_env.sh
 cargo build --release --quiet --bin triage --example score_rows --example dump_features
 files=("$data/mmlu_pro/mmlu_pro_dev.jsonl" "$data/routellm/routellm_dev.jsonl"
   "$data/alpaca_eval/alpaca_eval_dev.jsonl")
@@ -23,7 +21,7 @@ for f in "${files[@]}"; do
 done
 for g in alpaca_eval gsm8k mmlu mmlu_pro; do
   # The other sources' rows, in file order, as `eval --leave-one-out source` trains on them.
-  training/.venv-signals/bin/python - "$g" "$work" "${files[@]}" <<'PY'
+  "$py" - "$g" "$work" "${files[@]}" <<'PY'
 import json, sys
 g, work, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 with open(f"{work}/without_{g}.jsonl", "w") as tr, open(f"{work}/only_{g}.jsonl", "w") as te:
@@ -37,4 +35,4 @@ PY
   ./target/release/examples/score_rows "$work/model_$g.json" "$work/only_$g.jsonl" \
     > "$work/scores_$g.jsonl"
 done
-training/.venv-signals/bin/python training/heldout.py "$data" "$work"
+"$py" training/heldout.py "$data" "$work"

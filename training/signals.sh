@@ -2,8 +2,9 @@
 # Single signals on each dev source held out (training/signals.py): prompt length, novelty
 # against the other sources, their nearest neighbours' labels, a subject oracle, text
 # statistics of the question stem, and the disagreement of per-source models. Prints the
-# tables in models/MODEL_CARD.md ("What the prompts carry"). Needs Python 3.10+; installs numpy
-# and tokenizers into training/.venv-signals. Reads ../shared/data unless given DATA_DIR.
+# tables in models/MODEL_CARD.md ("What the prompts carry"). Needs Python 3.10+; installs its
+# packages into training/.venv-signals (training/study_env.sh). Reads ../shared/data unless
+# given DATA_DIR.
 #
 #   bash training/signals.sh [DATA_DIR]
 set -euo pipefail
@@ -11,11 +12,9 @@ cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
 feat=$(mktemp -d)
 trap 'rm -rf "$feat"' EXIT
-[ -x training/.venv-signals/bin/python ] || python3 -m venv training/.venv-signals
-training/.venv-signals/bin/python -c 'import numpy, tokenizers' 2>/dev/null ||
-  training/.venv-signals/bin/pip install -q numpy==2.2.6 tokenizers==0.23.3
+. training/study_env.sh
 cargo build --release --quiet --example dump_features
 for f in mmlu_pro/mmlu_pro_dev routellm/routellm_dev alpaca_eval/alpaca_eval_dev; do
   ./target/release/examples/dump_features "$data/$f.jsonl" "$feat/$(basename "$f")"
 done
-training/.venv-signals/bin/python training/signals.py "$data" "$feat"
+"$py" training/signals.py "$data" "$feat"
